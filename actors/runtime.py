@@ -129,3 +129,37 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
         ctx.print_on_execution_start = False
     except Exception:  # pragma: no cover - older Ray
         pass
+
+
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12")
+
+
+def faiss_distributions() -> list[str]:
+    """Names of the installed FAISS wheels (all of them provide the same ``faiss`` module)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in FAISS_DISTRIBUTIONS:
+        try:
+            version(dist)
+        except PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+def check_faiss_install() -> str:
+    """Return the one installed FAISS distribution; raise ``RuntimeError`` for none or several.
+
+    Two FAISS wheels overwrite each other's ``faiss`` module, so whichever was installed last silently wins; Assay
+    refuses to guess. Fix: ``pip uninstall -y faiss-cpu faiss-gpu-cu12 && pip install -e ".[gpu]"`` (or ``[cpu]``).
+    """
+    found = faiss_distributions()
+    if not found:
+        raise RuntimeError('FAISS is not installed: pip install -e ".[cpu]" (or ".[gpu]" on a CUDA machine)')
+    if len(found) > 1:
+        raise RuntimeError(
+            f"several FAISS wheels are installed ({', '.join(found)}); they provide the same module and clash. "
+            f'Run: pip uninstall -y {" ".join(found)} && pip install -e ".[gpu]"  (or ".[cpu]")'
+        )
+    return found[0]

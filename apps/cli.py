@@ -30,6 +30,7 @@ app = typer.Typer(
 # Command modules; each defines register(app). A module that does not exist yet is skipped.
 COMMAND_MODULES = (
     "apps.commands_data",
+    "apps.commands_embed",
     "apps.commands_select",
     "apps.commands_estimate",
     "apps.demo",
