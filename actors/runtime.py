@@ -85,6 +85,16 @@ def ensure_auth_token() -> None:
     os.replace(tmp, path)
 
 
+def _refresh_ray_config() -> None:
+    """Make an already-imported Ray see the current ``RAY_AUTH_MODE`` (Ray caches its config at import)."""
+    try:
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
+        pass
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False,
              object_store_memory: int | None = None) -> None:
     """Connect to (or start) Ray once per process; later calls are no-ops.
@@ -105,6 +115,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"].lower() == "token":
         ensure_auth_token()
+    _refresh_ray_config()
     address = address or os.environ.get("RAY_ADDRESS")
     logging.getLogger("ray").setLevel(logging.WARNING)
     if address:

@@ -1,0 +1,461 @@
+"""Backbones: convolutional trunks that turn an image into a grid of region features.
+
+A :class:`FeatureExtractor` maps B×3×H×W floats in [0, 1] to a B×C×h×w feature map (normalization is inside) and
+carries ``name``, ``dim`` (C), ``stride`` (input pixels per output cell) and ``weights_id`` (a hash of the weights
+file, so a feature store can tell when its backbone changed).
+
+Backbones come from a small registry (``register_backbone`` / ``list_backbones`` / ``get_backbone``):
+
+* every torchvision classification trunk in :data:`TORCHVISION_ARCHS`, truncated at a stage (``layer="layer2"``) or
+  at an output stride (``stride=8``, the default); weights from a local checkpoint (``"resnet18:/path/ckpt.pt"`` or
+  ``checkpoint=``) or from a file already in the torch hub cache. Assay never downloads;
+* ``"torchscript:/path/model.pt"``: any scripted module; ``dim`` and ``stride`` come from a dry run;
+* ``"assay-small"``: Assay's own compact net (5 convs, stride 8, 64 channels, receptive field 63 px, sized for
+  10–45 px objects), trained on the workspace's labels by :func:`train_backbone` and loaded from
+  ``models/assay-small.pt``.
+
+Training recipe (no download): windows around every labeled train object (native scale, with context) and
+background windows are classified into (categories + background) by the fully-convolutional trunk followed by
+a global (mean + max) pool and a linear layer; augmented by scale, shift, flip and colour jitter. The pooled head
+is dropped afterwards, so the trunk's cells are discriminative, localized region features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from actors.workspace import Workspace
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SMALL_CHECKPOINT = "models/assay-small.pt"
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small",
+                     "efficientnet_b0", "convnext_tiny", "regnet_y_400mf", "regnet_x_400mf")
+_DRY_SIDE = 128
+
+
+class FeatureExtractor(nn.Module):
+    """A trunk plus input normalization: B×3×H×W in [0, 1] -> B×dim×ceil(H/stride)×ceil(W/stride) (about).
+
+    Parameters
+    ----------
+    body : nn.Module
+        The trunk; takes normalized images. A tuple/list/dict output is reduced to its last tensor.
+    name : str
+    dim, stride : int, optional
+        Output channels and input pixels per output cell; inferred by a dry run on a 128×128 input when omitted.
+    normalize : bool
+        Subtract the ImageNet mean and divide by its std before the trunk.
+    weights_id : str
+        Short hash of the weights the trunk was loaded from (``"random-init"`` when none).
+    """
+
+    def __init__(self, body: nn.Module, *, name: str, dim: int | None = None, stride: int | None = None,
+                 normalize: bool = True, weights_id: str = "random-init") -> None:
+        super().__init__()
+        self.body, self.name, self.normalize, self.weights_id = body, name, normalize, weights_id
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if dim is None or stride is None:
+            dim, stride = probe(self)
+        self.dim, self.stride = int(dim), int(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {list(x.shape)}")
+        if self.normalize:
+            x = (x - self.mean) / self.std  # B×3×H×W
+        out = self.body(x)
+        if isinstance(out, dict):
+            out = list(out.values())[-1]
+        elif isinstance(out, (list, tuple)):
+            out = out[-1]
+        return out  # B×C×h×w
+
+
+@torch.no_grad()
+def probe(extractor: nn.Module, side: int = _DRY_SIDE) -> tuple[int, int]:
+    """(dim, stride) of an extractor from one forward pass on a side×side input in eval mode."""
+    was = extractor.training
+    extractor.eval()
+    out = extractor(torch.zeros(1, 3, side, side))  # 1×C×h×w
+    extractor.train(was)
+    if out.ndim != 4:
+        raise ValueError(f"backbone must return a B×C×h×w feature map, got shape {list(out.shape)}")
+    return int(out.shape[1]), max(1, round(side / out.shape[-1]))
+
+
+# ------------------------------------------------------------------------------------------------ registry
+_BACKBONES: dict[str, Callable[..., FeatureExtractor]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., FeatureExtractor]], Callable[..., FeatureExtractor]]:
+    """Decorator: register a builder ``fn(**cfg) -> FeatureExtractor`` under ``name``."""
+    def deco(fn: Callable[..., FeatureExtractor]) -> Callable[..., FeatureExtractor]:
+        _BACKBONES[name] = fn
+        return fn
+    return deco
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, sorted."""
+    return sorted(_BACKBONES)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"resnet18:/ckpt.pt"`` -> ``("resnet18", "/ckpt.pt")``; ``"assay-small"`` -> ``("assay-small", None)``."""
+    name, sep, path = spec.partition(":")
+    return name, (path or None) if sep else None
+
+
+def get_backbone(name: str, **cfg: Any) -> FeatureExtractor:
+    """Build a registered backbone in eval mode.
+
+    Parameters
+    ----------
+    name : str
+        A registered name, optionally with a weights path: ``"resnet18:/path/ckpt.pt"``, ``"torchscript:/m.pt"``.
+    **cfg
+        Builder options: ``checkpoint`` (local weights file), ``workspace`` (for ``assay-small``),
+        ``random_init`` (skip weights; tests), ``layer`` / ``stride`` (torchvision truncation), ``normalize``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name or a truncation that does not exist.
+    FileNotFoundError
+        No weights available locally (the message says where they were looked for).
+    """
+    base, path = parse_spec(name)
+    if base not in _BACKBONES:
+        raise ValueError(f"unknown backbone {base!r}; known: {', '.join(list_backbones())}")
+    if path:
+        cfg["path" if base == "torchscript" else "checkpoint"] = path
+    return _BACKBONES[base](**cfg).eval()
+
+
+# ------------------------------------------------------------------------------------------------ weights I/O
+def _weights_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """Load a local checkpoint with ``weights_only=True``; returns (state_dict, weights_id).
+
+    Accepts a bare state_dict or a dict holding one under ``"model"`` or ``"state_dict"``; a ``module.``
+    prefix (DataParallel) is stripped.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    return _state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path), _weights_id(data)
+
+
+def _state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{where}: not a state_dict (nor a dict with 'model'/'state_dict')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def hub_weights_path(arch: str) -> str:
+    """Where torchvision's default weights for ``arch`` would be in the torch hub cache (may not exist)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+
+
+# ------------------------------------------------------------------------------------------------ torchvision
+def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A classification net's trunk as named sequential stages (parameter-name prefixes)."""
+    if hasattr(model, "layer1"):  # resnet / resnext / wide_resnet
+        return [(n, m) for n, m in model.named_children() if n not in ("avgpool", "fc")]
+    if hasattr(model, "trunk_output"):  # regnet
+        return [("stem", model.stem)] + [(f"trunk_output.{n}", m) for n, m in model.trunk_output.named_children()]
+    if hasattr(model, "features"):  # mobilenet, efficientnet, convnext, vgg …
+        return [(f"features.{n}", m) for n, m in model.features.named_children()]
+    raise ValueError(f"{type(model).__name__}: cannot find its convolutional stages")
+
+
+@torch.no_grad()
+def _cut(stages: list[tuple[str, nn.Module]], layer: str | None, stride: int) -> int:
+    """Number of stages to keep: through ``layer``, else the deepest prefix whose stride is <= ``stride``."""
+    names = [n for n, _ in stages]
+    if layer is not None:
+        matches = [i for i, n in enumerate(names) if n == layer or n.split(".")[-1] == layer]
+        if not matches:
+            raise ValueError(f"layer {layer!r} not found; stages are {names}")
+        return matches[0] + 1
+    x, keep = torch.zeros(1, 3, _DRY_SIDE, _DRY_SIDE), 0
+    for i, (_, m) in enumerate(stages):
+        x = m.eval()(x)
+        if round(_DRY_SIDE / x.shape[-1]) > stride:
+            break
+        keep = i + 1
+    if keep == 0:
+        raise ValueError(f"no stage has stride <= {stride}")
+    return keep
+
+
+def _torchvision_backbone(arch: str, *, checkpoint: str | None = None, random_init: bool = False,
+                          layer: str | None = None, stride: int = 8, normalize: bool = True,
+                          **_: Any) -> FeatureExtractor:
+    import torchvision
+
+    model = torchvision.models.get_model(arch, weights=None)
+    weights_id = "random-init"
+    if not random_init:
+        if checkpoint is None:
+            checkpoint = hub_weights_path(arch)
+            if not os.path.isfile(checkpoint):
+                raise FileNotFoundError(
+                    f"no weights for {arch}: {checkpoint} is not in the torch hub cache and Assay never downloads; "
+                    f"pass a local checkpoint as '{arch}:/path/to/ckpt.pt' or put the file there")
+        sd, weights_id = read_checkpoint(checkpoint)
+    stages = _stages(model)
+    keep = _cut(stages, layer, stride)
+    if not random_init:
+        missing, _ = model.load_state_dict(sd, strict=False)
+        kept = tuple(f"{n}." for n, _ in stages[:keep])
+        lost = [k for k in missing if k.startswith(kept)]
+        if lost:
+            raise ValueError(f"{checkpoint}: checkpoint does not fit {arch}; missing e.g. {lost[:3]}")
+    body = nn.Sequential(*[m for _, m in stages[:keep]])
+    return FeatureExtractor(body, name=arch, normalize=normalize, weights_id=weights_id)
+
+
+for _arch in TORCHVISION_ARCHS:
+    register_backbone(_arch)(partial(_torchvision_backbone, _arch))
+
+
+@register_backbone("torchscript")
+def _torchscript_backbone(*, path: str | None = None, checkpoint: str | None = None, normalize: bool = True,
+                          **_: Any) -> FeatureExtractor:
+    path = path or checkpoint
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"TorchScript backbone file {path!r} does not exist (use 'torchscript:/path.pt')")
+    with open(path, "rb") as f:
+        data = f.read()
+    body = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    return FeatureExtractor(body, name="torchscript", normalize=normalize, weights_id=_weights_id(data))
+
+
+# ------------------------------------------------------------------------------------------------ assay-small
+@dataclass
+class SmallConfig:
+    """assay-small's shape: channel widths of its 5 convs and output stride (8, or 4 for very small objects)."""
+
+    widths: tuple[int, ...] = (32, 48, 64, 96, 64)
+    stride: int = 8
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def small_trunk(cfg: SmallConfig) -> nn.Sequential:
+    """3 stride-2 convs (stride 8; the third is stride 1 when ``cfg.stride == 4``), then 2 convs, the last dilated.
+
+    Receptive field at stride 8: 3, 7, 15, 31, 63 px: a 10–45 px object and some context land in one cell.
+    """
+    if cfg.stride not in (4, 8):
+        raise ValueError(f"assay-small stride must be 4 or 8, got {cfg.stride}")
+    w = list(cfg.widths)
+    return nn.Sequential(_conv(3, w[0], 2), _conv(w[0], w[1], 2), _conv(w[1], w[2], 2 if cfg.stride == 8 else 1),
+                         _conv(w[2], w[3]), _conv(w[3], w[4], dilation=2))
+
+
+@register_backbone("assay-small")
+def _small_backbone(*, workspace: Workspace | str | None = None, checkpoint: str | None = None,
+                    random_init: bool = False, normalize: bool = True, **cfg: Any) -> FeatureExtractor:
+    if random_init:
+        conf = SmallConfig(**{k: v for k, v in cfg.items() if k in ("widths", "stride")})
+        return FeatureExtractor(small_trunk(conf), name="assay-small", normalize=normalize)
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"assay-small checkpoint {checkpoint} does not exist")
+        with open(checkpoint, "rb") as f:
+            data = f.read()
+    else:
+        ws = Workspace(workspace) if isinstance(workspace, (str, os.PathLike)) else workspace
+        if ws is None or not ws.exists(SMALL_CHECKPOINT):
+            where = ws.path(SMALL_CHECKPOINT) if ws is not None else SMALL_CHECKPOINT
+            raise FileNotFoundError(f"no assay-small weights at {where}; run `assay backbone train --workspace …` "
+                                    "first (or pass another --backbone)")
+        data = ws.read_bytes(SMALL_CHECKPOINT)
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    conf = SmallConfig(**{k: tuple(v) if k == "widths" else v for k, v in ckpt.get("config", {}).items()
+                          if k in ("widths", "stride")})
+    body = small_trunk(conf)
+    body.load_state_dict(_state_dict(ckpt, "assay-small checkpoint"))
+    return FeatureExtractor(body, name="assay-small", normalize=normalize, weights_id=_weights_id(data))
+
+
+def save_small_checkpoint(ws: Workspace, body: nn.Module, cfg: SmallConfig, **extra: Any) -> str:
+    """Atomically write ``models/assay-small.pt`` = dict(model=state_dict, config=…, **extra)."""
+    buf = io.BytesIO()
+    torch.save({"model": body.state_dict(), "config": asdict(cfg), **extra}, buf)
+    ws.write_bytes(SMALL_CHECKPOINT, buf.getvalue())
+    return SMALL_CHECKPOINT
+
+
+# ------------------------------------------------------------------------------------------------ training
+@dataclass
+class TrainReport:
+    """What :func:`train_backbone` did; accuracies are crop-classification accuracies over (classes + background)."""
+
+    name: str
+    checkpoint: str
+    classes: list[str]
+    epochs: int
+    n_train: int
+    n_val: int
+    train_accuracy: float
+    val_accuracy: float
+    chance: float
+    majority: float
+    seconds: float
+    stopped_early: bool
+
+
+def _windows(ws: Workspace, split: str, crop: int, rng, classes: list[str] | None, max_windows: int):
+    """(windows N×2crop×2crop×3 uint8, labels N, base scales N, classes) for one split's labeled images."""
+    import numpy as np
+
+    from actors.images import background_windows, load_image, object_windows
+
+    imgs = ws.read_table("catalog/images.parquet", columns=["image_id", "uri", "split", "status"]).to_pylist()
+    labels = ws.read_table("catalog/labels.parquet").to_pylist()
+    uris = {r["image_id"]: r["uri"] for r in imgs if r["split"] == split and r["status"] != "error"}
+    boxes: dict[str, list] = {}
+    for r in labels:
+        if r["image_id"] in uris and r.get("status", "ok") in ("ok", None):
+            boxes.setdefault(r["image_id"], []).append(r)
+    if classes is None:
+        classes = sorted({r["category"] for rs in boxes.values() for r in rs})
+    index, side = {c: i for i, c in enumerate(classes)}, 2 * crop
+    xs, ys, scales = [], [], []
+    for image_id in sorted(boxes)[: max(1, max_windows // 2)]:
+        rs = [r for r in boxes[image_id] if r["category"] in index]
+        img = load_image(uris[image_id])
+        b = np.array([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in rs], np.float32).reshape(-1, 4)
+        bg = background_windows(img, b, side, max(1, len(rs)), rng)
+        xs += [object_windows(img, b, side), bg]
+        ys += [index[r["category"]] for r in rs] + [len(classes)] * len(bg)
+        big = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / (0.8 * crop)
+        scales += list(np.minimum(0.5 * np.maximum(big, 1.0), 1.0)) + [0.5] * len(bg)
+    x = np.concatenate(xs) if xs else np.zeros((0, side, side, 3), np.uint8)
+    return torch.from_numpy(x), torch.tensor(ys, dtype=torch.long), torch.tensor(scales), classes
+
+
+def _classifier(trunk: nn.Module, dim: int, n_out: int) -> nn.Module:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk, self.fc = trunk, nn.Linear(dim, n_out)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.trunk(x)  # B×C×h×w
+            pooled = 0.5 * (f.mean(dim=(2, 3)) + f.amax(dim=(2, 3)))  # B×C
+            return self.fc(pooled)  # B×K
+
+    return Head()
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x, y, scale, crop: int, batch_size: int = 256) -> float:
+    from actors.images import augment_windows
+
+    model.eval()
+    hits = sum(int((model(_norm(augment_windows(x[i:i + batch_size], scale[i:i + batch_size], crop, train=False)))
+                    .argmax(1) == y[i:i + batch_size]).sum()) for i in range(0, len(y), batch_size))
+    return hits / max(1, len(y))
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: int = 15, crop: int = 48,
+                   batch_size: int = 64, lr: float = 3e-3, seed: int = 0, max_minutes: float = 2.5,
+                   max_windows: int = 8000, config: SmallConfig | None = None,
+                   progress: bool = True) -> TrainReport:
+    """Train assay-small on the workspace's train-split labels and save ``models/assay-small.pt``.
+
+    Crops are ``crop``×``crop`` at native scale (objects larger than 0.8·crop are shrunk to fit). Validation uses
+    the val split's labels, or a seeded 20% of the train windows when the val split has none. Deterministic given
+    ``seed`` unless ``max_minutes`` stops training early (``stopped_early`` says so).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a trainable backbone, or the train split has no labeled objects.
+    WorkspaceError
+        The catalog is missing.
+    """
+    import time
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from actors.images import augment_windows
+
+    if name != "assay-small":
+        raise ValueError(f"only 'assay-small' can be trained, got {name!r}")
+    ws = Workspace(ws) if isinstance(ws, (str, os.PathLike)) else ws
+    t0, cfg = time.monotonic(), config or SmallConfig()
+    torch.manual_seed(seed)
+    rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    x, y, s, classes = _windows(ws, "train", crop, rng, None, max_windows)
+    if not classes:
+        raise ValueError(f"{ws.uri}: no labeled objects in the train split; nothing to train on")
+    xv, yv, sv, _ = _windows(ws, "val", crop, rng, classes, max_windows // 4)
+    if len(yv) == 0:
+        perm = torch.randperm(len(y), generator=g)
+        cut = max(1, len(y) // 5)
+        xv, yv, sv = x[perm[:cut]], y[perm[:cut]], s[perm[:cut]]
+        x, y, s = x[perm[cut:]], y[perm[cut:]], s[perm[cut:]]
+    trunk = small_trunk(cfg)
+    model = _classifier(trunk, cfg.widths[-1], len(classes) + 1)
+    steps = max(1, (len(y) + batch_size - 1) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2)
+    loss_fn, done, stopped = nn.CrossEntropyLoss(label_smoothing=0.1), 0, False
+    bar = tqdm(range(epochs), desc="train assay-small", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        for idx in torch.randperm(len(y), generator=g).split(batch_size):
+            xb = _norm(augment_windows(x[idx], s[idx], crop, g))  # B×3×crop×crop
+            loss = loss_fn(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        done = epoch + 1
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if time.monotonic() - t0 > 60 * max_minutes and done < epochs:
+            stopped = True
+            break
+    metrics = {"train_accuracy": _accuracy(model, x, y, s, crop), "val_accuracy": _accuracy(model, xv, yv, sv, crop)}
+    path = save_small_checkpoint(ws, trunk, cfg, epoch=done, metrics=metrics, classes=classes, seed=seed, crop=crop)
+    return TrainReport(name=name, checkpoint=path, classes=classes, epochs=done, n_train=len(y), n_val=len(yv),
+                       chance=1.0 / (len(classes) + 1),
+                       majority=float(torch.bincount(yv).max()) / max(1, len(yv)),
+                       seconds=time.monotonic() - t0, stopped_early=stopped,
+                       **metrics)

@@ -1,0 +1,384 @@
+"""Region-grid features for every pool image: the encoder (pure torch) and its Ray Data pipeline.
+
+:class:`RegionEncoder` turns a uint8 H×W×3 image of any size into a float32 D×h×w region grid plus the
+(stride_y, stride_x) of a cell in ORIGINAL image pixels: optional resize (longer side = ``max_side``) ->
+:class:`~actors.backbone.FeatureExtractor` (stride S) -> k×k average cell pooling (cell stride S·k) -> optional
+PCA (D = pca_dim). :func:`load_region_encoder` rebuilds the exact encoder of a feature store from its meta, so
+query images are encoded exactly like the pool.
+
+Storage budget (fp16 grid): a 512×384 image with assay-small (stride 8, 64 ch) and the default 2×2 cell pooling
+gives 32×24 cells × 64 × 2 B = 96 KiB -> 1M images ≈ 100 GB on one disk. Torchvision trunks with more channels
+(resnet18 layer2: 128) reach the same budget with ``pca_dim=64``.
+
+:func:`embed_pool` plans shards over catalog image ids (:class:`~actors.shards.ShardedDataset`, resumable) and
+runs, per group of pending shards, a Ray Data pipeline: ``from_items`` -> decode in tasks
+(:func:`actors.images.decode_batch`) -> :class:`EmbedActor` pool -> rows streamed back to the driver, which
+writes each shard atomically as soon as all its rows arrived. Unreadable images become ``status="error"`` rows.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from actors.backbone import FeatureExtractor, get_backbone, parse_spec
+from actors.features import FEATURE_SCHEMA, FeatureMap, encode_rows, feature_meta, features_dir
+from actors.images import decode_batch
+from actors.runtime import Resources, device as auto_device, init_ray
+from actors.shards import Shard, ShardedDataset
+from actors.workspace import Workspace, WorkspaceError
+
+CELL_STRIDE = 16  # default target: pixels per stored cell (pool = CELL_STRIDE // backbone stride)
+
+
+class RegionEncoder:
+    """Image -> region grid, identical for pool and query images.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+    pool : int
+        k: average-pool k×k backbone cells into one stored cell (``ceil_mode``: border cells average what exists).
+    pca : (mean C, components C×D) float32 arrays, optional
+        Projection applied per cell: ``(f - mean) @ components``.
+    max_side : int, optional
+        Resize (bilinear, antialiased, aspect kept) so the longer side equals this before the backbone.
+    device : str, optional
+        Default: ``actors.runtime.device()``.
+    batch_size : int
+        Images per forward pass in :meth:`encode_batch`.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, *, pool: int = 1, pca: tuple[np.ndarray, np.ndarray] | None = None,
+                 max_side: int | None = None, device: str | None = None, batch_size: int = 16) -> None:
+        self.device = device or auto_device()
+        self.extractor = extractor.eval().to(self.device)
+        self.pool, self.max_side, self.batch_size = int(pool), max_side, batch_size
+        self.pca = None
+        if pca is not None:
+            mean, comp = (torch.as_tensor(np.asarray(a, np.float32), device=self.device) for a in pca)
+            self.pca = (mean, comp)  # C, C×D
+
+    @property
+    def dim(self) -> int:
+        return int(self.pca[1].shape[1]) if self.pca is not None else self.extractor.dim
+
+    @property
+    def cell_stride(self) -> int:
+        """Resized-image pixels per stored cell."""
+        return self.extractor.stride * self.pool
+
+    def resized_shape(self, h: int, w: int) -> tuple[int, int]:
+        if not self.max_side:
+            return h, w
+        s = self.max_side / max(h, w)
+        return max(1, round(h * s)), max(1, round(w * s))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W float in [0, 1] (already resized) -> B×D×h×w float32 region grid."""
+        f = self.extractor(x.to(self.device)).float()  # B×C×h'×w'
+        if self.pool > 1:
+            f = F.avg_pool2d(f, self.pool, self.pool, ceil_mode=True)  # B×C×h×w
+        if self.pca is not None:
+            mean, comp = self.pca
+            f = torch.einsum("bchw,cd->bdhw", f - mean.view(1, -1, 1, 1), comp)  # B×D×h×w
+        return f
+
+    def encode_batch(self, images: Sequence[np.ndarray], image_ids: Sequence[str] | None = None) -> list[FeatureMap]:
+        """uint8 H×W×3 images (any sizes) -> one FeatureMap each (float32 D×h×w; strides in original pixels).
+
+        Images of the same (resized) size go through the backbone together, ``batch_size`` at a time; no padding,
+        so an image's features never depend on its batch-mates.
+        """
+        ids = list(image_ids) if image_ids is not None else [str(i) for i in range(len(images))]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, img in enumerate(images):
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"expected a uint8 image of shape [H, W, 3], got {list(img.shape)}")
+            groups[img.shape[:2]].append(i)
+        out: list[FeatureMap | None] = [None] * len(images)
+        for (h, w), members in groups.items():
+            nh, nw = self.resized_shape(h, w)
+            sy, sx = self.cell_stride * h / nh, self.cell_stride * w / nw
+            for j in range(0, len(members), self.batch_size):
+                chunk = members[j:j + self.batch_size]
+                x = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)  # B×H×W×3 uint8
+                x = x.permute(0, 3, 1, 2).float().div_(255)  # B×3×H×W
+                if (nh, nw) != (h, w):
+                    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+                f = self.forward(x).cpu().numpy()  # B×D×h×w
+                for i, fm in zip(chunk, f):
+                    out[i] = FeatureMap(ids[i], fm, sy, sx)
+        return out  # type: ignore[return-value]
+
+    def encode(self, image: np.ndarray, image_id: str = "") -> FeatureMap:
+        """One image -> its FeatureMap (see :meth:`encode_batch`)."""
+        return self.encode_batch([image], [image_id])[0]
+
+
+# ------------------------------------------------------------------------------------------------ building
+def store_name(spec: str) -> str:
+    """Default feature-store name of a backbone spec: ``"resnet18:/x.pt"`` -> ``resnet18``,
+    ``"torchscript:/m/foo.pt"`` -> ``torchscript-foo``."""
+    base, path = parse_spec(spec)
+    if base == "torchscript" and path:
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in os.path.splitext(os.path.basename(path))[0])
+        return f"torchscript-{stem}"
+    return base
+
+
+def _backbone(ws: Workspace, spec: str, checkpoint: str | None, cfg: dict[str, Any]) -> FeatureExtractor:
+    return get_backbone(spec, workspace=ws, **({"checkpoint": checkpoint} if checkpoint else {}), **cfg)
+
+
+def fit_pca(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """N×C vectors -> (mean C, components C×dim), the top principal axes, signs fixed (largest |entry| > 0)."""
+    if dim > x.shape[1]:
+        raise ValueError(f"pca_dim={dim} exceeds the backbone's {x.shape[1]} channels")
+    x = x.astype(np.float64)
+    mean = x.mean(0)
+    vals, vecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))  # ascending
+    comp = vecs[:, ::-1][:, :dim]  # C×dim
+    comp *= np.sign(comp[np.abs(comp).argmax(0), np.arange(dim)])
+    return mean.astype(np.float32), comp.astype(np.float32)
+
+
+def _save_pca(ws: Workspace, rel: str, mean: np.ndarray, comp: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, mean=mean, components=comp)
+    ws.write_bytes(rel, buf.getvalue())
+
+
+def _load_pca(ws: Workspace, rel: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(io.BytesIO(ws.read_bytes(rel)), allow_pickle=False) as z:
+        return z["mean"], z["components"]
+
+
+def load_region_encoder(ws: Workspace | str, model: str, *, device: str | None = None,
+                        batch_size: int = 16) -> RegionEncoder:
+    """The exact encoder that produced ``features/<model>/`` (backbone, weights, pooling, PCA, max_side).
+
+    Raises
+    ------
+    WorkspaceError
+        No features for ``model``, or the backbone's weights changed since (``weights_id`` differs).
+    """
+    ws = Workspace(ws) if isinstance(ws, (str, os.PathLike)) else ws
+    meta = feature_meta(ws, model)
+    ext = _backbone(ws, meta["backbone"], meta.get("checkpoint"), meta.get("backbone_cfg") or {})
+    if ext.weights_id != meta["weights_id"]:
+        raise WorkspaceError(f"features/{model} were made with backbone weights {meta['weights_id']}, but "
+                             f"{meta['backbone']} now loads {ext.weights_id}; re-embed into a new store")
+    pca = _load_pca(ws, meta["pca"]) if meta.get("pca") else None
+    return RegionEncoder(ext, pool=meta["pool"], pca=pca, max_side=meta.get("max_side"), device=device,
+                         batch_size=batch_size)
+
+
+def embed_table(encoder: RegionEncoder, batch: dict[str, np.ndarray]) -> pa.Table:
+    """Decoded batch (``image_id``, ``image``, ``error``, optional ``shard``) -> feature rows (+ ``shard``)."""
+    ids = [str(i) for i in batch["image_id"]]
+    ok = [i for i, e in enumerate(batch["error"]) if not e]
+    fms = iter(encoder.encode_batch([np.asarray(batch["image"][i], np.uint8) for i in ok], [ids[i] for i in ok]))
+    oks = set(ok)
+    table = encode_rows(next(fms) if i in oks else (ids[i], batch["error"][i]) for i in range(len(ids)))
+    if "shard" in batch:
+        table = table.append_column("shard", pa.array(np.asarray(batch["shard"], np.int64)))
+    return table
+
+
+class EmbedActor:
+    """Ray Data callable class: loads the store's encoder once, then embeds decoded batches."""
+
+    def __init__(self, workspace: str, model: str, device: str | None = None, threads: int | None = None,
+                 batch_size: int = 16) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.encoder = load_region_encoder(Workspace(workspace), model, device=device, batch_size=batch_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return embed_table(self.encoder, batch)
+
+
+# ------------------------------------------------------------------------------------------------ the step
+@dataclass
+class EmbedReport:
+    """What :func:`embed_pool` did (this run) and the store it wrote to."""
+
+    model: str
+    backbone: str
+    mode: str
+    n_images: int
+    n_embedded: int
+    n_errors: int
+    shards_total: int
+    shards_written: int
+    shards_skipped: int
+    dim: int
+    cell_stride: int
+    bytes_per_image: float
+    seconds: float
+    images_per_s: float
+
+
+def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(tables).sort_by("image_id").select(FEATURE_SCHEMA.names).cast(FEATURE_SCHEMA)
+    ds.write_shard(shard, table)
+    return table
+
+
+def _catalog(ws: Workspace, splits: Iterable[str] | None) -> dict[str, str]:
+    cat = ws.read_table("catalog/images.parquet", columns=["image_id", "uri", "split", "status"]).to_pylist()
+    wanted = None if splits is None else set(splits)
+    return {r["image_id"]: r["uri"] for r in cat
+            if r["status"] != "error" and (wanted is None or r["split"] in wanted)}
+
+
+def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbone_cfg: dict[str, Any],
+             pool: int | None, max_side: int | None, pca_dim: int | None, uris: dict[str, str]) -> dict[str, Any]:
+    """Build the store's meta (fitting and saving the PCA if asked); refuses to mix with an existing store."""
+    base, path = parse_spec(spec)
+    checkpoint = checkpoint or path
+    checkpoint = os.path.abspath(checkpoint) if checkpoint else None
+    ext = _backbone(ws, base, checkpoint, backbone_cfg)
+    pool = pool or max(1, CELL_STRIDE // ext.stride)
+    rel = f"{features_dir(name)}/pca.npz" if pca_dim else None
+    meta = {"model": name, "backbone": base, "checkpoint": checkpoint, "backbone_cfg": backbone_cfg,
+            "weights_id": ext.weights_id, "backbone_dim": ext.dim, "backbone_stride": ext.stride, "pool": pool,
+            "stride": ext.stride * pool, "dim": pca_dim or ext.dim, "max_side": max_side, "pca": rel}
+    ds = ShardedDataset(ws, features_dir(name))
+    manifest = ds.manifest()
+    if manifest["shards"] and manifest["meta"] and manifest["meta"] != meta:
+        raise ValueError(f"{ws.path(features_dir(name))}: existing features were made with {manifest['meta']}, "
+                         f"not {meta}; pass another name or delete the folder")
+    if rel and not (manifest["shards"] and ws.exists(rel)):
+        enc = RegionEncoder(ext, pool=pool, max_side=max_side, device="cpu")
+        sample = sorted(uris)[:32]
+        dec = decode_batch({"image_id": np.array(sample, object), "uri": np.array([uris[i] for i in sample], object)})
+        fms = enc.encode_batch([im for im, e in zip(dec["image"], dec["error"]) if not e])
+        if not fms:
+            raise ValueError("cannot fit the PCA: none of the first 32 images is readable")
+        cells = np.concatenate([f.fmap.reshape(f.fmap.shape[0], -1).T for f in fms])  # N×C
+        cells = cells[np.random.default_rng(0).permutation(len(cells))[:50000]]
+        _save_pca(ws, rel, *fit_pca(cells, pca_dim))
+    return meta
+
+
+def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | None = None,
+               splits: Sequence[str] | None = ("pool",), resources: Resources | None = None, shard_size: int = 256,
+               progress: bool = True, max_side: int | None = None, pca_dim: int | None = None,
+               pool: int | None = None, checkpoint: str | None = None, backbone_cfg: dict[str, Any] | None = None,
+               local: bool = False, device: str | None = None, threads: int | None = None,
+               group_shards: int = 32, decode_cpus: float = 0.5) -> EmbedReport:
+    """Embed the catalog's images into ``features/<name>/`` (resumable; finished shards are never recomputed).
+
+    Parameters
+    ----------
+    model : str
+        Backbone spec for :func:`actors.backbone.get_backbone` (``"assay-small"``, ``"resnet18:/ckpt.pt"``,
+        ``"torchscript:/m.pt"``).
+    name : str, optional
+        Feature-store name (default :func:`store_name` of ``model``); the matcher passes it to
+        :func:`load_region_encoder`.
+    splits : sequence of str or None
+        Catalog splits to embed; None = every image whose status is not "error".
+    resources : Resources, optional
+        Actor pool size, per-actor CPUs/GPUs and batch size (default ``Resources.auto()``).
+    pool, max_side, pca_dim : see :class:`RegionEncoder`; ``pool`` defaults to 16 // backbone stride.
+    local : bool
+        Run in-process, shard by shard, without Ray (same functions, same output).
+    threads : int, optional
+        torch threads per actor (default: torch's default divided by the pool size).
+    group_shards : int
+        Pending shards per Ray pipeline: bounds driver memory (rows wait there until their shard is complete).
+
+    Raises
+    ------
+    WorkspaceError
+        No catalog. ``ValueError``: the store exists with other settings; ``FileNotFoundError``: no weights.
+    """
+    t0 = time.monotonic()
+    ws = Workspace(ws) if isinstance(ws, (str, os.PathLike)) else ws
+    res = resources or Resources.auto()
+    name = name or store_name(model)
+    uris = _catalog(ws, splits)
+    meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, uris)
+    ds = ShardedDataset(ws, features_dir(name))
+    shards = ds.plan(uris, shard_size, meta)
+    pending = [s for s in ds.pending(shards) if all(k in uris for k in s.keys)]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(len(s.keys) for s in pending), desc=f"embed {name}", unit="img", disable=not progress)
+    stats = {"ok": 0, "err": 0, "bytes": 0, "written": 0}
+
+    def finish(shard: Shard, tables: list[pa.Table]) -> None:
+        t = _write_shard(ds, shard, tables)
+        ok = t.filter(pc.equal(t["status"], "ok"))
+        stats["ok"] += ok.num_rows
+        stats["err"] += t.num_rows - ok.num_rows
+        stats["bytes"] += sum(len(b) for b in ok["fmap"].to_pylist())
+        stats["written"] += 1
+
+    th = threads or max(1, torch.get_num_threads() // max(1, res.pool_size))
+    if local:
+        _run_local(ws, name, pending, uris, res, device, finish, bar)
+    else:
+        for i in range(0, len(pending), group_shards):
+            _run_ray(ws, name, pending[i:i + group_shards], uris, res, device, th, decode_cpus, finish, bar)
+    bar.close()
+    secs = time.monotonic() - t0
+    n = stats["ok"] + stats["err"]
+    return EmbedReport(model=name, backbone=model, mode="local" if local else "ray", n_images=len(uris),
+                       n_embedded=stats["ok"], n_errors=stats["err"], shards_total=len(shards),
+                       shards_written=stats["written"], shards_skipped=len(shards) - len(pending),
+                       dim=meta["dim"], cell_stride=meta["stride"],
+                       bytes_per_image=stats["bytes"] / max(1, stats["ok"]), seconds=secs,
+                       images_per_s=n / secs if secs > 0 else math.nan)
+
+
+def _run_local(ws, name, pending, uris, res, device, finish, bar) -> None:
+    encoder = load_region_encoder(ws, name, device=device, batch_size=res.batch_size)
+    for shard in pending:
+        tables = []
+        for j in range(0, len(shard.keys), res.batch_size):
+            keys = shard.keys[j:j + res.batch_size]
+            batch = decode_batch({"image_id": np.array(keys, object), "uri": np.array([uris[k] for k in keys], object)})
+            tables.append(embed_table(encoder, batch))
+            bar.update(len(keys))
+        finish(shard, tables)
+
+
+def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish, bar) -> None:
+    import ray
+
+    init_ray()
+    items = [{"image_id": k, "uri": uris[k], "shard": s.index} for s in pending for k in s.keys]
+    want = {s.index: len(s.keys) for s in pending}
+    by_index = {s.index: s for s in pending}
+    got: dict[int, list[pa.Table]] = defaultdict(list)
+    count: dict[int, int] = defaultdict(int)
+    data = (ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, res.batch_size)))
+            .map_batches(decode_batch, batch_size=res.batch_size, num_cpus=decode_cpus)
+            .map_batches(EmbedActor, compute=ray.data.ActorPoolStrategy(size=res.pool_size),
+                         batch_size=res.batch_size, num_gpus=res.num_gpus, num_cpus=res.num_cpus,
+                         fn_constructor_kwargs={"workspace": ws.base if ws.is_local else ws.uri, "model": name, "device": device,
+                                                "threads": threads, "batch_size": res.batch_size}))
+    for batch in data.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for idx in np.unique(batch["shard"].to_numpy()):
+            part = batch.filter(pc.equal(batch["shard"], int(idx)))
+            got[int(idx)].append(part)
+            count[int(idx)] += part.num_rows
+            bar.update(part.num_rows)
+            if count[int(idx)] == want[int(idx)]:
+                finish(by_index[int(idx)], got.pop(int(idx)))
