@@ -1,0 +1,279 @@
+"""Deep template matching: ROI templates from a query feature map, dense NCC over pool feature maps.
+
+After "Object-Level Targeted Selection via Deep Template Matching" (arXiv 2207.01778): the template is the ROI of
+the query box in the backbone's region grid, matched by normalized cross-correlation (NCC) over every position of a
+pool image's grid. Here the template is pooled at several sizes (multi-scale), several boxes can be asked to
+co-occur (multi-object), and the best position gives the matched box in image pixels (localization).
+
+Kernels (pure torch, CPU or CUDA, no Ray): :func:`roi_template`, :func:`ncc_match`, :func:`best_match`,
+:func:`match_image`, :func:`rank_feature_maps` / :func:`exhaustive_match` (the no-FAISS reference).
+Wrappers: :class:`Matcher` (feature-map LRU cache + kernels) and :class:`MatchActor` (the same, as a Ray actor).
+
+Conventions: a feature map is C×H×W; ``stride_y``/``stride_x`` are image pixels per cell, so cell (i, j) covers
+y ∈ [i·stride_y, (i+1)·stride_y). Boxes are ``(x0, y0, x1, y1)`` in image pixels unless said otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import ray
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from actors.features import FeatureMap, iter_feature_maps
+from actors.workspace import Workspace
+
+SCALES = (0.7, 1.0, 1.4)
+COMBINE = ("min", "mean")
+EPS = 1e-6
+
+
+@dataclass
+class Hit:
+    """One matched image: NCC score and the matched region(s) in image pixels."""
+
+    image_id: str
+    score: float
+    box: tuple[float, float, float, float]
+    object_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- templates
+def check_box(box: Sequence[float], image_size: tuple[float, float]) -> tuple[float, float, float, float]:
+    """Validate an ``(x0, y0, x1, y1)`` pixel box against ``image_size = (width, height)``; returns it clipped.
+
+    Raises ``ValueError`` naming the box and the image size when it is malformed, empty or outside the image
+    (a tolerance of one pixel is clipped away).
+    """
+    if len(box) != 4:
+        raise ValueError(f"expected a box (x0, y0, x1, y1), got {tuple(box)}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = image_size
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box {(x0, y0, x1, y1)} is empty: need x1 > x0 and y1 > y0")
+    if x0 < -1 or y0 < -1 or x1 > w + 1 or y1 > h + 1:
+        raise ValueError(f"box {(x0, y0, x1, y1)} is outside the image of size {w:g}x{h:g} (width x height)")
+    return max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+
+
+def roi_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y: float, stride_x: float, *,
+                 scales: Sequence[float] = SCALES,
+                 image_size: tuple[float, float] | None = None) -> list[torch.Tensor]:
+    """ROI-align templates of one box at several sizes.
+
+    Parameters
+    ----------
+    fmap : C×H×W feature map of the query image.
+    box : (x0, y0, x1, y1) in image pixels.
+    stride_y, stride_x : image pixels per cell.
+    scales : template sizes relative to the box's own size in cells (each at least 1×1 cell); equal sizes
+        are kept once.
+    image_size : (width, height) in pixels; default the grid's extent ``(W·stride_x, H·stride_y)``.
+
+    Returns
+    -------
+    list of float32 C×h×w tensors on ``fmap``'s device, one per distinct size, in ``scales`` order.
+    """
+    x = (torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap).float()  # C×H×W
+    if x.ndim != 3:
+        raise ValueError(f"expected a feature map of shape [C, H, W], got {list(x.shape)}")
+    _, gh, gw = x.shape
+    x0, y0, x1, y1 = check_box(box, image_size or (gw * stride_x, gh * stride_y))
+    roi = torch.tensor([[0.0, x0 / stride_x, y0 / stride_y, x1 / stride_x, y1 / stride_y]], device=x.device)  # 1×5
+    hb, wb = (y1 - y0) / stride_y, (x1 - x0) / stride_x  # box size in cells
+    sizes = list(dict.fromkeys((max(1, round(hb * s)), max(1, round(wb * s))) for s in scales))
+    return [roi_align(x[None], roi, output_size=hw, spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0]
+            for hw in sizes]  # each C×h×w
+
+
+# ----------------------------------------------------------------------------------------------- NCC
+def ncc_match(templates: torch.Tensor, fmaps: torch.Tensor) -> torch.Tensor:
+    """Dense normalized cross-correlation of templates over feature maps ("valid" positions only).
+
+    Each template and each C×h×w window is made zero-mean and unit-norm over all its C·h·w values, so a score is
+    the Pearson correlation of template and window, in [-1, 1]. Windows with (near) zero variance score 0.
+
+    Parameters
+    ----------
+    templates : C×h×w, or T×C×h×w (T templates of one size).
+    fmaps : B×C×H×W with H ≥ h and W ≥ w; the computation runs on ``fmaps``' device.
+
+    Returns
+    -------
+    B×H'×W' (or B×T×H'×W' for T templates) float32, with H' = H - h + 1 and W' = W - w + 1; the score at
+    (i, j) is for the window whose top-left cell is (i, j).
+    """
+    single = templates.ndim == 3
+    t = templates[None] if single else templates  # T×C×h×w
+    t = t.to(device=fmaps.device, dtype=torch.float32)
+    x = fmaps.float()  # B×C×H×W
+    if t.shape[1] != x.shape[1]:
+        raise ValueError(f"template has {t.shape[1]} channels, feature maps {x.shape[1]}")
+    _, c, h, w = t.shape
+    if h > x.shape[2] or w > x.shape[3]:
+        raise ValueError(f"template {h}x{w} cells is larger than the feature maps {x.shape[2]}x{x.shape[3]}")
+    n = c * h * w
+    t = t - t.mean(dim=(1, 2, 3), keepdim=True)
+    t = t / t.flatten(1).norm(dim=1).clamp_min(EPS)[:, None, None, None]  # zero-mean, unit-norm
+    num = F.conv2d(x, t)  # B×T×H'×W'
+    ones = torch.ones(1, 1, h, w, device=x.device)
+    s1 = F.conv2d(x.sum(1, keepdim=True), ones)  # B×1×H'×W'  window sums
+    s2 = F.conv2d((x * x).sum(1, keepdim=True), ones)  # B×1×H'×W'  window sums of squares
+    var = (s2 - s1 * s1 / n).clamp_min(0.0)  # n · window variance
+    den = var.sqrt()
+    ok = den > EPS * s2.sqrt().clamp_min(1.0)
+    scores = torch.where(ok, num / den.clamp_min(EPS), torch.zeros_like(num)).clamp(-1.0, 1.0)
+    return scores[:, 0] if single else scores
+
+
+def best_match(templates: Sequence[torch.Tensor], fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best position over all templates (scales) and positions, per feature map.
+
+    Returns
+    -------
+    scores : B float32 (-inf when every template is larger than the maps).
+    boxes : B×4 float32 ``(x0, y0, x1, y1)`` in *cells* (multiply by the strides for pixels).
+    """
+    b, _, gh, gw = fmaps.shape
+    best = torch.full((b,), -float("inf"), device=fmaps.device)
+    boxes = torch.zeros(b, 4, device=fmaps.device)
+    for t in templates:
+        h, w = t.shape[-2:]
+        if h > gh or w > gw:
+            continue
+        s = ncc_match(t, fmaps).flatten(1)  # B×(H'·W')
+        v, pos = s.max(dim=1)  # B, B
+        i, j = pos // (gw - w + 1), pos % (gw - w + 1)
+        better = v > best
+        best = torch.where(better, v, best)
+        cand = torch.stack([j, i, j + w, i + h], dim=1).float()  # B×4 cells
+        boxes = torch.where(better[:, None], cand, boxes)
+    return best, boxes
+
+
+def match_objects(objects: Sequence[Sequence[torch.Tensor]], fmaps: torch.Tensor,
+                  combine: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
+    """Several query objects that must co-occur: image score = min (or mean) of each object's best score.
+
+    Returns scores B and boxes B×n_obj×4 in cells.
+    """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+    per = [best_match(ts, fmaps) for ts in objects]
+    scores = torch.stack([s for s, _ in per], dim=1)  # B×n_obj
+    boxes = torch.stack([bx for _, bx in per], dim=1)  # B×n_obj×4
+    return (scores.min(dim=1).values if combine == "min" else scores.mean(dim=1)), boxes
+
+
+def match_image(templates: Sequence[torch.Tensor], fmap: torch.Tensor | np.ndarray, stride_y: float,
+                stride_x: float) -> tuple[float, tuple[float, float, float, float]]:
+    """Best NCC score of the templates in one C×H×W map and the matched box in image pixels."""
+    x = torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap
+    s, bx = best_match(templates, x[None].float())
+    return float(s[0]), _to_pixels(bx[0], stride_y, stride_x)
+
+
+def _to_pixels(cells: torch.Tensor, stride_y: float, stride_x: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = cells.tolist()
+    return x0 * stride_x, y0 * stride_y, x1 * stride_x, y1 * stride_y
+
+
+# ----------------------------------------------------------------------------------------------- ranking
+def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], *,
+                      top_k: int | None = None, combine: str = "min", device: str = "cpu",
+                      batch_size: int = 64) -> list[Hit]:
+    """Score every feature map (batched by grid shape) and return hits sorted by score, best first.
+
+    ``objects`` is one list of templates (scales) per query object. The image box is the union of the objects'
+    matched boxes; ``object_boxes`` lists them. Ties keep the input order.
+    """
+    objects = [[t.to(device) for t in ts] for ts in objects]
+    hits: list[Hit] = []
+    groups: dict[tuple, list[FeatureMap]] = {}
+    for fm in fmaps:
+        key = fm.fmap.shape
+        groups.setdefault(key, []).append(fm)
+        if len(groups[key]) >= batch_size:
+            hits += _score_group(objects, groups.pop(key), combine, device)
+    for group in groups.values():
+        hits += _score_group(objects, group, combine, device)
+    hits.sort(key=lambda h: -h.score)
+    return hits[:top_k] if top_k is not None else hits
+
+
+def _score_group(objects, group: list[FeatureMap], combine: str, device: str) -> list[Hit]:
+    x = torch.from_numpy(np.stack([fm.fmap for fm in group])).to(device).float()  # B×C×H×W
+    scores, boxes = match_objects(objects, x, combine)  # B, B×n_obj×4
+    out = []
+    for fm, s, bx in zip(group, scores.tolist(), boxes.cpu()):
+        obj = [_to_pixels(b, fm.stride_y, fm.stride_x) for b in bx]
+        union = (min(b[0] for b in obj), min(b[1] for b in obj), max(b[2] for b in obj), max(b[3] for b in obj))
+        out.append(Hit(fm.image_id, float(s), union, obj))
+    return out
+
+
+def exhaustive_match(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], top_k: int, *,
+                     combine: str = "min", device: str = "cpu") -> list[Hit]:
+    """Reference search without FAISS: NCC over every feature map; the top ``top_k`` hits."""
+    return rank_feature_maps(objects, fmaps, top_k=top_k, combine=combine, device=device)
+
+
+# ----------------------------------------------------------------------------------------------- wrappers
+class Matcher:
+    """Fine stage over candidate images: loads their feature maps (LRU cache) and ranks them by NCC.
+
+    Parameters
+    ----------
+    ws, model : where the feature maps live (``features/<model>/``).
+    cache_size : feature maps kept in memory between calls.
+    preload : fill the cache from the store up front (one sequential scan instead of one per call).
+    device : torch device; default :func:`actors.runtime.device`.
+    """
+
+    def __init__(self, ws: Workspace, model: str, *, cache_size: int = 4096, device: str | None = None,
+                 preload: bool = False) -> None:
+        from actors.runtime import device as auto_device
+
+        self.ws, self.model, self.cache_size = ws, model, cache_size
+        self.device = device or auto_device()
+        self._cache: OrderedDict[str, FeatureMap] = OrderedDict()
+        if preload:  # one scan of the store fills the cache (all of it when it fits)
+            for fm in iter_feature_maps(ws, model):
+                self._cache[fm.image_id] = fm
+                if len(self._cache) >= cache_size:
+                    break
+
+    def feature_maps(self, image_ids: Sequence[str]) -> list[FeatureMap]:
+        """The feature maps of ``image_ids`` (missing or failed images are skipped), via the cache."""
+        missing = [i for i in image_ids if i not in self._cache]
+        if missing:
+            for fm in iter_feature_maps(self.ws, self.model, image_ids=missing):
+                self._cache[fm.image_id] = fm
+        out = []
+        for i in image_ids:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                out.append(self._cache[i])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def rerank(self, objects: Sequence[Sequence[torch.Tensor]], image_ids: Sequence[str], top_k: int,
+               combine: str = "min") -> list[Hit]:
+        """NCC re-rank of the candidate images; the best ``top_k`` hits."""
+        return rank_feature_maps(objects, self.feature_maps(image_ids), top_k=top_k, combine=combine,
+                                 device=self.device)
+
+
+@ray.remote
+class MatchActor(Matcher):
+    """:class:`Matcher` as a Ray actor: owns a device and a feature-map cache across queries.
+
+    Create with ``MatchActor.options(num_cpus=…, num_gpus=…).remote(ws, model)`` (asks from
+    :class:`actors.runtime.Resources`), call ``actor.rerank.remote(objects, image_ids, top_k)``.
+    """

@@ -1,0 +1,37 @@
+"""End to end on a tiny world: world -> catalog -> backbone (tiny training) -> embed -> `assay index` -> `assay mine`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+world = pytest.importorskip("actors.world")
+embed = pytest.importorskip("actors.embed")
+backbone = pytest.importorskip("actors.backbone")
+
+
+def test_world_to_mine_through_the_cli(tmp_path, capsys):
+    from actors.workspace import Workspace
+    from apps.cli import main
+
+    world.make_world(tmp_path / "world", seed=0, n_images=40, size=(256, 192), workers=1)
+    ws = Workspace(tmp_path / "world" / "workspace")
+    backbone.train_backbone(ws, epochs=1, max_minutes=0.2, max_windows=200, progress=False)
+    embed.embed_pool(ws, model="assay-small", splits=("pool",), local=True, progress=False)
+
+    assert main(["index", "-w", ws.uri, "--model", "assay-small", "--json"]) == 0
+    region, glob = json.loads(capsys.readouterr().out)
+    assert region["images"] == glob["images"] > 0 and region["factory"] == "Flat"
+
+    images = ws.read_table("catalog/images.parquet").to_pylist()
+    labels = ws.read_table("catalog/labels.parquet").to_pylist()
+    queries = {r["image_id"]: r["uri"] for r in images if r["split"] == "queries"}
+    lab = next(r for r in labels if r["image_id"] in queries)
+    box = ",".join(f"{lab[k]:.1f}" for k in ("x0", "y0", "x1", "y1"))
+    for method in ("template", "global"):
+        assert main(["mine", "-w", ws.uri, "--image", queries[lab["image_id"]], "--box", box, "--top-k", "5",
+                     "--model", "assay-small", "--method", method, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert len(out["hits"]) == 5 and all(h["uri"] for h in out["hits"])
+        assert ws.exists(f"selections/{out['query_id']}.parquet") and ws.exists(f"queries/{out['query_id']}.json")
