@@ -1,0 +1,28 @@
+"""`assay demo` end to end on a tiny world: every step runs, writes its outputs, and a re-run resumes."""
+
+from __future__ import annotations
+
+import json
+
+from apps.cli import main
+
+
+def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--images", "120", "--train-minutes", "0.1", "--top-k", "5", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["catalog"]["images"] == 120
+    assert len(result["curve"]["n"]) >= 3 and result["curve"]["n"] == sorted(result["curve"]["n"])
+    for method in ("template", "global"):
+        sel = result["mine"][method]
+        assert 1 <= len(sel["hits"]) <= 5
+        assert (out / "workspace" / "selections" / f"{sel['query_id']}.parquet").exists()
+    assert len(result["estimate"]["plan"]["totals"]) == 3
+    assert result["embed"]["n_embedded"] == result["catalog"]["images_by_split"]["pool"]["ok"]
+
+    # a second run recomputes nothing: world, backbone, curve and feature shards are reused
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["embed"]["n_embedded"] == 0 and again["embed"]["shards_skipped"] >= 1
+    assert again["curve"] == result["curve"]
