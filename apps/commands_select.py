@@ -6,8 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from actors.select import DEFAULT_MODEL, METHODS
 from apps.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
+
+# Mirrors actors.select (kept here so `assay --help` does not import torch; tests check they agree).
+DEFAULT_MODEL = "assay-small"
+METHODS = ("template", "global")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Feature-store name (features/<model>/).")]
 

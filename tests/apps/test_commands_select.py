@@ -71,3 +71,11 @@ def test_mine_without_an_index_says_how_to_build_it(workspace, capsys):
 
 def test_parse_box():
     assert parse_box("1, 2,3.5,4") == (1.0, 2.0, 3.5, 4.0)
+
+
+def test_cli_constants_mirror_the_library():
+    import actors.select
+    import apps.commands_select as cs
+
+    assert cs.DEFAULT_MODEL == actors.select.DEFAULT_MODEL
+    assert tuple(cs.METHODS) == tuple(actors.select.METHODS)
