@@ -9,7 +9,12 @@ baseline)::
 
 Contract
 --------
-* Vectors are L2-normalised fp32 and the metric is inner product, so scores are cosine similarities in [-1, 1].
+* Vectors are *centred* (the pool's mean cell vector, ``manifest.center``, is subtracted) and then L2-normalised
+  fp32; the metric is inner product, so scores are cosine similarities in [-1, 1]. Centring matters: backbone cells
+  share a large common component (mostly background), so raw cosines between any two cells are high and
+  uninformative; after centring, a cell's direction says what is *different* about it. The mean is computed once
+  at build time from a seeded sample of images and kept (``add_to_index`` reuses it); a manifest without one
+  (older indexes) means no centring.
 * A build or an incremental add writes a *new generation* of index + ids files, then the manifest that points at
   them (atomic rename), then deletes the previous generation. A crash at any point leaves the previous, consistent
   index readable; the manifest is the commit point.
@@ -40,6 +45,7 @@ FLAT_MAX = 1_000_000          # below this many vectors: exact IndexFlatIP
 TRAIN_PER_CENTROID = 64       # FAISS wants >= 39 training points per centroid
 TRAIN_MAX = 500_000
 ADD_BATCH = 65_536
+CENTER_CELLS = 200_000        # cells (from whole images drawn at random) that estimate the pool's mean cell
 KINDS = ("region", "global")
 
 
@@ -59,6 +65,7 @@ class IndexManifest:
     index_file: str = ""
     ids_file: str = ""
     nprobe: int = 0
+    center: list = field(default_factory=list)  # C floats subtracted before normalising; [] = none
     extra: dict = field(default_factory=dict)
 
 
@@ -85,18 +92,36 @@ def choose_factory(n: int, dim: int) -> str:
     return f"IVF{k},PQ{m}"
 
 
-def cell_vectors(fm: FeatureMap, kind: str = "region") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cell_vectors(fm: FeatureMap, kind: str = "region",
+                 center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit vectors of one feature map: (xb n×C fp32, rows n int16, cols n int16).
 
     ``region``: one vector per cell (n = H·W, row-major); ``global``: the mean-pooled grid (n = 1, row = col = -1).
+    ``center`` (C), when given, is subtracted before normalising (see the module's contract).
     """
     c, h, w = fm.fmap.shape
     cells = np.asarray(fm.fmap, dtype=np.float32).reshape(c, h * w).T  # (H·W)×C
     if kind == "global":
-        xb = normalize(cells.mean(0, keepdims=True))  # 1×C
-        return xb, np.full(1, -1, np.int16), np.full(1, -1, np.int16)
+        cells = cells.mean(0, keepdims=True)  # 1×C
+    if center is not None and len(center):
+        cells = cells - np.asarray(center, np.float32)[None]
+    if kind == "global":
+        return normalize(cells), np.full(1, -1, np.int16), np.full(1, -1, np.int16)
     rows, cols = np.divmod(np.arange(h * w), w)
     return normalize(cells), rows.astype(np.int16), cols.astype(np.int16)
+
+
+def pool_center(fmaps: Iterable[FeatureMap]) -> np.ndarray:
+    """Mean cell vector (C, fp32) of the given feature maps: every cell weighs the same."""
+    total, n = None, 0
+    for fm in fmaps:
+        c = fm.fmap.shape[0]
+        x = np.asarray(fm.fmap, dtype=np.float32).reshape(c, -1)  # C×(H·W)
+        total = x.sum(1, dtype=np.float64) if total is None else total + x.sum(1, dtype=np.float64)
+        n += x.shape[1]
+    if total is None:
+        raise ValueError("no feature maps to compute the pool's mean cell vector from")
+    return (total / n).astype(np.float32)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -118,6 +143,7 @@ class LoadedIndex:
         self.image_names: list[str] = enc.dictionary.to_pylist()  # image code -> image_id
         self.rows = ids.column("row").to_numpy()  # n int16
         self.cols = ids.column("col").to_numpy()  # n int16
+        self.center = np.asarray(manifest.center, np.float32) if manifest.center else None  # C or None
         if manifest.nprobe:
             faiss.ParameterSpace().set_index_parameter(index, "nprobe", manifest.nprobe)
 
@@ -134,6 +160,11 @@ class LoadedIndex:
         if xq.shape[1] != self.manifest.dim:
             raise ValueError(f"expected query vectors of dim {self.manifest.dim}, got {xq.shape[1]}")
         return self.index.search(xq, min(int(k), self.ntotal))
+
+    def query_vectors(self, x: np.ndarray) -> np.ndarray:
+        """Raw feature vectors (nq×C) -> the index's query form: centred with the pool mean, unit norm."""
+        x = np.atleast_2d(np.asarray(x, np.float32))
+        return normalize(x - self.center[None] if self.center is not None else x)
 
     def indexed_images(self) -> set[str]:
         return set(self.image_names)
@@ -170,18 +201,19 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
     dim = int(meta.get("dim") or _first_dim(ws, model))
     factory = factory or choose_factory(n, dim)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    center = pool_center(iter_feature_maps(ws, model, image_ids=_sample_images(counts, CENTER_CELLS, seed)))
     trained_on = 0
     if not index.is_trained:
-        xt = _training_sample(ws, model, kind, counts, index, seed)
+        xt = _training_sample(ws, model, kind, counts, index, seed, center)
         trained_on = len(xt)
         index = _to_gpu(index)
         index.train(xt)
     else:
         index = _to_gpu(index)
-    ids = _add_all(index, iter_feature_maps(ws, model), kind, n, progress, f"index {model} ({kind})")
+    ids = _add_all(index, iter_feature_maps(ws, model), kind, n, progress, f"index {model} ({kind})", center)
     man = IndexManifest(model=model, kind=kind, factory=factory, metric=METRIC, n=0, dim=dim,
                         trained_on=trained_on, images=0,
-                        nprobe=(nprobe or 32) if "IVF" in factory else 0)
+                        nprobe=(nprobe or 32) if "IVF" in factory else 0, center=center.tolist())
     return _save(ws, man, _to_cpu(index), ids, previous=_read_manifest(ws, model, kind))
 
 
@@ -197,7 +229,8 @@ def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: b
         return man
     index = _to_gpu(loaded.index)
     old_ids = loaded.ids.cast(IDS_SCHEMA)
-    ids = _add_all(index, iter_feature_maps(ws, model, image_ids=new), kind, None, progress, f"add {model}")
+    ids = _add_all(index, iter_feature_maps(ws, model, image_ids=new), kind, None, progress, f"add {model}",
+                   loaded.center)
     return _save(ws, man, _to_cpu(index), pa.concat_tables([old_ids, ids]), previous=man)
 
 
@@ -220,7 +253,7 @@ IDS_SCHEMA = pa.schema([("image_id", pa.string()), ("row", pa.int16()), ("col", 
 
 
 def _add_all(index: faiss.Index, fmaps: Iterable[FeatureMap], kind: str, total: int | None,
-             progress: bool, desc: str) -> pa.Table:
+             progress: bool, desc: str, center: np.ndarray | None = None) -> pa.Table:
     """Add the vectors of ``fmaps`` to ``index`` in batches of :data:`ADD_BATCH`; returns the id rows added."""
     parts: list[pa.Table] = []
     buf: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -241,7 +274,7 @@ def _add_all(index: faiss.Index, fmaps: Iterable[FeatureMap], kind: str, total: 
         buf, size = [], 0
 
     for fm in fmaps:
-        xb, rows, cols = cell_vectors(fm, kind)
+        xb, rows, cols = cell_vectors(fm, kind, center)
         buf.append((fm.image_id, xb, rows, cols))
         size += len(xb)
         if size >= ADD_BATCH:
@@ -251,21 +284,28 @@ def _add_all(index: faiss.Index, fmaps: Iterable[FeatureMap], kind: str, total: 
     return pa.concat_tables(parts) if parts else IDS_SCHEMA.empty_table()
 
 
+def _sample_images(counts: dict[str, int], want: int, seed: int) -> list[str]:
+    """Whole images drawn at random (seeded) until they hold ``want`` vectors (``counts``: image -> vectors)."""
+    order = np.random.default_rng(seed).permutation(sorted(counts))
+    chosen, got = [], 0
+    for image_id in order:
+        chosen.append(str(image_id))
+        got += counts[image_id]
+        if got >= want:
+            break
+    return chosen
+
+
 def _training_sample(ws: Workspace, model: str, kind: str, counts: dict[str, int], index: faiss.Index,
-                     seed: int) -> np.ndarray:
-    """A seeded sample of vectors for training: whole images drawn at random until the sample is big enough."""
+                     seed: int, center: np.ndarray | None = None) -> np.ndarray:
+    """A seeded sample of (centred, unit) vectors for training: whole images drawn at random until enough."""
     nlist = faiss.extract_index_ivf(index).nlist if _is_ivf(index) else 256
     want = min(TRAIN_MAX, max(TRAIN_PER_CENTROID * nlist, 10_000))
     rng = np.random.default_rng(seed)
-    order = rng.permutation(sorted(counts))
-    per = {i: (counts[i] if kind == "region" else 1) for i in order}
-    chosen, got = [], 0
-    for image_id in order:
-        chosen.append(image_id)
-        got += per[image_id]
-        if got >= want:
-            break
-    xt = np.concatenate([cell_vectors(fm, kind)[0] for fm in iter_feature_maps(ws, model, image_ids=chosen)])
+    per = counts if kind == "region" else dict.fromkeys(counts, 1)
+    chosen = _sample_images(per, want, seed)
+    xt = np.concatenate([cell_vectors(fm, kind, center)[0]
+                         for fm in iter_feature_maps(ws, model, image_ids=chosen)])
     if len(xt) > want:
         xt = xt[rng.choice(len(xt), want, replace=False)]
     return np.ascontiguousarray(xt)

@@ -1,12 +1,24 @@
 """Deep template matching: ROI templates from a query feature map, dense NCC over pool feature maps.
 
-After "Object-Level Targeted Selection via Deep Template Matching" (arXiv 2207.01778): the template is the ROI of
-the query box in the backbone's region grid, matched by normalized cross-correlation (NCC) over every position of a
-pool image's grid. Here the template is pooled at several sizes (multi-scale), several boxes can be asked to
-co-occur (multi-object), and the best position gives the matched box in image pixels (localization).
+After "Object-Level Targeted Selection via Deep Template Matching" (arXiv 2207.01778): the template comes from the
+ROI of the query box in the backbone's region grid and is compared with every position of a pool image's grid.
+Several sizes are tried (multi-scale), several boxes can be asked to co-occur (multi-object), and the best position
+gives the matched box in image pixels (localization).
 
-Kernels (pure torch, CPU or CUDA, no Ray): :func:`roi_template`, :func:`ncc_match`, :func:`best_match`,
-:func:`match_image`, :func:`rank_feature_maps` / :func:`exhaustive_match` (the no-FAISS reference).
+Two kinds of template (an "object" below is a list of one kind):
+
+* :class:`BoxTemplate` (what :mod:`actors.select` uses): the box's ROI-averaged feature vector, centred with the
+  pool's mean cell vector and unit-normalised, compared by cosine with the (centred) mean of every window of the
+  box's size in cells, at a few scales (:func:`pooled_match`). Made for tiny objects: a 12-px digit is less than
+  one 16-px cell, so a ≥ 2×2-cell ROI template is mostly background and NCC then matches background texture;
+  one vector of the box, compared with windows of the box's own size, weighs object and context by how much
+  of the box they cover. The output box has the query box's size (times the scale) centred on the best window.
+* a list of C×h×w ROI tensors (:func:`roi_template`), matched by dense NCC (:func:`ncc_match`): the paper's
+  template, kept as the reference kernel for larger objects and for tests.
+
+Kernels (pure torch, CPU or CUDA, no Ray): :func:`box_template`, :func:`pooled_match`, :func:`roi_template`,
+:func:`ncc_match`, :func:`best_match`, :func:`match_image`, :func:`rank_feature_maps` / :func:`exhaustive_match`
+(the no-FAISS reference).
 Wrappers: :class:`Matcher` (feature-map LRU cache + kernels) and :class:`MatchActor` (the same, as a Ray actor).
 
 Conventions: a feature map is C×H×W; ``stride_y``/``stride_x`` are image pixels per cell, so cell (i, j) covers
@@ -15,6 +27,7 @@ y ∈ [i·stride_y, (i+1)·stride_y). Boxes are ``(x0, y0, x1, y1)`` in image pi
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -91,6 +104,91 @@ def roi_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y
             for hw in sizes]  # each C×h×w
 
 
+@dataclass
+class BoxTemplate:
+    """One query box for :func:`pooled_match`.
+
+    vector : C float32, the box's mean feature minus ``center``, unit norm.
+    sizes : ((h, w, scale), ...) window sizes in cells, one per distinct scale.
+    box_cells : the box's (height, width) in cells (output boxes are this times the scale).
+    center : C float32 subtracted from pool cells before comparing, or None.
+    """
+
+    vector: torch.Tensor
+    sizes: tuple[tuple[int, int, float], ...]
+    box_cells: tuple[float, float]
+    center: torch.Tensor | None = None
+
+    def to(self, device: str | torch.device) -> "BoxTemplate":
+        c = None if self.center is None else self.center.to(device)
+        return BoxTemplate(self.vector.to(device), self.sizes, self.box_cells, c)
+
+
+def box_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y: float, stride_x: float, *,
+                 scales: Sequence[float] = SCALES, image_size: tuple[float, float] | None = None,
+                 center: torch.Tensor | np.ndarray | Sequence[float] | None = None) -> BoxTemplate:
+    """The :class:`BoxTemplate` of one box: its ROI-aligned 1×1 mean feature, centred, unit norm.
+
+    Parameters are those of :func:`roi_template`; ``center`` is the pool's mean cell vector (C) or None.
+    Window sizes are ``max(1, round(box size in cells · scale))`` per side; equal sizes are kept once, with the
+    scale nearest 1 (so a speck's single 1×1 window outputs boxes of the speck's own size).
+    """
+    x = (torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap).float()  # C×H×W
+    if x.ndim != 3:
+        raise ValueError(f"expected a feature map of shape [C, H, W], got {list(x.shape)}")
+    _, gh, gw = x.shape
+    x0, y0, x1, y1 = check_box(box, image_size or (gw * stride_x, gh * stride_y))
+    roi = torch.tensor([[0.0, x0 / stride_x, y0 / stride_y, x1 / stride_x, y1 / stride_y]], device=x.device)  # 1×5
+    v = roi_align(x[None], roi, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0, :, 0, 0]
+    c = None if center is None or len(center) == 0 else torch.as_tensor(np.asarray(center, np.float32)).to(x.device)
+    if c is not None:
+        v = v - c
+    hb, wb = (y1 - y0) / stride_y, (x1 - x0) / stride_x  # box size in cells
+    sizes: dict[tuple[int, int], float] = {}
+    for s in sorted(scales, key=lambda s: abs(math.log(s))):  # equal sizes keep the scale nearest 1
+        sizes.setdefault((max(1, round(hb * s)), max(1, round(wb * s))), float(s))
+    sizes_s = tuple(sorted(((h, w, s) for (h, w), s in sizes.items()), key=lambda hws: hws[2]))
+    return BoxTemplate(v / v.norm().clamp_min(EPS), sizes_s, (hb, wb), c)
+
+
+def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of the template vector with the centred mean of every window, best over sizes and positions.
+
+    Parameters
+    ----------
+    t : BoxTemplate (on ``fmaps``' device).
+    fmaps : B×C×H×W.
+
+    Returns
+    -------
+    scores : B float32 in [-1, 1] (-inf when every window size is larger than the maps).
+    boxes : B×4 float32 ``(x0, y0, x1, y1)`` in cells: the query box's size times the scale, centred on the best
+        window (so a 1×1 window still gives a box of the object's size).
+    """
+    x = fmaps.float()  # B×C×H×W
+    if t.vector.shape[0] != x.shape[1]:
+        raise ValueError(f"template has {t.vector.shape[0]} channels, feature maps {x.shape[1]}")
+    if t.center is not None:
+        x = x - t.center.view(1, -1, 1, 1)
+    b, _, gh, gw = x.shape
+    best = torch.full((b,), -float("inf"), device=x.device)
+    boxes = torch.zeros(b, 4, device=x.device)
+    for h, w, s in t.sizes:
+        if h > gh or w > gw:
+            continue
+        win = F.avg_pool2d(x, (h, w), stride=1) if (h, w) != (1, 1) else x  # B×C×H'×W'
+        sim = torch.einsum("bchw,c->bhw", win, t.vector) / win.norm(dim=1).clamp_min(EPS)  # B×H'×W'
+        v, pos = sim.flatten(1).max(dim=1)  # B, B
+        i, j = pos // (gw - w + 1), pos % (gw - w + 1)
+        cy, cx = i.float() + h / 2, j.float() + w / 2
+        hh, hw = t.box_cells[0] * s / 2, t.box_cells[1] * s / 2
+        cand = torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=1)  # B×4 cells
+        better = v > best
+        best = torch.where(better, v, best)
+        boxes = torch.where(better[:, None], cand, boxes)
+    return best, boxes
+
+
 # ----------------------------------------------------------------------------------------------- NCC
 def ncc_match(templates: torch.Tensor, fmaps: torch.Tensor) -> torch.Tensor:
     """Dense normalized cross-correlation of templates over feature maps ("valid" positions only).
@@ -131,14 +229,19 @@ def ncc_match(templates: torch.Tensor, fmaps: torch.Tensor) -> torch.Tensor:
     return scores[:, 0] if single else scores
 
 
-def best_match(templates: Sequence[torch.Tensor], fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def best_match(templates: Sequence[torch.Tensor] | BoxTemplate,
+               fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Best position over all templates (scales) and positions, per feature map.
+
+    ``templates`` is a list of C×h×w NCC templates, or a :class:`BoxTemplate` (then :func:`pooled_match`).
 
     Returns
     -------
     scores : B float32 (-inf when every template is larger than the maps).
     boxes : B×4 float32 ``(x0, y0, x1, y1)`` in *cells* (multiply by the strides for pixels).
     """
+    if isinstance(templates, BoxTemplate):
+        return pooled_match(templates, fmaps)
     b, _, gh, gw = fmaps.shape
     best = torch.full((b,), -float("inf"), device=fmaps.device)
     boxes = torch.zeros(b, 4, device=fmaps.device)
@@ -156,7 +259,7 @@ def best_match(templates: Sequence[torch.Tensor], fmaps: torch.Tensor) -> tuple[
     return best, boxes
 
 
-def match_objects(objects: Sequence[Sequence[torch.Tensor]], fmaps: torch.Tensor,
+def match_objects(objects: Sequence[Sequence[torch.Tensor] | BoxTemplate], fmaps: torch.Tensor,
                   combine: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
     """Several query objects that must co-occur: image score = min (or mean) of each object's best score.
 
@@ -170,7 +273,7 @@ def match_objects(objects: Sequence[Sequence[torch.Tensor]], fmaps: torch.Tensor
     return (scores.min(dim=1).values if combine == "min" else scores.mean(dim=1)), boxes
 
 
-def match_image(templates: Sequence[torch.Tensor], fmap: torch.Tensor | np.ndarray, stride_y: float,
+def match_image(templates: Sequence[torch.Tensor] | BoxTemplate, fmap: torch.Tensor | np.ndarray, stride_y: float,
                 stride_x: float) -> tuple[float, tuple[float, float, float, float]]:
     """Best NCC score of the templates in one C×H×W map and the matched box in image pixels."""
     x = torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap
@@ -189,10 +292,10 @@ def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable
                       batch_size: int = 64) -> list[Hit]:
     """Score every feature map (batched by grid shape) and return hits sorted by score, best first.
 
-    ``objects`` is one list of templates (scales) per query object. The image box is the union of the objects'
+    ``objects`` is, per query object, a :class:`BoxTemplate` or a list of NCC templates (scales). The image box is the union of the objects'
     matched boxes; ``object_boxes`` lists them. Ties keep the input order.
     """
-    objects = [[t.to(device) for t in ts] for ts in objects]
+    objects = [ts.to(device) if isinstance(ts, BoxTemplate) else [t.to(device) for t in ts] for ts in objects]
     hits: list[Hit] = []
     groups: dict[tuple, list[FeatureMap]] = {}
     for fm in fmaps:

@@ -1,9 +1,11 @@
 """Targeted selection: a query image + boxes -> the pool images holding a similar object, ranked and localized.
 
-``method="template"`` (default): ROI templates of each box (:func:`actors.match.roi_template`) -> coarse stage =
-FAISS search of the template's unit cells in the region index, per-image aggregation, top-N candidates (N =
-max(10·K, 200)) -> fine stage = dense NCC over each candidate's feature map (:class:`actors.match.Matcher`, or
-:class:`actors.match.MatchActor` workers for a batch of queries) -> image score = best position.
+``method="template"`` (default): each box becomes a :class:`actors.match.BoxTemplate` (its ROI-averaged feature,
+centred with the pool's mean cell vector stored in the region index's manifest, unit norm) -> coarse stage = FAISS
+inner-product search of that vector among the (equally centred, unit) index cells, per image the best cell, top-N
+candidates (N = max(10·K, 200)) -> fine stage = cosine with the mean of every window of the box's size (three
+scales) over each candidate's feature map (:class:`actors.match.Matcher`, or :class:`actors.match.MatchActor`
+workers for a batch of queries) -> image score = best window; matched box = the query box's size centred on it.
 
 ``method="global"``: the whole-image baseline in the same code path: mean-pooled, L2-normalised region grid of
 the query image searched in the global index (``index/<model>-global/``); the "matched region" is the whole image.
@@ -25,11 +27,10 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from actors.features import FeatureMap, iter_feature_maps
 from actors.index import LoadedIndex, cell_vectors, load_index, normalize
-from actors.match import COMBINE, SCALES, Hit, Matcher, roi_template
+from actors.match import COMBINE, SCALES, BoxTemplate, Hit, Matcher, box_template
 from actors.workspace import Workspace
 
 METHODS = ("template", "global")
@@ -135,10 +136,10 @@ class Selector:
                 hits = _global_hits(self.ws, q, index, fm)
                 out.append(Selection(query_id(q), _query_record(q), hits, coarse_s=time.perf_counter() - t0))
                 continue
-            objects = [roi_template(fm.fmap, b, fm.stride_y, fm.stride_x, scales=scales, image_size=size)
-                       for b in q.boxes]
+            objects = [box_template(fm.fmap, b, fm.stride_y, fm.stride_x, scales=scales, image_size=size,
+                                    center=index.center) for b in q.boxes]
             n_cand = n_candidates or max(10 * q.top_k, 200)
-            cands = coarse_candidates(index, [_coarse_cells(ts, scales) for ts in objects], n_cand)
+            cands = coarse_candidates(index, [_coarse_vectors(t) for t in objects], n_cand)
             t1 = time.perf_counter()
             sel = Selection(query_id(q), _query_record(q), [], coarse_s=t1 - t0, n_candidates=len(cands))
             if self.actors:
@@ -165,11 +166,11 @@ class Selector:
 # ----------------------------------------------------------------------------------------------- coarse stage
 def coarse_candidates(index: LoadedIndex, object_cells: Sequence[np.ndarray], n_candidates: int,
                       k_cell: int | None = None) -> list[str]:
-    """Candidate images from a FAISS search of each object's template cells.
+    """Candidate images from a FAISS search of each object's query vectors (nq×C, in the index's form).
 
-    For each template cell (a unit vector), the ``k_cell`` nearest index cells; per image, the best similarity
-    per template cell (the cell's k-th similarity when the image is not among its hits); per object, the mean
-    over its cells; per image, the mean over objects. Returns the ``n_candidates`` best image ids, best first.
+    For each query vector, the ``k_cell`` nearest index cells; per image, the best similarity per query vector
+    (the vector's k-th similarity when the image is not among its hits); per object, the mean over its vectors;
+    per image, the mean over objects. Returns the ``n_candidates`` best image ids, best first.
     """
     k_cell = k_cell or max(4 * n_candidates, 1024)
     per_object = []
@@ -190,17 +191,14 @@ def coarse_candidates(index: LoadedIndex, object_cells: Sequence[np.ndarray], n_
     return [index.image_names[c] for c in uniq[order]]
 
 
-def _coarse_cells(templates: Sequence[torch.Tensor], scales: Sequence[float]) -> np.ndarray:
-    """Unit cell vectors (h·w×C) of the template at scale 1 (or the middle one)."""
-    sizes = list(dict.fromkeys(scales))
-    t = templates[min(sizes.index(1.0) if 1.0 in sizes else len(templates) // 2, len(templates) - 1)]
-    c = t.shape[0]
-    return normalize(t.detach().cpu().numpy().reshape(c, -1).T)
+def _coarse_vectors(t: BoxTemplate) -> np.ndarray:
+    """The coarse stage's query vectors of one object: its template vector (already centred, unit), 1×C."""
+    return normalize(t.vector.detach().cpu().numpy()[None])
 
 
 # ----------------------------------------------------------------------------------------------- global baseline
 def _global_hits(ws: Workspace, q: Query, index: LoadedIndex, fm: FeatureMap) -> list[Hit]:
-    xq = cell_vectors(fm, "global")[0]  # 1×C
+    xq = cell_vectors(fm, "global", index.center)[0]  # 1×C, centred like the index
     D, I = index.search(xq, q.top_k)
     ids = [index.image_names[index.image_codes[i]] for i in I[0] if i >= 0]
     sizes = _image_sizes(ws, q.model, ids)

@@ -1,16 +1,21 @@
 """Targeted-selection benchmark: template matching vs. the whole-image global baseline on an embedded world.
 
 Steps (each skipped when its output exists, so a re-run only measures): ``make_world`` (pool = half of
-``--n-images``) -> ``train_backbone`` -> ``embed_pool`` (pool split) -> region + global indexes -> every labeled
-object of the held-out ``queries`` split (up to ``--queries``) becomes a one-box query, run by both methods.
+``--n-images``) -> ``train_backbone`` -> ``embed_pool`` (pool split; store ``assay-small-p<pool>[-pca<d>]``, default
+``--pool 1`` = stride-8 cells, so a 10-px object is about one cell) -> region + global indexes (``--factory``,
+default exact ``Flat``) -> every labeled object of the held-out ``queries`` split (up to ``--queries``) becomes a
+one-box query, run by both methods on the same queries and the same feature store.
 
 Object-level metrics, per method, per query-object size bin (box area < 0.5%, 0.5–1%, > 1% of the image), at
 K = 10, 50, 100: precision@K (hits / K, a hit = the image holds an object of the query's category), recall@K
 (hits / pool images holding that category), loc@K (share of hits whose matched box has IoU ≥ 0.3 with an object of
 that category; the global baseline's "box" is the whole image). Query latency p50/p95 (coarse + fine, query
-encoding excluded). Prints a table and writes ``bench/targeted_selection.json``.
+encoding excluded). Prints a markdown table and the template/global ratio of recall@100 on objects < 1% of the
+image, and writes ``bench/targeted_selection.json`` and ``.md``.
 
     python bench/targeted_selection.py --out-dir /tmp/assay-bench --n-images 6000 --queries 300
+
+To compare matchers with the backbone fixed, point ``--out-dir`` at an existing world (its ``models/`` is reused).
 """
 
 from __future__ import annotations
@@ -30,14 +35,20 @@ from actors.workspace import Workspace
 
 BINS = (("<0.5%", 0.0, 0.005), ("0.5-1%", 0.005, 0.01), (">1%", 0.01, 1.0))
 KS = (10, 50, 100)
-MODEL = "assay-small"
+BACKBONE = "assay-small"
+MODEL = "assay-small-p1"  # the feature store queried (set by main from --pool / --pca-dim)
+
+
+def store_name(pool: int, pca_dim: int | None) -> str:
+    return f"{BACKBONE}-p{pool}" + (f"-pca{pca_dim}" if pca_dim else "")
 
 
 def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
-            use_ray: bool = False) -> Workspace:
+            use_ray: bool = False, pool: int = 1, pca_dim: int | None = None,
+            factory: str | None = "Flat") -> tuple[Workspace, dict]:
     from actors.backbone import SMALL_CHECKPOINT, train_backbone
     from actors.embed import embed_pool
-    from actors.index import add_to_index
+    from actors.index import add_to_index, build_index
     from actors.world import make_world
 
     if not (out_dir / "workspace" / "catalog" / "images.parquet").exists():
@@ -48,13 +59,32 @@ def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
     if not ws.exists(SMALL_CHECKPOINT):
         print(train_backbone(ws, max_minutes=train_minutes, progress=True), flush=True)
     t = time.perf_counter()
-    embed_pool(ws, model=MODEL, splits=("pool",), progress=True, local=not use_ray)
+    rep = embed_pool(ws, model=BACKBONE, name=MODEL, splits=("pool",), progress=True, local=not use_ray, pool=pool,
+                     pca_dim=pca_dim)
     print(f"embed: {time.perf_counter() - t:.0f}s", flush=True)
+    info = {"store": MODEL, "cell_stride": rep.cell_stride, "dim": rep.dim, "bytes_per_image": _bytes_per_image(ws)}
     for kind in ("region", "global"):
         t = time.perf_counter()
-        man = add_to_index(ws, MODEL, kind=kind)
+        man = (add_to_index(ws, MODEL, kind=kind) if _has_index(ws, kind) else
+               build_index(ws, MODEL, kind=kind, factory=factory if kind == "region" else "Flat"))
+        info[f"index_{kind}"] = f"{man.factory} n={man.n:,}"
         print(f"index {kind}: {man.factory} n={man.n:,} ({time.perf_counter() - t:.0f}s)", flush=True)
-    return ws
+    return ws, info
+
+
+def _has_index(ws: Workspace, kind: str) -> bool:
+    from actors.index import index_dir
+
+    return ws.exists(f"{index_dir(MODEL, kind)}/manifest.json")
+
+
+def _bytes_per_image(ws: Workspace) -> float:
+    """Mean stored fmap bytes per ok image of the store (fp16 C×H×W)."""
+    from actors.features import iter_feature_maps
+
+    for fm in iter_feature_maps(ws, MODEL):
+        return float(fm.fmap.astype("float16").nbytes)
+    return float("nan")
 
 
 def load_truth(ws: Workspace):
@@ -128,6 +158,22 @@ def run(ws: Workspace, n_queries: int, seed: int) -> dict:
     return report
 
 
+def markdown(report: dict) -> str:
+    """The report as a markdown table: one row per method × size bin."""
+    lines = ["| method | size bin | n | " + " | ".join(f"P@{k} | R@{k} | loc@{k}" for k in KS) + " |",
+             "|---|---|---|" + "---|" * (3 * len(KS))]
+    for method, r in report["methods"].items():
+        for b, v in r["bins"].items():
+            cells = " | ".join(f"{v[f'{m}@{k}'] or 0:.3f}" for k in KS for m in ("precision", "recall", "loc"))
+            lines.append(f"| {method} | {b} | {v['n']} | {cells} |")
+    lines.append("")
+    for method, r in report["methods"].items():
+        lines.append(f"- {method}: latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms")
+    ratio = report["recall100_small_ratio_template_over_global"]
+    lines.append(f"- recall@100 on objects < 1%: template / global = {ratio if ratio is None else round(ratio, 3)}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default="/tmp/assay-bench-world")
@@ -136,20 +182,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray", action="store_true", help="embed with the Ray Data pipeline (default in-process)")
     ap.add_argument("--train-minutes", type=float, default=2.5, help="backbone training budget")
+    ap.add_argument("--pool", type=int, default=1, help="backbone cells averaged per stored cell (1 = stride 8)")
+    ap.add_argument("--pca-dim", type=int, default=None, help="PCA-reduce stored cells to this many dims")
+    ap.add_argument("--factory", default="Flat", help="FAISS factory of the region index ('auto': by size)")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
-    ws = prepare(Path(args.out_dir), args.n_images, args.seed, args.train_minutes, args.ray)
+    global MODEL
+    MODEL = store_name(args.pool, args.pca_dim)
+    ws, info = prepare(Path(args.out_dir), args.n_images, args.seed, args.train_minutes, args.ray, args.pool,
+                       args.pca_dim, None if args.factory == "auto" else args.factory)
     report = run(ws, args.queries, args.seed)
-    report.update(n_images=args.n_images, seed=args.seed)
-    for method, r in report["methods"].items():
-        print(f"{method}: latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms")
-        for b, v in r["bins"].items():
-            cells = "  ".join(f"P@{k} {v[f'precision@{k}'] or 0:.3f} R@{k} {v[f'recall@{k}'] or 0:.3f}"
-                              f" loc@{k} {v[f'loc@{k}'] or 0:.2f}" for k in KS)
-            print(f"   {b:>7} (n={v['n']:3d})  {cells}")
-    print(f"recall@100 on objects < 1%: template / global = {report['recall100_small_ratio_template_over_global']}")
+    n_pool = ws.read_table("catalog/images.parquet", columns=["split"]).column("split").to_pylist().count("pool")
+    report.update(n_images=args.n_images, n_pool=n_pool, seed=args.seed, **info)
+    md = markdown(report)
+    print(md)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    Path(args.out).with_suffix(".md").write_text(
+        f"pool images: {n_pool}, store {info['store']} (cell stride {info['cell_stride']} px, {info['dim']} dims, "
+        f"{info['bytes_per_image'] / 1024:.0f} KiB/image), region index {info['index_region']}\n\n" + md)
+    print(f"wrote {args.out} and .md")
 
 
 if __name__ == "__main__":

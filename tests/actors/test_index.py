@@ -44,7 +44,7 @@ def test_flat_index_agrees_with_exact_search(workspace):
     man = build_index(workspace, "toy", progress=False)
     assert (man.factory, man.n, man.images, man.dim, man.metric) == ("Flat", 8 * 12, 8, 8, "inner_product")
     idx = load_index(workspace, "toy")
-    xb = np.concatenate([cell_vectors(f)[0] for f in fms])  # in shard order = sorted ids
+    xb = np.concatenate([cell_vectors(f, center=idx.center)[0] for f in fms])  # in shard order = sorted ids
     xq = xb[[3, 40, 77]] + 0.01
     D, I = idx.search(xq, 5)
     sims = (xq / np.linalg.norm(xq, axis=1, keepdims=True)) @ xb.T
@@ -62,7 +62,8 @@ def test_add_indexes_only_new_images_and_search_finds_them(workspace):
     man = add_to_index(workspace, "toy", progress=False)
     assert (man.n, man.images, man.generation, man.factory) == (6 * 12, 6, 2, "IVF2,Flat")
     idx = load_index(workspace, "toy")
-    xq = cell_vectors(new[1])[0][5:6]
+    assert man.center == first.center  # the pool mean of the first build is kept
+    xq = cell_vectors(new[1], center=idx.center)[0][5:6]
     D, I = idx.search(xq, 1)
     assert idx.lookup(I) == [("new1", 1, 1)] and D[0, 0] == pytest.approx(1.0, abs=1e-3)
     assert add_to_index(workspace, "toy", progress=False).generation == 2  # nothing new: no-op
@@ -75,7 +76,7 @@ def test_global_index_has_one_vector_per_image(workspace):
     man = build_index(workspace, "toy", kind="global", progress=False)
     assert (man.n, man.images) == (3, 3) and workspace.exists("index/toy-global/manifest.json")
     idx = load_index(workspace, "toy", kind="global")
-    _, I = idx.search(cell_vectors(maps(["b"])[0], "global")[0], 1)  # same seed: "a" has b's... any map
+    _, I = idx.search(cell_vectors(maps(["b"])[0], "global", idx.center)[0], 1)  # same seed: "a" has b's... any map
     assert idx.lookup(I)[0][1:] == (-1, -1)
 
 
@@ -96,3 +97,22 @@ def test_no_ok_features_is_a_clear_error(workspace):
     write(workspace, [], extra=[("x", "corrupt")])
     with pytest.raises(ValueError, match="no ok feature maps"):
         build_index(workspace, "toy", progress=False)
+
+
+def test_index_vectors_are_centred_with_the_pool_mean(workspace):
+    rng = np.random.default_rng(5)
+    offset = rng.normal(size=(8, 1, 1)) * 10  # a large component every cell shares (the "background")
+    fms = [FeatureMap(f"im{k}", (rng.normal(size=(8, 3, 4)) + offset).astype(np.float16), 32.0, 32.0)
+           for k in range(6)]
+    write(workspace, fms)
+    man = build_index(workspace, "toy", progress=False)
+    cells = np.concatenate([f.fmap.astype(np.float32).reshape(8, -1).T for f in fms])
+    np.testing.assert_allclose(man.center, cells.mean(0), atol=1e-4)
+    idx = load_index(workspace, "toy")
+    raw = cell_vectors(fms[0])[0]
+    assert (raw @ raw.T).min() > 0.8  # uncentred: every pair of cells looks alike
+    xb = cell_vectors(fms[0], center=idx.center)[0]
+    assert abs((xb @ xb.T)[~np.eye(len(xb), dtype=bool)]).mean() < 0.5  # centred: they do not
+    np.testing.assert_allclose(idx.query_vectors(cells[:2]), xb[:2], atol=1e-5)
+    D, I = idx.search(xb[:2], 1)
+    assert I[:, 0].tolist() == [0, 1] and np.allclose(D[:, 0], 1.0, atol=1e-3)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from actors.features import FeatureMap, encode_rows
-from actors.match import (Matcher, MatchActor, best_match, exhaustive_match, match_image, match_objects,
-                          ncc_match, roi_template)
+from actors.match import (BoxTemplate, Matcher, MatchActor, best_match, box_template, exhaustive_match,
+                          match_image, match_objects, ncc_match, pooled_match, roi_template)
 from actors.shards import ShardedDataset
 
 
@@ -163,28 +163,31 @@ def _pool(ws, n=30, seed=3):
 
 def test_coarse_stage_recalls_the_exhaustive_top_k(workspace):
     from actors.index import build_index, load_index
-    from actors.select import _coarse_cells, coarse_candidates
+    from actors.select import _coarse_vectors, coarse_candidates
 
     fms, q, box = _pool(workspace)
     build_index(workspace, "toy", progress=False)
-    ts = roi_template(q.fmap, box, 32, 32)
-    truth = {h.image_id for h in exhaustive_match([ts], fms, top_k=10)}
-    cands = coarse_candidates(load_index(workspace, "toy"), [_coarse_cells(ts, (0.7, 1.0, 1.4))], 12, k_cell=64)
+    idx = load_index(workspace, "toy")
+    t = box_template(q.fmap, box, 32, 32, center=idx.center)
+    truth = {h.image_id for h in exhaustive_match([t], fms, top_k=10)}
+    cands = coarse_candidates(idx, [_coarse_vectors(t)], 12, k_cell=64)
     assert len(truth & set(cands)) / len(truth) >= 0.9
 
 
 def test_mine_template_and_global_write_selection_and_query(workspace):
     import pyarrow.parquet as pq
 
-    from actors.index import build_index
+    from actors.index import build_index, load_index
     from actors.select import Query, mine, mine_batch
 
     fms, q, box = _pool(workspace)
     build_index(workspace, "toy", progress=False)
     build_index(workspace, "toy", kind="global", progress=False)
     sel = mine(workspace, fmap=q, boxes=[box], top_k=5, model="toy", n_candidates=15)
+    center = load_index(workspace, "toy").center
     assert [h.image_id for h in sel.hits] == [h.image_id for h in exhaustive_match(
-        [roi_template(q.fmap, box, 32, 32)], fms, top_k=5)]
+        [box_template(q.fmap, box, 32, 32, center=center)], fms, top_k=5)]
+    assert {h.image_id for h in sel.hits} <= {f.image_id for f in fms[::3]}  # the planted images
     t = pq.read_table(workspace.path(f"selections/{sel.query_id}.parquet"))
     assert t.column("rank").to_pylist() == [1, 2, 3, 4, 5] and t.column("x1").to_pylist()[0] > 0
     rec = workspace.read_json(f"queries/{sel.query_id}.json")
@@ -224,3 +227,59 @@ def test_batch_of_queries_on_match_actors_agrees_with_in_process(ray_cluster, wo
     local = mine_batch(workspace, qs, write=False)
     remote = mine_batch(workspace, qs, workers=1, write=False)
     assert [[h.image_id for h in s.hits] for s in remote] == [[h.image_id for h in s.hits] for s in local]
+
+
+# ----------------------------------------------------------------------------------------------- box templates
+def test_box_template_is_the_centred_unit_box_mean_with_sizes_per_scale():
+    x = torch.randn(5, 6, 8, generator=torch.Generator().manual_seed(6))
+    center = torch.randn(5, generator=torch.Generator().manual_seed(7))
+    t = box_template(x, (16, 32, 48, 64), 16, 16, scales=(0.7, 1.0, 1.4), center=center)  # cells rows 2..3, cols 1..2
+    want = x[:, 2:4, 1:3].mean(dim=(1, 2)) - center
+    assert torch.allclose(t.vector, want / want.norm(), atol=1e-5)
+    assert t.sizes == ((1, 1, 0.7), (2, 2, 1.0), (3, 3, 1.4)) and t.box_cells == (2.0, 2.0)
+    tiny = box_template(x, (20, 20, 26, 27), 16, 16)  # a speck inside one cell: one 1×1 window
+    assert [s[:2] for s in tiny.sizes] == [(1, 1)] and tiny.center is None
+
+
+def test_pooled_match_finds_a_sub_cell_object_and_boxes_it_at_the_query_size():
+    """A 6-px object (under one 8-px cell) in cell (3, 5): the best window is that cell, the box is 6 px wide."""
+    g = torch.Generator().manual_seed(8)
+    obj = torch.randn(16, generator=g) * 3
+    x = torch.randn(4, 16, 6, 8, generator=g)
+    x[2, :, 3, 5] += obj
+    q = torch.randn(16, 6, 8, generator=g)
+    q[:, 1, 1] += obj
+    t = box_template(q, (9, 9, 15, 15), 8, 8)  # inside cell (1, 1)
+    scores, boxes = pooled_match(t, x)
+    assert scores.argmax() == 2 and scores[2] > 0.7
+    box = [v * 8 for v in boxes[2].tolist()]
+    assert box == pytest.approx([5 * 8 + 1, 3 * 8 + 1, 5 * 8 + 7, 3 * 8 + 7])  # 6×6 px centred on the cell
+
+
+def test_centring_with_the_pool_mean_stops_background_from_matching():
+    """Regression: uncentred cosine is dominated by a component all cells share; centring removes it."""
+    g = torch.Generator().manual_seed(9)
+    background = torch.randn(16, generator=g) * 10
+    obj = torch.randn(16, generator=g) * 2
+    x = torch.randn(20, 16, 6, 8, generator=g) + background.view(1, -1, 1, 1)
+    x[7, :, 2, 2] += obj
+    q = torch.randn(16, 6, 8, generator=g) + background.view(-1, 1, 1)
+    q[:, 4, 4] += obj
+    box = (32, 32, 40, 40)  # cell (4, 4)
+    centred = box_template(q, box, 8, 8, scales=(1.0,), center=x.mean(dim=(0, 2, 3)))
+    scores, _ = pooled_match(centred, x)
+    assert scores.argmax() == 7
+    raw, _ = pooled_match(box_template(q, box, 8, 8, scales=(1.0,)), x)
+    assert raw.min() > 0.9  # without centring every image looks like the object
+
+
+def test_box_templates_rank_feature_maps_and_match_objects():
+    maps, pattern = planted_maps(12, c=8)
+    q = torch.randn(8, 6, 8, generator=torch.Generator().manual_seed(10))
+    q[:, 2:4, 3:5] = pattern
+    t = box_template(q, (48, 32, 80, 64), 16, 16)
+    assert isinstance(t, BoxTemplate)
+    hits = exhaustive_match([t], maps, top_k=4)
+    assert {h.image_id for h in hits} == {"img000", "img003", "img006", "img009"}
+    s, boxes = match_objects([t, [pattern]], torch.from_numpy(np.stack([m.fmap for m in maps])).float())
+    assert s.shape == (12,) and boxes.shape == (12, 2, 4)
