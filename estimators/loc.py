@@ -27,7 +27,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from estimators.curves import LearningCurve
-from estimators.requirement import bootstrap_required_n
+from estimators.requirement import Correction, bootstrap_required_n
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,61 @@ class RequirementDistribution:
         return math.exp(b)
 
 
+def calibrate_draws(draws, n0: float, correction: Correction, *, mode: str = "past",
+                    max_points: int = 2000) -> np.ndarray:
+    """Correct bootstrap draws of D* with what past curves taught (the additional data ``d − n0`` is rescaled).
+
+    Parameters
+    ----------
+    draws : ndarray of shape (B,)
+        Bootstrap required sizes (inf where unreachable; kept as inf).
+    correction : Correction
+        Learned on past curves (:func:`estimators.requirement.learn_correction`).
+    mode : {"tau", "past"}
+        ``"tau"``: ``n0 + τ·(d − n0)`` (shifts F by the median past error); ``"past"``: every draw times every past
+        ratio ``exp(log_ratios)`` (F spreads by the past curves' error distribution, not only shifts); falls back to
+        ``"tau"`` when the correction holds no ratios.
+    max_points : int
+        With ``"past"``, the B·k products are summarized by this many quantiles.
+
+    Returns
+    -------
+    ndarray
+        Corrected draws (finite ones first is not guaranteed; inf draws are kept).
+    """
+    if mode not in ("tau", "past"):
+        raise ValueError(f"calibrate mode must be 'tau' or 'past', got {mode!r}")
+    d = np.asarray(draws, float)
+    fin = np.isfinite(d) & (d > n0)
+    extra = d[fin] - n0
+    if mode == "tau" or not correction.log_ratios:
+        out = d.copy()
+        out[fin] = n0 + correction.tau * extra
+        return out
+    prod = np.log(extra)[:, None] + np.asarray(correction.log_ratios, float)[None, :]   # (B_fin, k)
+    prod = np.sort(prod.ravel())
+    if len(prod) > max_points:
+        prod = np.quantile(prod, (np.arange(max_points) + 0.5) / max_points)
+    n_keep = len(d) - int(fin.sum())  # draws at or below n0 and unreachable ones keep their share
+    share = len(prod) / max(int(fin.sum()), 1)
+    rest = np.repeat(d[~fin], max(round(share), 1)) if n_keep else np.empty(0)
+    return np.concatenate([n0 + np.exp(prod), rest])
+
+
 def learn_distribution(n, y, target: float, *, law: str = "power", n_boot: int = 200, method: str = "residual",
-                       spread=None, seed: int = 0, bandwidth: float | None = None) -> RequirementDistribution:
+                       spread=None, seed: int = 0, bandwidth: float | None = None,
+                       correction: Correction | None = None, calibrate: str = "past") -> RequirementDistribution:
     """Learn F from a curve (sizes ``n``, scores ``y`` in percent, shape (m,)) and a target (score percent).
 
-    ``bandwidth`` defaults to Scott's rule on the log draws (at least 0.05).
+    ``bandwidth`` defaults to Scott's rule on the log draws (at least 0.05). With a ``correction`` learned on past
+    curves, the bootstrap draws are calibrated first (:func:`calibrate_draws` with ``calibrate``), so that F
+    accounts for the systematic under-estimate and the spread of past errors that a single curve's bootstrap
+    cannot see.
     """
     draws = bootstrap_required_n(n, y, target, law=law, n_boot=n_boot, method=method, spread=spread, seed=seed)
     n0 = float(np.max(n))
+    if correction is not None:
+        draws = calibrate_draws(draws, n0, correction, mode=calibrate)
     fin = draws[np.isfinite(draws)]
     logs = np.log(np.maximum(fin, n0))
     if bandwidth is None:
@@ -210,6 +257,10 @@ class LOCPlanner:
         How F is learned (see :func:`learn_distribution`).
     sources : list of Source, optional
         Multi-source collection.
+    correction : Correction, optional
+        Learned on past curves; calibrates F (see :func:`learn_distribution`). None: the paper's bootstrap + KDE.
+    calibrate : {"past", "tau"}
+        How the correction calibrates F (see :func:`calibrate_draws`).
 
     Attributes
     ----------
@@ -219,10 +270,12 @@ class LOCPlanner:
 
     def __init__(self, *, cost: float = 1.0, penalty: float | None = None, risk: float | None = None,
                  rounds: int = 3, max_total: float | None = None, law: str = "power", n_boot: int = 200,
-                 method: str = "residual", grid_size: int = 256, seed: int = 0, sources: list[Source] | None = None):
+                 method: str = "residual", grid_size: int = 256, seed: int = 0, sources: list[Source] | None = None,
+                 correction: Correction | None = None, calibrate: str = "past"):
         self.cost, self.penalty, self.risk, self.rounds = cost, penalty, risk, rounds
         self.max_total, self.law, self.n_boot, self.method = max_total, law, n_boot, method
         self.grid_size, self.seed, self.sources = grid_size, seed, sources
+        self.correction, self.calibrate = correction, calibrate
 
     def _validate(self) -> None:
         if (self.penalty is None) == (self.risk is None):
@@ -247,7 +300,8 @@ class LOCPlanner:
         if cap < n0:
             raise ValueError(f"max_total {cap:g} is below the current size {n0:g}")
         self.distribution_ = learn_distribution(n, y, target, law=self.law, n_boot=self.n_boot, method=self.method,
-                                                spread=spread, seed=self.seed)
+                                                spread=spread, seed=self.seed, correction=self.correction,
+                                                calibrate=self.calibrate)
         self.plan_ = optimize_schedule(self.distribution_, cost=self.cost, penalty=self.penalty, risk=self.risk,
                                        rounds=int(rounds or self.rounds), max_total=cap, grid_size=self.grid_size,
                                        sources=self.sources)
@@ -255,19 +309,26 @@ class LOCPlanner:
         return self
 
     def next_total(self, n, y, target: float, *, rounds_left: int, max_total: float) -> float:
-        """Policy interface for :func:`estimators.requirement.multi_round`: re-plan, return the first total."""
+        """Policy interface for :func:`estimators.requirement.multi_round`: re-plan, return the first total.
+
+        A plan may leave early rounds empty (using fewer rounds costs nothing in the objective); the first
+        non-empty round is collected now, since an empty round would end the campaign.
+        """
         saved = self.max_total
         self.max_total = min(max_total, saved) if saved is not None else max_total
         try:
-            return self.fit(n, y, target, rounds=rounds_left).plan_.totals[0]
+            totals = self.fit(n, y, target, rounds=rounds_left).plan_.totals
         finally:
             self.max_total = saved
+        n0 = float(np.max(n))
+        return next((t for t in totals if t > n0), totals[-1])
 
 
 def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, penalty: float | None = None,
                     rounds: int = 3, *, risk: float | None = None, max_total: float | None = None,
                     law: str = "power", n_boot: int = 200, seed: int = 0,
-                    sources: list[Source] | None = None) -> CollectionPlan:
+                    sources: list[Source] | None = None, correction: Correction | None = None,
+                    calibrate: str = "past") -> CollectionPlan:
     """Plan a collection campaign for ``curve`` to reach ``target`` (in the curve's units).
 
     Returns
@@ -288,7 +349,8 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
         raise ValueError(f"curve {curve.name!r} already reaches target {target:g} at n={curve.n[-1]:g}")
     spread = curve.spread / np.sqrt(np.maximum(curve.n_seeds, 1)) if np.any(curve.spread > 0) else None
     planner = LOCPlanner(cost=cost, penalty=penalty, risk=risk, rounds=rounds, max_total=max_total, law=law,
-                         n_boot=n_boot, seed=seed, sources=sources).fit(curve.n, y, t, spread=spread)
+                         n_boot=n_boot, seed=seed, sources=sources, correction=correction,
+                         calibrate=calibrate).fit(curve.n, y, t, spread=spread)
     plan = planner.plan_
     plan.curve, plan.target = curve.name, float(target)
     return plan

@@ -8,18 +8,31 @@ The correction factor τ (CVPR'22 reports that most laws under-estimate) is appl
 ``exp(quantile_q(log((n* − n0) / (n_hat − n0))))``: fit on a prefix of each curve, estimate the size reaching a target
 that the rest of the curve reaches, and compare with the truth. ``q = 0.5`` makes the corrected estimate
 median-unbiased (in log); a higher ``q`` trades cost for fewer under-estimates.
+
+Law selection (``law="auto"``) is learned on the same past curves (:func:`learn_selection`): each law is fitted on
+their prefixes, corrected by its own τ, and ranked by its median ``|log(n̂/n*)|``; a new curve uses the best-ranked
+law whose estimate is usable (finite and above the current size), falling back down the ranking. Choosing the law on
+the held-back largest points of the new curve alone (:func:`select_law`, ``law="holdout"``) is kept, but on LCDB it
+predicts extrapolation quality poorly (see ``bench/estimators.md``); it is what ``"auto"`` does when no past curves
+are given.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from estimators.curves import LearningCurve, true_required_n
-from estimators.laws import PAPER_LAWS, get_law, list_laws
+from estimators.laws import (
+    PAPER_LAWS,
+    get_law,
+    list_laws,
+    power_profile,
+    power_required_n,
+)
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap
@@ -52,6 +65,11 @@ def bootstrap_required_n(n, y, target: float, *, law: str = "power", n_boot: int
     y_hat = base.predict(base.n_fit_)
     r = (base.y_fit_ - y_hat) * math.sqrt(m / max(m - k, 1))
     sd = np.zeros(m) if spread is None else np.asarray(spread, float)[np.argsort(n)]
+    if law == "power" and method == "residual":  # vectorized variable projection: all resamples at once
+        ys = y_hat + r * rng.choice((-1.0, 1.0), size=(n_boot, m)) + sd * rng.standard_normal((n_boot, m))
+        w = np.arange(1, m + 1) / m if base.weights == "linear" else np.ones(m)
+        a, b_, c = power_profile(base.n_fit_ / base.scale_, ys, w)
+        return power_required_n(a, b_, c, base.scale_, target, lo=min(1.0, float(base.n_fit_[0])))
     out = np.empty(n_boot)
     est = get_law(law, max_nfev=50)  # warm-started from the full fit: a short budget suffices
     for b in range(n_boot):
@@ -79,7 +97,7 @@ def interval(draws: np.ndarray, level: float = 0.8) -> tuple[float, float, float
 
 
 # ----------------------------------------------------------------------------------------------- selection
-def select_law(n, y, *, laws: Sequence[str] = None, holdout: int | None = None,
+def select_law(n, y, *, laws: Sequence[str] | None = None, holdout: int | None = None,
                default: str = "power") -> tuple[str, dict[str, float]]:
     """Pick the law with the smallest extrapolation error on the held-back largest points.
 
@@ -110,12 +128,17 @@ def select_law(n, y, *, laws: Sequence[str] = None, holdout: int | None = None,
 # ----------------------------------------------------------------------------------------------- correction
 @dataclass(frozen=True)
 class Correction:
-    """A learned correction factor: ``n0 + tau·(n_hat − n0)``."""
+    """A learned correction factor: ``n0 + tau·(n_hat − n0)``.
+
+    ``log_ratios`` keeps the past curves' ``log((n* − n0) / (n_hat − n0))`` (the empirical error distribution τ was
+    taken from); :func:`estimators.loc.learn_distribution` can use it to calibrate LOC's distribution of D*.
+    """
 
     tau: float = 1.0
     quantile: float = 0.5
     n_curves: int = 0
     law: str = "power"
+    log_ratios: tuple = ()
 
     def apply(self, n_hat, n0):
         """Corrected total size(s); ``inf`` stays ``inf``; never below ``n0``."""
@@ -151,10 +174,44 @@ def make_task(curve: LearningCurve, *, fraction: float = 0.1, margin: float = 1.
     return Task(n=curve.n[keep], y=s[keep], target=target, n_star=n_star, n_max=float(curve.n[-1]))
 
 
-def point_estimate(n, y, target: float, *, law: str = "power") -> float:
-    """Required size for ``target`` (score percent) from one fit; ``law="auto"`` selects first. inf if never."""
-    name = select_law(n, y)[0] if law == "auto" else law
+def point_estimate(n, y, target: float, *, law: str = "power", selection: "Selection | None" = None) -> float:
+    """Required size for ``target`` (score percent) from one fit; inf if never.
+
+    ``law="auto"`` with a ``selection`` learned on past curves returns its (τ-corrected) estimate (see
+    :meth:`Selection.estimate`); without one, or with ``law="holdout"``, the law is chosen on the held-back points
+    (:func:`select_law`) and the estimate is not corrected.
+    """
+    if law == "auto" and selection is not None:
+        return selection.estimate(n, y, target)[0]
+    name = select_law(n, y)[0] if law in ("auto", "holdout") else law
     return get_law(name).fit(n, y).required_n(target)
+
+
+def _log_ratios(est, n0, n_star) -> np.ndarray:
+    """``log((n* − n0) / (n_hat − n0))`` where both exceed n0 and the estimate is finite."""
+    est, n0, n_star = (np.asarray(v, float) for v in (est, n0, n_star))
+    ok = np.isfinite(est) & (est > n0 * (1 + 1e-9)) & (n_star > n0)
+    return np.log((n_star[ok] - n0[ok]) / (est[ok] - n0[ok]))
+
+
+def correction_from_estimates(est, n0, n_star, *, law: str = "power", quantile: float = 0.5) -> Correction:
+    """τ from precomputed estimates on past tasks (arrays of shape (k,)); see :func:`learn_correction`."""
+    logs = _log_ratios(est, n0, n_star)
+    if len(logs) == 0:
+        raise ValueError("learn_correction: no past curve gave a finite estimate above its current size")
+    return Correction(tau=float(math.exp(np.quantile(logs, quantile))), quantile=quantile, n_curves=len(logs),
+                      law=law, log_ratios=tuple(float(v) for v in logs))
+
+
+def _task_arrays(tasks: Sequence[Task]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([float(t.n[-1]) for t in tasks]), np.array([t.n_star for t in tasks])
+
+
+def _safe_estimate(t: Task, law: str) -> float:
+    try:
+        return point_estimate(t.n, t.y, t.target, law=law)
+    except ValueError:
+        return math.inf
 
 
 def learn_correction(tasks: Sequence[Task], *, law: str = "power", quantile: float = 0.5) -> Correction:
@@ -162,19 +219,112 @@ def learn_correction(tasks: Sequence[Task], *, law: str = "power", quantile: flo
 
     Raises ``ValueError`` when no usable task remains.
     """
-    logs = []
-    for t in tasks:
-        n0 = float(t.n[-1])
+    n0, n_star = _task_arrays(tasks)
+    est = np.array([_safe_estimate(t, law) for t in tasks])
+    return correction_from_estimates(est, n0, n_star, law=law, quantile=quantile)
+
+
+def corrected_error(est, n0, n_star, corr: Correction) -> float:
+    """Median ``|log(max(n0, corrected) / n*)|`` over tasks; unreachable estimates count as infinite error."""
+    est, n0, n_star = (np.asarray(v, float) for v in (est, n0, n_star))
+    fixed = np.where(est > n0, corr.apply(est, n0) if len(est) else est, n0)
+    return float(np.median(np.abs(np.log(np.maximum(fixed, n0) / n_star))))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Laws ranked on past curves by their τ-corrected extrapolation error, each with its own correction.
+
+    This is what ``law="auto"`` means when past curves are available: the law that, fitted on past curves' prefixes
+    and corrected by its own τ, came closest to their true requirements (median ``|log(n̂/n*)|``, unreachable
+    estimates counting as infinitely wrong). Build it with :func:`learn_selection`.
+
+    Attributes
+    ----------
+    ranking : tuple of str
+        Laws, best first.
+    corrections : dict[str, Correction]
+        τ of each law (learned on the same past curves).
+    errors : dict[str, float]
+        Each law's median ``|log ratio|`` on the past curves after its correction.
+    how : {"best", "median"}
+        ``"best"``: the first law in the ranking whose estimate is finite (an unreachable estimate falls back to the
+        next law); ``"median"``: the median of the finite corrected estimates of all ranked laws.
+    """
+
+    ranking: tuple
+    corrections: dict
+    errors: dict
+    how: str = "best"
+
+    @property
+    def law(self) -> str:
+        return self.ranking[0]
+
+    def combine(self, per_law: dict, n0: float) -> tuple[float, str, str | None]:
+        """Combine uncorrected per-law estimates (``{law: n_hat}``) into ``(corrected n, law used, note)``.
+
+        A law is usable when its estimate is finite and above ``n0`` (an estimate at or below ``n0`` claims that a
+        target not met at ``n0`` is already met). With no usable law, returns the best-ranked law's own estimate
+        (inf, or <= n0) and a note.
+        """
+        fixed = {k: self.corrections[k].apply(v, n0) for k, v in per_law.items() if _usable(v, n0)}
+        if self.how == "median":
+            fin = [fixed[k] for k in self.ranking if k in fixed]
+            if fin:
+                return float(np.median(fin)), "median", None
+        else:
+            for i, k in enumerate(self.ranking):
+                if k in fixed:
+                    note = None if i == 0 else (f"{', '.join(self.ranking[:i])} gave no usable estimate "
+                                                f"(unreachable or <= the current size); fell back to {k}")
+                    return float(fixed[k]), k, note
+        first = self.ranking[0]
+        return float(per_law.get(first, math.inf)), first, "no law gives a finite estimate above the current size"
+
+    def estimate(self, n, y, target: float) -> tuple[float, str, str | None]:
+        """Corrected required size for ``target`` (score percent) with the law used and a fallback note."""
+        n0, per = float(np.max(n)), {}
+        for k in self.ranking:
+            try:
+                per[k] = get_law(k).fit(n, y).required_n(target)
+            except ValueError:
+                per[k] = math.inf
+            if self.how == "best" and _usable(per[k], n0):
+                break
+        return self.combine(per, n0)
+
+
+def _usable(v: float, n0: float) -> bool:
+    return math.isfinite(v) and v > n0 * (1 + 1e-9)
+
+
+def selection_from_estimates(est: dict, n0, n_star, *, quantile: float = 0.5, how: str = "best") -> Selection:
+    """:class:`Selection` from precomputed per-law estimates on past tasks (``{law: array (k,)}``)."""
+    corrs, errs = {}, {}
+    for law, e in est.items():
         try:
-            n_hat = point_estimate(t.n, t.y, t.target, law=law)
+            corrs[law] = correction_from_estimates(e, n0, n_star, law=law, quantile=quantile)
         except ValueError:
-            continue
-        if np.isfinite(n_hat) and n_hat > n0 * (1 + 1e-9) and t.n_star > n0:
-            logs.append(math.log((t.n_star - n0) / (n_hat - n0)))
-    if not logs:
-        raise ValueError("learn_correction: no past curve gave a finite estimate above its current size")
-    return Correction(tau=float(math.exp(np.quantile(logs, quantile))), quantile=quantile, n_curves=len(logs),
-                      law=law)
+            corrs[law] = Correction(law=law)
+        errs[law] = corrected_error(e, n0, n_star, corrs[law])
+    names = list(est)
+    ranking = tuple(sorted(names, key=lambda k: (errs[k], names.index(k))))
+    return Selection(ranking=ranking, corrections=corrs, errors=errs, how=how)
+
+
+def learn_selection(tasks: Sequence[Task], *, laws: Sequence[str] | None = None, quantile: float = 0.5,
+                    how: str = "best") -> Selection:
+    """Rank ``laws`` (default: all registered) by τ-corrected extrapolation error on past tasks.
+
+    Each law is fitted on every task's prefix, its τ learned (:func:`learn_correction`), and its corrected
+    estimates scored by median ``|log(n̂/n*)|``. Raises ``ValueError`` when ``tasks`` is empty.
+    """
+    if not tasks:
+        raise ValueError("learn_selection: no past tasks")
+    n0, n_star = _task_arrays(tasks)
+    est = {law: np.array([_safe_estimate(t, law) for t in tasks]) for law in (laws or list_laws())}
+    return selection_from_estimates(est, n0, n_star, quantile=quantile, how=how)
 
 
 # ----------------------------------------------------------------------------------------------- one estimate
@@ -211,7 +361,7 @@ class RequirementResult:
 
 def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "auto", n_boot: int = 200,
                          level: float = 0.8, correction: Correction | None = None, method: str = "residual",
-                         seed: int = 0) -> RequirementResult:
+                         seed: int = 0, selection: Selection | None = None) -> RequirementResult:
     """Estimate the total size at which ``curve`` reaches ``target``, with a bootstrap interval and a per-law table.
 
     Parameters
@@ -220,9 +370,13 @@ def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "aut
     target : float
         In the curve's units (score or error, percent or fraction).
     law : str
-        A registered law, or ``"auto"`` to select by held-back extrapolation error (:func:`select_law`).
+        A registered law; ``"auto"``: with a ``selection``, the best-ranked law whose estimate is finite, corrected
+        by its own τ (unreachable estimates fall back to the next law); without one, like ``"holdout"``: the law
+        with the smallest error on the held-back largest points (:func:`select_law`), uncorrected.
     correction : Correction, optional
-        Learned τ applied to the estimate and the interval.
+        Learned τ applied to the estimate and the interval (overrides the selection's τ).
+    selection : Selection, optional
+        Laws ranked on past curves (:func:`learn_selection`).
 
     Returns
     -------
@@ -239,18 +393,25 @@ def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "aut
     if not 0 <= t <= 100:
         raise ValueError(f"target {target:g} is outside the {curve.scale} range of curve {curve.name!r}")
     n, y = curve.n, curve.score()
-    sel_err = {}
-    if law == "auto":
+    sel_err, note = {}, None
+    if law == "holdout" or (law == "auto" and selection is None):
         law, sel_err = select_law(n, y)
-    per_law, reason = [], None
+    per_law, why_of = [], {}
     for name in list_laws():
         est = get_law(name).fit(n, y)
         n_req, why = est.solve_required_n(t)
         per_law.append({"law": name, "required_n": n_req, "reason": why, "rmse": est.rmse_, "params": est.params_})
-        if name == law:
-            reason = why
+        why_of[name] = why
+    if law == "auto":
+        best = replace(selection, how="best")  # one law carries the interval and the per-law table
+        _, law, note = best.combine({r["law"]: r["required_n"] for r in per_law if r["law"] in selection.ranking},
+                                    float(n[-1]))
+        sel_err = dict(selection.errors)
     if law not in list_laws():
-        raise ValueError(f"unknown law {law!r}; choose from auto, {', '.join(list_laws())}")
+        raise ValueError(f"unknown law {law!r}; choose from auto, holdout, {', '.join(list_laws())}")
+    reason = why_of[law] if note is None else f"{note}; {why_of[law]}" if why_of[law] else note
+    if correction is None and selection is not None and law in selection.corrections:
+        correction = selection.corrections[law]
     corr = correction or Correction(tau=1.0)
     n0 = float(n[-1])
     point = next(r["required_n"] for r in per_law if r["law"] == law)
@@ -275,14 +436,15 @@ class EstimatePolicy:
 
     law: str = "power"
     correction: Correction | None = None
+    selection: Selection | None = None  # with law="auto": the past-curve selection (already corrected)
 
     def next_total(self, n, y, target: float, *, rounds_left: int, max_total: float) -> float:
         try:
-            n_hat = point_estimate(n, y, target, law=self.law)
+            n_hat = point_estimate(n, y, target, law=self.law, selection=self.selection)
         except ValueError:
             return max_total
         n0 = float(np.max(n))
-        if self.correction is not None and n_hat > n0:
+        if self.correction is not None and n_hat > n0 and not (self.law == "auto" and self.selection):
             n_hat = self.correction.apply(n_hat, n0)
         return float(min(n_hat, max_total))
 

@@ -69,3 +69,34 @@ def test_user_errors_exit_2_with_one_line(curve_file, tmp_path, capsys, args, ma
 
 def test_main_exit_0(curve_file):
     assert main(["estimate", str(curve_file), "--target", "82", "--n-boot", "5", "--json"]) == 0
+
+
+@pytest.fixture
+def past_file(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["n,value,curve"]
+    for k in range(6):
+        a, b = rng.uniform(150, 300), -rng.uniform(0.3, 0.45)
+        for n in np.geomspace(50, 50_000, 20):
+            lines.append(f"{n:.0f},{90 - a * n ** b:.4f},past_{k}")
+    p = tmp_path / "past.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_estimate_auto_uses_laws_ranked_on_past_curves(curve_file, past_file):
+    r = runner.invoke(app, ["estimate", str(curve_file), "--target", "82", "--n-boot", "10", "--past",
+                            str(past_file), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)[0]
+    assert set(out["selection_error"]) == {"power", "arctan", "log", "root", "m4"}
+    assert out["law"] in out["selection_error"] and out["tau"] > 0
+
+
+def test_plan_calibrated_by_past_curves(curve_file, past_file):
+    args = ["plan", str(curve_file), "--target", "82", "--risk", "0.1", "--n-boot", "20", "--json"]
+    r = runner.invoke(app, args + ["--past", str(past_file)])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)[0]["totals"]) == 3
+    r = runner.invoke(app, args + ["--past", str(past_file), "--past-fraction", "0.0001"])
+    assert r.exit_code != 0
