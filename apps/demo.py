@@ -142,9 +142,8 @@ def _estimate_and_plan(n, v) -> dict:
     else:
         console.print(f"to reach {target:g}% val accuracy: n = {est['required_n']:,.0f} labeled crops "
                       f"(interval {fmt(lo)} – {fmt(hi)}, law {est['law']}; now {max(n):,})")
-    plan = plan_collection(curve, target, cost=1.0, penalty=20.0 * max(n), rounds=3,
-                           max_total=50.0 * max(n)).to_dict()
-    console.print(table("LOC plan: cost 1 per crop, penalty = 20x today's set, 3 rounds",
+    plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n)).to_dict()
+    console.print(table("LOC plan: cost 1 per crop, acceptable risk 10%, at most 50x today's set, 3 rounds",
                         ["round", "collect", "cumulative total"],
                         [(i + 1, a, t) for i, (a, t) in enumerate(zip(plan["amounts"], plan["totals"]))]))
     console.print(f"expected cost {fmt(plan['expected_cost'])}, risk of missing the target {plan['risk']:.1%}"

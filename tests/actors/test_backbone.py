@@ -9,7 +9,22 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw
 
-from actors.backbone import FeatureExtractor, get_backbone, list_backbones, probe, read_checkpoint, train_backbone
+from actors.backbone import (
+    FeatureExtractor,
+    get_backbone,
+    list_backbones,
+    ncc_normalize,
+    probe,
+    read_checkpoint,
+    roi_vectors,
+    train_backbone,
+)
+from actors.images import (
+    augment_objects,
+    background_windows,
+    object_mask,
+    paste_objects,
+)
 from actors.workspace import Workspace
 
 COLOURS = {"square": (220, 30, 30), "circle": (30, 200, 30), "triangle": (40, 60, 230)}
@@ -122,13 +137,69 @@ def test_wrong_architecture_checkpoint_is_refused(tmp_path):
         get_backbone(f"resnet18:{tmp_path / 'small.pt'}")
 
 
+def _square_windows(n: int, side: int = 64, w: int = 16, h: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """n windows, dark background, a white w×h rectangle centred: (uint8 n×side×side×3, wh n×2)."""
+    x = torch.full((n, side, side, 3), 20, dtype=torch.uint8)
+    c = side // 2
+    x[:, c - h // 2:c + h // 2, c - w // 2:c + w // 2] = 255
+    return x, torch.tensor([[float(w), float(h)]] * n)
+
+
+def test_copy_paste_puts_the_object_inside_its_box_on_the_new_background():
+    obj, wh = _square_windows(3)
+    bg = torch.randint(0, 120, (3, 64, 64, 3), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    out = paste_objects(obj, wh, bg)
+    assert out.shape == obj.shape and out.dtype == torch.uint8
+    assert torch.equal(out[:, 30:34, 28:36], obj[:, 30:34, 28:36])  # object core copied
+    assert torch.equal(out[:, :20], bg[:, :20]) and torch.equal(out[:, :, :20], bg[:, :, :20])  # context replaced
+    m = object_mask(obj, wh)[:, 0]  # 3×64×64
+    assert m[:, 32, 32].min() == 1 and m[:, 5, 5].max() == 0
+
+
+def test_augmented_boxes_follow_the_object_through_rotation_scale_and_shift():
+    x, wh = _square_windows(16, side=96, w=20, h=12)
+    y, boxes = augment_objects(x, wh, torch.full((16,), 0.5), 48, torch.Generator().manual_seed(1), invert=0, grey=0)
+    assert y.shape == (16, 3, 48, 48) and boxes.shape == (16, 4)
+    for img, b in zip(y, boxes):
+        ys, xs = torch.nonzero(img.amax(0) > 0.6, as_tuple=True)
+        found = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+        inside = (b >= 0) & (b <= 48)  # a shifted object may leave the crop; compare the edges still inside
+        assert torch.allclose(found[inside], b[inside], atol=2.0)
+
+
+def test_hard_background_windows_prefer_texture():
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[:, 64:] = np.random.default_rng(0).integers(0, 255, (64, 64, 3))  # right half textured
+    easy = background_windows(img, np.zeros((0, 4)), 16, 20, np.random.default_rng(0))
+    hard = background_windows(img, np.zeros((0, 4)), 16, 20, np.random.default_rng(0), hard=4)
+    assert len(hard) == 20 and hard.std() > easy.std()
+
+
 def test_train_backbone_learns_toy_world_and_is_deterministic(workspace, tmp_path):
     make_toy_catalog(workspace, tmp_path / "img")
     rep = train_backbone(workspace, epochs=8, crop=32, batch_size=32, progress=False)
     assert rep.n_val > 0 and rep.classes == ["circle", "square", "triangle"]
-    assert rep.val_accuracy > rep.majority + 0.15
+    assert rep.val_accuracy > rep.majority + 0.15 and not rep.stopped_early
     ext = get_backbone("assay-small", workspace=workspace)
     assert (ext.dim, ext.stride) == (64, 8) and ext.weights_id != "random-init"
     rep2 = train_backbone(workspace, epochs=8, crop=32, batch_size=32, progress=False)
     assert rep2.val_accuracy == rep.val_accuracy
     assert get_backbone("assay-small", workspace=workspace).weights_id == ext.weights_id
+
+
+def test_roi_vectors_average_the_box_and_ncc_normalize_is_pearson():
+    f = torch.zeros(2, 4, 6, 6)  # 2 maps, stride 8 -> 48×48 px
+    f[0, :, 2:4, 2:4] = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1)
+    f[1, :, 0:2, 0:2] = torch.tensor([4.0, 3.0, 2.0, 1.0]).view(4, 1, 1)
+    v = roi_vectors(f, torch.tensor([[16.0, 16.0, 32.0, 32.0], [0.0, 0.0, 16.0, 16.0]]), stride=8)  # 2×4
+    assert torch.allclose(v[0], torch.tensor([1.0, 2.0, 3.0, 4.0]), atol=0.3)
+    n = ncc_normalize(v)
+    assert torch.allclose(n.mean(1), torch.zeros(2), atol=1e-6) and torch.allclose(n.norm(dim=1), torch.ones(2))
+    assert float(n[0] @ n[1]) == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_train_backbone_respects_its_time_budget(workspace, tmp_path):
+    make_toy_catalog(workspace, tmp_path / "img")
+    rep = train_backbone(workspace, epochs=10_000, crop=32, batch_size=32, max_minutes=0.15, progress=False)
+    assert rep.stopped_early and rep.seconds < 0.15 * 60 + 20
+    assert workspace.exists("models/assay-small.pt")
