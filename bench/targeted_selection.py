@@ -1,6 +1,6 @@
 """Targeted-selection benchmark: template matching vs. the whole-image global baseline on an embedded world.
 
-Steps (each skipped when its output exists, so a re-run only measures): ``make_world`` (pool = half of
+Steps (each skipped when its output exists, so a re-run only measures): ``make_world`` (pool = 75% of
 ``--n-images``) -> ``train_backbone`` -> ``embed_pool`` (pool split; store ``assay-small-p<pool>[-pca<d>]``, default
 ``--pool 1`` = stride-8 cells, so a 10-px object is about one cell) -> region + global indexes (``--factory``,
 default exact ``Flat``) -> every labeled object of the held-out ``queries`` split (up to ``--queries``) becomes a
@@ -13,7 +13,7 @@ that category; the global baseline's "box" is the whole image). Query latency p5
 encoding excluded). Prints a markdown table and the template/global ratio of recall@100 on objects < 1% of the
 image, and writes ``bench/targeted_selection.json`` and ``.md``.
 
-    python bench/targeted_selection.py --out-dir /tmp/assay-bench --n-images 6000 --queries 300
+    python bench/targeted_selection.py --out-dir /tmp/assay-bench --n-images 4000 --queries 300
 
 To compare matchers with the backbone fixed, point ``--out-dir`` at an existing world (its ``models/`` is reused).
 """
@@ -33,6 +33,8 @@ from torchvision.ops import box_iou
 from actors.select import Query, Selector
 from actors.workspace import Workspace
 
+# pool-heavy splits: a 4,000-image world gives 3,000 pool images, 600 train, 200 val and 200 query images
+SPLITS = (("train", 0.15), ("val", 0.05), ("pool", 0.75), ("queries", 0.05))
 BINS = (("<0.5%", 0.0, 0.005), ("0.5-1%", 0.005, 0.01), (">1%", 0.01, 1.0))
 KS = (10, 50, 100)
 BACKBONE = "assay-small"
@@ -53,7 +55,7 @@ def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
 
     if not (out_dir / "workspace" / "catalog" / "images.parquet").exists():
         t = time.perf_counter()
-        make_world(out_dir, seed=seed, n_images=n_images, progress=True)
+        make_world(out_dir, seed=seed, n_images=n_images, progress=True, workers=2, splits=SPLITS)
         print(f"world: {time.perf_counter() - t:.0f}s", flush=True)
     ws = Workspace(out_dir / "workspace")
     if not ws.exists(SMALL_CHECKPOINT):
@@ -177,7 +179,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default="/tmp/assay-bench-world")
-    ap.add_argument("--n-images", type=int, default=6000, help="world size; the pool is half of it")
+    ap.add_argument("--n-images", type=int, default=4000, help="world size; the pool is 75% of it")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray", action="store_true", help="embed with the Ray Data pipeline (default in-process)")
