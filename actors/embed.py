@@ -39,7 +39,7 @@ from actors.runtime import Resources, device as auto_device, init_ray
 from actors.shards import Shard, ShardedDataset
 from actors.workspace import Workspace, WorkspaceError
 
-CELL_STRIDE = 16  # default target: pixels per stored cell (pool = CELL_STRIDE // backbone stride)
+CELL_STRIDE = 8  # default pixels per stored cell (pool = CELL_STRIDE // backbone stride): tiny objects need 8-px cells
 
 
 class RegionEncoder:
@@ -295,7 +295,7 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
         Catalog splits to embed; None = every image whose status is not "error".
     resources : Resources, optional
         Actor pool size, per-actor CPUs/GPUs and batch size (default ``Resources.auto()``).
-    pool, max_side, pca_dim : see :class:`RegionEncoder`; ``pool`` defaults to 16 // backbone stride.
+    pool, max_side, pca_dim : see :class:`RegionEncoder`; ``pool`` defaults to 8 // backbone stride (stride-8 cells).
     local : bool
         Run in-process, shard by shard, without Ray (same functions, same output).
     threads : int, optional

@@ -152,7 +152,7 @@ def _estimate_and_plan(n, v) -> dict:
 
 
 def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo world and workspace.")] = DEMO_DIR,
-         images: Annotated[int, typer.Option("--images", help="World size (images).")] = 800,
+         images: Annotated[int, typer.Option("--images", help="World size (images).")] = 600,
          top_k: Annotated[int, typer.Option("--top-k", help="Hits to show.")] = 10,
          train_minutes: Annotated[float, typer.Option("--train-minutes",
                                                       help="Time cap of the full backbone training.")] = 1.5,

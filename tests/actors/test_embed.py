@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn as nn
@@ -124,7 +125,8 @@ def test_ray_path_resumes_after_a_crash_and_matches_local(toy, ray_cluster, monk
     mtime = os.path.getmtime(done[0])
     rep = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
     assert (rep.shards_total, rep.shards_skipped, rep.shards_written) == (3, 1, 2)
-    assert rep.n_embedded + rep.n_errors == 8 - 3 and os.path.getmtime(done[0]) == mtime
+    n_done = pq.read_metadata(done[0]).num_rows  # Ray may finish either a 3-image or the 2-image shard first
+    assert rep.n_embedded + rep.n_errors == 8 - n_done and os.path.getmtime(done[0]) == mtime
     assert ShardedDataset(toy, features_dir("local")).read().equals(ds.read())
     assert local.n_errors == 2
     again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
