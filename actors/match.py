@@ -74,6 +74,17 @@ def check_box(box: Sequence[float], image_size: tuple[float, float]) -> tuple[fl
     return max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
 
 
+def _box_roi(fmap, box, stride_y, stride_x, image_size):
+    """(feature map as float C×H×W tensor, the box as a 1×5 roi_align row in cell units, the checked box)."""
+    x = (torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap).float()  # C×H×W
+    if x.ndim != 3:
+        raise ValueError(f"expected a feature map of shape [C, H, W], got {list(x.shape)}")
+    _, gh, gw = x.shape
+    x0, y0, x1, y1 = check_box(box, image_size or (gw * stride_x, gh * stride_y))
+    roi = torch.tensor([[0.0, x0 / stride_x, y0 / stride_y, x1 / stride_x, y1 / stride_y]], device=x.device)  # 1×5
+    return x, roi, (x0, y0, x1, y1)
+
+
 def roi_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y: float, stride_x: float, *,
                  scales: Sequence[float] = SCALES,
                  image_size: tuple[float, float] | None = None) -> list[torch.Tensor]:
@@ -92,12 +103,7 @@ def roi_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y
     -------
     list of float32 C×h×w tensors on ``fmap``'s device, one per distinct size, in ``scales`` order.
     """
-    x = (torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap).float()  # C×H×W
-    if x.ndim != 3:
-        raise ValueError(f"expected a feature map of shape [C, H, W], got {list(x.shape)}")
-    _, gh, gw = x.shape
-    x0, y0, x1, y1 = check_box(box, image_size or (gw * stride_x, gh * stride_y))
-    roi = torch.tensor([[0.0, x0 / stride_x, y0 / stride_y, x1 / stride_x, y1 / stride_y]], device=x.device)  # 1×5
+    x, roi, (x0, y0, x1, y1) = _box_roi(fmap, box, stride_y, stride_x, image_size)
     hb, wb = (y1 - y0) / stride_y, (x1 - x0) / stride_x  # box size in cells
     sizes = list(dict.fromkeys((max(1, round(hb * s)), max(1, round(wb * s))) for s in scales))
     return [roi_align(x[None], roi, output_size=hw, spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0]
@@ -133,12 +139,7 @@ def box_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y
     Window sizes are ``max(1, round(box size in cells · scale))`` per side; equal sizes are kept once, with the
     scale nearest 1 (so a speck's single 1×1 window outputs boxes of the speck's own size).
     """
-    x = (torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap).float()  # C×H×W
-    if x.ndim != 3:
-        raise ValueError(f"expected a feature map of shape [C, H, W], got {list(x.shape)}")
-    _, gh, gw = x.shape
-    x0, y0, x1, y1 = check_box(box, image_size or (gw * stride_x, gh * stride_y))
-    roi = torch.tensor([[0.0, x0 / stride_x, y0 / stride_y, x1 / stride_x, y1 / stride_y]], device=x.device)  # 1×5
+    x, roi, (x0, y0, x1, y1) = _box_roi(fmap, box, stride_y, stride_x, image_size)
     v = roi_align(x[None], roi, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0, :, 0, 0]
     c = None if center is None or len(center) == 0 else torch.as_tensor(np.asarray(center, np.float32)).to(x.device)
     if c is not None:

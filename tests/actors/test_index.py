@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from actors.features import FeatureMap, encode_rows
