@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from actors.shards import ShardedDataset
 from actors.workspace import Workspace, WorkspaceError
@@ -61,19 +62,42 @@ class FeatureMap:
 
 
 def encode_rows(items: Iterable[FeatureMap | tuple[str, str]]) -> pa.Table:
-    """Build a shard table from feature maps and ``(image_id, error)`` pairs for failed images."""
-    cols: dict[str, list] = {f.name: [] for f in FEATURE_SCHEMA}
+    """Build a shard table from feature maps and ``(image_id, error)`` pairs for failed images.
+
+    The ``fmap`` column is assembled from the arrays' fp16 bytes with one copy (no per-row Python ``bytes``).
+    """
+    cols: dict[str, list] = {f.name: [] for f in FEATURE_SCHEMA if f.name != "fmap"}
+    blobs: list[np.ndarray] = []
     for it in items:
         if isinstance(it, FeatureMap):
             c, h, w = it.fmap.shape  # C×H×W
-            row = (it.image_id, h, w, c, it.stride_y, it.stride_x,
-                   np.ascontiguousarray(it.fmap, dtype=np.float16).tobytes(), "ok", "")
+            row = (it.image_id, h, w, c, it.stride_y, it.stride_x, "ok", "")
+            blobs.append(np.ascontiguousarray(it.fmap, dtype=np.float16).reshape(-1).view(np.uint8))
         else:
             image_id, err = it
-            row = (image_id, 0, 0, 0, 0.0, 0.0, b"", "error", str(err))
-        for name, v in zip(FEATURE_SCHEMA.names, row):
+            row = (image_id, 0, 0, 0, 0.0, 0.0, "error", str(err))
+            blobs.append(np.zeros(0, np.uint8))
+        for name, v in zip(cols, row):
             cols[name].append(v)
-    return pa.table(cols, schema=FEATURE_SCHEMA)
+    arrays = {name: pa.array(v, FEATURE_SCHEMA.field(name).type) for name, v in cols.items()}
+    arrays["fmap"] = _binary_column(blobs)
+    return pa.table([arrays[n] for n in FEATURE_SCHEMA.names], schema=FEATURE_SCHEMA)
+
+
+def _binary_column(blobs: list[np.ndarray], chunk_bytes: int = 1 << 30) -> pa.ChunkedArray:
+    """uint8 arrays -> a binary column (chunks of at most ``chunk_bytes``: binary offsets are int32)."""
+    chunks, start = [], 0
+    while start < len(blobs) or not chunks:
+        sizes = np.array([b.nbytes for b in blobs[start:]], np.int64)
+        n = max(1, int(np.searchsorted(np.cumsum(sizes), chunk_bytes, side="right"))) if len(sizes) else 0
+        part = blobs[start:start + n]
+        offsets = np.zeros(len(part) + 1, np.int32)
+        np.cumsum([b.nbytes for b in part], out=offsets[1:])
+        data = np.concatenate(part) if part else np.zeros(0, np.uint8)
+        chunks.append(pa.Array.from_buffers(pa.binary(), len(part), [None, pa.py_buffer(offsets),
+                                                                     pa.py_buffer(data)]))
+        start += n
+    return pa.chunked_array(chunks, pa.binary())
 
 
 def decode_row(row: dict) -> FeatureMap:
@@ -85,11 +109,108 @@ def decode_row(row: dict) -> FeatureMap:
     return FeatureMap(row["image_id"], fmap.reshape(shape), float(row["stride_y"]), float(row["stride_x"]))
 
 
+ROW_GROUP_ROWS = 1  # rows per Parquet row group in feature shards: one image is one independently readable unit
+_READ_COLUMNS = ["image_id", "grid_h", "grid_w", "dim", "stride_y", "stride_x", "fmap", "status"]
+
+
+class FeatureReader:
+    """Random access to a feature store: ``image_id`` -> its :class:`FeatureMap`, reading only that image's row.
+
+    The shard manifest lists each shard's keys and a shard file holds exactly one row per key, sorted by id, so
+    an id's (file, row) is known without opening any file; only the row's Parquet row group is read (Assay
+    writes :data:`ROW_GROUP_ROWS` row per group; any layout works, larger groups just read more). Reads run on ``threads`` threads (pyarrow releases the GIL while decompressing).
+    """
+
+    def __init__(self, ws: Workspace, model: str, *, threads: int = 4) -> None:
+        self.ws, self.model, self.threads = ws, model, threads
+        self.ds = ShardedDataset(ws, features_dir(model))
+        self._where: dict[str, tuple[str, int]] = {}
+        self._groups: dict[str, np.ndarray] = {}  # shard name -> first row of each row group
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the manifest (after an incremental embed)."""
+        done = set(self.ws.listdir(self.ds.rel, ".parquet"))
+        self._where = {k: (s.name, row) for s in self.ds.shards() if s.name in done
+                       for row, k in enumerate(sorted(s.keys))}
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def _read_file(self, name: str, rows: list[int]) -> list[dict]:
+        """The given rows (positions in the shard) of one shard file, as dicts, reading only their row groups."""
+        with self.ws.fs.open_input_file(self.ws.path(f"{self.ds.rel}/{name}")) as f:
+            pf = pq.ParquetFile(f)
+            starts = self._groups.get(name)
+            if starts is None:  # first row of each row group, and the total at the end
+                md = pf.metadata
+                starts = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
+                self._groups[name] = starts
+            group_of = {r: int(np.searchsorted(starts, r, side="right") - 1) for r in rows}
+            groups = sorted(set(group_of.values()))
+            table = pf.read_row_groups(groups, columns=_READ_COLUMNS)
+        at, offset = {}, 0  # where each read group starts in ``table``
+        for g in groups:
+            at[g], offset = offset, offset + int(starts[g + 1] - starts[g])
+        return [table.slice(at[group_of[r]] + r - int(starts[group_of[r]]), 1).to_pylist()[0] for r in rows]
+
+    def get(self, image_ids: Iterable[str]) -> list[FeatureMap]:
+        """Feature maps of ``image_ids`` in that order; ids not in the store or whose image failed are skipped.
+
+        Raises ``WorkspaceError`` when a shard's rows do not match its manifest (a store edited by hand).
+        """
+        ids = [i for i in image_ids if i in self._where]
+        per_file: dict[str, list[tuple[int, str]]] = {}
+        for i in ids:
+            name, row = self._where[i]
+            per_file.setdefault(name, []).append((row, i))
+        found: dict[str, FeatureMap] = {}
+
+        def load(item: tuple[str, list[tuple[int, str]]]) -> list[FeatureMap]:
+            name, wanted = item
+            out = []
+            for (r, image_id), row in zip(wanted, self._read_file(name, [r for r, _ in wanted])):
+                if row["image_id"] != image_id:
+                    raise WorkspaceError(f"{self.ws.path(self.ds.rel)}/{name}: row {r} holds {row['image_id']!r}, "
+                                         f"the manifest says {image_id!r}; the store was modified, re-embed it")
+                if row["status"] == "ok":
+                    out.append(decode_row(row))
+            return out
+
+        items = list(per_file.items())
+        if self.threads > 1 and len(items) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, len(items))) as pool:
+                parts = list(pool.map(load, items))
+        else:
+            parts = [load(it) for it in items]
+        for part in parts:
+            for fm in part:
+                found[fm.image_id] = fm
+        return [found[i] for i in ids if i in found]
+
+
 def iter_feature_maps(ws: Workspace, model: str, image_ids: Iterable[str] | None = None,
                       batch_size: int = 256) -> Iterator[FeatureMap]:
-    """Stream the ok feature maps of ``model`` (optionally only ``image_ids``) in bounded memory."""
+    """Stream the ok feature maps of ``model`` (optionally only ``image_ids``) in bounded memory.
+
+    A few ids (under a tenth of the store) are read row by row (:class:`FeatureReader`); otherwise the store is
+    scanned in shard order.
+    """
     ds = ShardedDataset(ws, features_dir(model))
-    wanted = None if image_ids is None else pa.array(sorted(set(image_ids)), pa.string())
+    if image_ids is not None:
+        wanted_ids = sorted(set(image_ids))
+        n_store = sum(len(s.keys) for s in ds.shards())
+        if len(wanted_ids) * 10 < n_store:
+            reader = FeatureReader(ws, model)
+            for i in range(0, len(wanted_ids), batch_size):
+                yield from reader.get(wanted_ids[i:i + batch_size])
+            return
+    wanted = None if image_ids is None else pa.array(wanted_ids, pa.string())
     for batch in ds.iter_batches(batch_size=batch_size):
         mask = pc.equal(batch.column("status"), "ok")
         if wanted is not None:

@@ -54,16 +54,39 @@ class Resources:
 
     @classmethod
     def auto(cls, **overrides: Any) -> "Resources":
+        """Asks for this machine: one actor per GPU (batch 64), or on CPU one actor per core up to 8 cores and
+        one per two cores above (batch 16): single-threaded torch actors use the cores better than one actor
+        with intra-op threads (``bench/embed.py``). ``ASSAY_POOL_SIZE``, ``ASSAY_NUM_GPUS``,
+        ``ASSAY_BATCH_SIZE`` and then ``overrides`` (None = keep) win."""
         gpus = 1.0 if cuda_available() else 0.0
         env = {
             "pool_size": int(os.environ.get("ASSAY_POOL_SIZE", 0)) or None,
             "num_gpus": float(os.environ["ASSAY_NUM_GPUS"]) if "ASSAY_NUM_GPUS" in os.environ else None,
             "batch_size": int(os.environ.get("ASSAY_BATCH_SIZE", 0)) or None,
         }
-        kw: dict[str, Any] = {"num_gpus": gpus, "batch_size": 64 if gpus else 16}
+        cores = cpu_count()
+        kw: dict[str, Any] = {"num_gpus": gpus, "batch_size": 64 if gpus else 16,
+                              "pool_size": gpu_count() if gpus else max(1, cores if cores <= 8 else cores // 2)}
         kw.update({k: v for k, v in env.items() if v is not None})
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:  # pragma: no cover
+        return 1
 
 
 def ensure_auth_token() -> None:

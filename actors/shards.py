@@ -108,9 +108,9 @@ class ShardedDataset:
         done = set(self.ws.listdir(self.rel, ".parquet"))
         return [s for s in (self.shards() if shards is None else shards) if s.name not in done]
 
-    def write_shard(self, shard: Shard, table: pa.Table) -> str:
-        """Atomically write one shard's output."""
-        return self.ws.write_table(posixpath.join(self.rel, shard.name), table)
+    def write_shard(self, shard: Shard, table: pa.Table, **kwargs: Any) -> str:
+        """Atomically write one shard's output (``kwargs`` go to ``pyarrow.parquet.write_table``)."""
+        return self.ws.write_table(posixpath.join(self.rel, shard.name), table, **kwargs)
 
     # ------------------------------------------------------------ reading
     def part_paths(self) -> list[str]:

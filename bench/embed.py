@@ -1,10 +1,16 @@
 """Benchmark: embedding throughput of ``embed_pool`` (Ray Data, actor pool) vs. a bare sequential torch loop.
 
 Both sides use the same backbone, device, batch size and decoder (:func:`actors.images.load_image`) on the same
-pool images; the bare loop decodes then encodes batch after batch in one process. Prints images/s, the ratio and
-peak RSS (driver; plus the largest Ray worker seen), and writes ``bench/embed.json``.
+pool images; the bare loop decodes then encodes batch after batch in one process (torch's default threads: all
+cores), and writes nothing. ``embed_pool`` also writes the zstd Parquet shards. Ray run and bare loop alternate
+``--repeats`` times; the medians are reported: end-to-end images/s (Ray worker start and model load included),
+steady-state images/s (after the first rows came back) and both ratios to the bare loop, plus peak RSS of
+the driver and of the largest Ray worker. Writes ``bench/embed.json``.
 
-    python bench/embed.py --world /tmp/assay_world1k [--n-images 1000] [--batch-size 16] [--actors 1]
+    python bench/embed.py --world /tmp/assay_world1k [--n-images 1000] [--batch-size 16] [--actors 2]
+
+Defaults are those of ``assay embed`` (``Resources.auto()``); the bare loop uses torch's default threads (all
+cores) and the same batch size.
 
 When ``--world`` does not hold a world yet one is generated there (``make_world``), and assay-small is trained
 on it first when the workspace has no checkpoint.
@@ -25,17 +31,21 @@ import numpy as np
 import torch
 
 
-def _peak_worker_rss(stop: threading.Event, out: list[float]) -> None:
-    import psutil
-
-    me = psutil.Process()
-    while not stop.wait(0.5):
-        for p in psutil.process_iter(["name", "cmdline"]):
+def _peak_worker_rss(stop: threading.Event, out: dict[int, float]) -> None:
+    """Peak RSS (VmHWM, MiB) of every Ray worker process seen; polls /proc every 2 s (cheap: no cmdline scan
+    of the whole system on the driver's CPU)."""
+    while True:
+        for status in Path("/proc").glob("[0-9]*/status"):
             try:
-                if p.pid != me.pid and "ray::" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []):
-                    out.append(p.memory_info().rss / 2**20)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                text = status.read_text()
+            except OSError:
                 continue
+            if text.startswith("Name:\tray::"):
+                hwm = [ln for ln in text.splitlines() if ln.startswith("VmHWM:")]
+                if hwm:
+                    out[int(status.parent.name)] = int(hwm[0].split()[1]) / 1024
+        if stop.wait(2.0):
+            return
 
 
 def bare_loop(ws, uris: list[str], batch_size: int, device: str) -> float:
@@ -54,11 +64,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", default="/tmp/assay_world1k")
     ap.add_argument("--n-images", type=int, default=1000, help="world size when it has to be generated")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--actors", type=int, default=1)
-    ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per embedding actor")
-    ap.add_argument("--decode-cpus", type=float, default=0.25, help="CPUs per decode task")
+    ap.add_argument("--batch-size", type=int, default=0, help="0: Resources.auto() (16 on CPU, 64 on GPU)")
+    ap.add_argument("--actors", type=int, default=0, help="actor pool size (0: Resources.auto(), as `assay embed`)")
+    ap.add_argument("--num-cpus", type=float, default=0.5, help="Ray CPUs per embedding actor")
+    ap.add_argument("--decode-cpus", type=float, default=0.5, help="Ray CPUs per decode task")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per actor (0: cores / actors)")
+    ap.add_argument("--repeats", type=int, default=2, help="Ray run + bare loop pairs; medians are reported")
     args = ap.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -75,38 +86,45 @@ def main() -> None:
     ws = Workspace(world / "workspace")
     if not ws.exists(SMALL_CHECKPOINT):
         print(train_backbone(ws))
-    for name in ("bench-ray", "bench-local"):
-        if ws.exists(features_dir(name)):
-            shutil.rmtree(ws.local_path(features_dir(name)))
     cat = ws.read_table("catalog/images.parquet").to_pylist()
     uris = [r["uri"] for r in sorted(cat, key=lambda r: r["image_id"]) if r["split"] == "pool" and r["status"] != "error"]
     cores = os.cpu_count() or 1
-    threads = args.threads or max(1, cores // args.actors)
-    res = Resources(pool_size=args.actors, num_cpus=args.num_cpus, num_gpus=1.0 if device() == "cuda" else 0.0,
-                    batch_size=args.batch_size)
+    res = Resources.auto(pool_size=args.actors or None, batch_size=args.batch_size or None, num_cpus=args.num_cpus)
+    threads = args.threads or max(1, cores // res.pool_size)
 
     init_ray(num_cpus=cores)
-    stop, worker_rss = threading.Event(), []
+    stop, worker_rss = threading.Event(), {}
     watcher = threading.Thread(target=_peak_worker_rss, args=(stop, worker_rss), daemon=True)
     watcher.start()
-    rep = embed_pool(ws, name="bench-ray", resources=res, threads=threads, decode_cpus=args.decode_cpus,
-                     progress=False)
+    runs = []
+    for r in range(args.repeats):  # alternate the two sides so machine noise hits both alike
+        for name in ("bench-ray",):
+            if ws.exists(features_dir(name)):
+                shutil.rmtree(ws.local_path(features_dir(name)))
+        rep = embed_pool(ws, name="bench-ray", resources=res, threads=threads, decode_cpus=args.decode_cpus,
+                         progress=False)
+        torch.set_num_threads(cores)
+        bare = bare_loop(ws, uris, res.batch_size, device())
+        runs.append({"embed_pool_images_per_s": rep.images_per_s, "embed_pool_steady_images_per_s":
+                     rep.steady_images_per_s, "startup_s": rep.startup_s, "bare_loop_images_per_s": bare,
+                     "ratio": rep.images_per_s / bare, "steady_ratio": rep.steady_images_per_s / bare})
+        print(f"run {r + 1}: " + ", ".join(f"{k} {v:.3g}" for k, v in runs[-1].items()), flush=True)
     stop.set()
-    torch.set_num_threads(cores)
-    bare = bare_loop(ws, uris, args.batch_size, device())
+    med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
     result = {
         "command": "python bench/embed.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "device": device(), "cores": cores, "images": len(uris), "backbone": "assay-small",
-        "batch_size": args.batch_size, "actors": args.actors, "num_cpus_per_actor": args.num_cpus,
-        "decode_cpus": args.decode_cpus, "torch_threads_per_actor": threads,
-        "embed_pool_images_per_s": rep.images_per_s, "embed_pool_seconds": rep.seconds,
-        "bare_loop_images_per_s": bare, "ratio": rep.images_per_s / bare,
+        "batch_size": res.batch_size, "actors": res.pool_size, "num_cpus_per_actor": res.num_cpus,
+        "decode_cpus": args.decode_cpus, "torch_threads_per_actor": threads, "repeats": args.repeats,
+        **{f"median_{k}": v for k, v in med.items()},
         "bytes_per_image": rep.bytes_per_image, "grid_cells_per_image": rep.bytes_per_image / (2 * rep.dim),
         "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "ray_worker_peak_rss_mib": max(worker_rss, default=float("nan")),
+        "ray_worker_peak_rss_mib": max(worker_rss.values(), default=float("nan")),
+        "runs": runs,
     }
     for k, v in result.items():
-        print(f"{k:>26}: {v:.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
+        if k != "runs":
+            print(f"{k:>36}: {v:.4g}" if isinstance(v, float) else f"{k:>36}: {v}")
     (Path(__file__).parent / "embed.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

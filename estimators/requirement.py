@@ -397,8 +397,16 @@ def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "aut
     if law == "holdout" or (law == "auto" and selection is None):
         law, sel_err = select_law(n, y)
     per_law, why_of = [], {}
+    failed: dict[str, str] = {}
     for name in list_laws():
-        est = get_law(name).fit(n, y)
+        try:
+            est = get_law(name).fit(n, y)
+        except ValueError as e:  # a law whose domain excludes this curve (e.g. m4 with 100% error) is skipped
+            failed[name] = f"{name} cannot fit this curve: {e}"
+            per_law.append({"law": name, "required_n": float("inf"), "reason": failed[name], "rmse": float("nan"),
+                            "params": {}})
+            why_of[name] = failed[name]
+            continue
         n_req, why = est.solve_required_n(t)
         per_law.append({"law": name, "required_n": n_req, "reason": why, "rmse": est.rmse_, "params": est.params_})
         why_of[name] = why
@@ -407,8 +415,12 @@ def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "aut
         _, law, note = best.combine({r["law"]: r["required_n"] for r in per_law if r["law"] in selection.ranking},
                                     float(n[-1]))
         sel_err = dict(selection.errors)
+        if law in failed:  # nothing usable and the best-ranked law cannot fit: report the best law that can
+            law = next((k for k in selection.ranking if k not in failed), law)
     if law not in list_laws():
         raise ValueError(f"unknown law {law!r}; choose from auto, holdout, {', '.join(list_laws())}")
+    if law in failed:
+        raise ValueError(f"curve {curve.name!r}: {failed[law]}")
     reason = why_of[law] if note is None else f"{note}; {why_of[law]}" if why_of[law] else note
     if correction is None and selection is not None and law in selection.corrections:
         correction = selection.corrections[law]

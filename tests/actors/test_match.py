@@ -8,7 +8,7 @@ import torch
 
 from actors.features import FeatureMap, encode_rows
 from actors.match import (BoxTemplate, Matcher, MatchActor, best_match, box_template, exhaustive_match,
-                          match_image, match_objects, ncc_match, pooled_match, roi_template)
+                          match_image, match_objects, ncc_match, pooled_match, roi_template, window_sums)
 from actors.shards import ShardedDataset
 
 
@@ -254,6 +254,38 @@ def test_pooled_match_finds_a_sub_cell_object_and_boxes_it_at_the_query_size():
     assert scores.argmax() == 2 and scores[2] > 0.7
     box = [v * 8 for v in boxes[2].tolist()]
     assert box == pytest.approx([5 * 8 + 1, 3 * 8 + 1, 5 * 8 + 7, 3 * 8 + 7])  # 6×6 px centred on the cell
+
+
+def test_pooled_match_equals_a_brute_force_loop_over_windows_and_scales():
+    """Every scale, every window: cosine(template, centred window mean); the best one and its box."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 6, 7, 9, generator=g).half()  # fp16 maps, as stored
+    center = torch.randn(6, generator=g)
+    t = box_template(torch.randn(6, 7, 9, generator=g), (10, 6, 30, 22), 8, 8, scales=(0.7, 1.0, 1.4), center=center)
+    scores, boxes = pooled_match(t, x)
+    xc = x.float() - center.view(1, -1, 1, 1)
+    for b in range(3):
+        best, where = -2.0, None
+        for h, w, s in t.sizes:
+            for i in range(7 - h + 1):
+                for j in range(9 - w + 1):
+                    m = xc[b, :, i:i + h, j:j + w].mean(dim=(1, 2))
+                    cos = float(m @ t.vector / m.norm())
+                    if cos > best + 1e-6:
+                        best, where = cos, (i + h / 2, j + w / 2, s)
+        assert float(scores[b]) == pytest.approx(best, abs=1e-5)
+        cy, cx, s = where
+        hh, hw = t.box_cells[0] * s / 2, t.box_cells[1] * s / 2
+        assert boxes[b].tolist() == pytest.approx([cx - hw, cy - hh, cx + hw, cy + hh], abs=1e-5)
+
+
+def test_window_sums_match_avg_pool():
+    x = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(12))
+    for h, w in ((1, 1), (1, 4), (3, 1), (4, 5), (9, 11)):
+        want = torch.nn.functional.avg_pool2d(x, (h, w), stride=1) * (h * w)
+        assert torch.allclose(window_sums(x, h, w), want, atol=1e-5)
+    with pytest.raises(ValueError, match="larger than the map"):
+        window_sums(x, 10, 2)
 
 
 def test_centring_with_the_pool_mean_stops_background_from_matching():

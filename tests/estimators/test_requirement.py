@@ -106,3 +106,17 @@ def test_simulator_reports_oracle_ratio_and_failures():
     assert not bad.success and bad.rounds_used == 2 and bad.total_cost > 1e6
     s = summarize([ok, bad])
     assert s["failure_rate"] == 0.5 and s["runs"] == 2
+
+
+def test_a_law_that_cannot_fit_the_curve_is_skipped_not_fatal():
+    """Regression (demo with a 6-second backbone): a 0%-accuracy point is outside m4's domain (error < e0 = 100);
+    the other laws still estimate, m4's row says why, and asking for m4 itself is a clear error."""
+    n = np.geomspace(50, 1600, 6)
+    y = np.array([0.0, 21.0, 36.0, 46.0, 52.0, 56.0])
+    c = make_curve(n, y, name="collapsed")
+    r = estimate_requirement(c, 60.0, law="auto", n_boot=10)
+    assert r.law != "m4" and math.isfinite(r.required_n) and r.required_n > 1600
+    m4 = next(row for row in r.per_law if row["law"] == "m4")
+    assert m4["required_n"] == math.inf and "cannot fit" in m4["reason"]
+    with pytest.raises(ValueError, match="'collapsed': m4 cannot fit this curve"):
+        estimate_requirement(c, 60.0, law="m4", n_boot=10)
