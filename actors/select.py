@@ -109,8 +109,8 @@ def mine_batch(ws: Workspace, queries: Sequence[Query], *, workers: int = 0, n_c
 class Selector:
     """Keeps the loaded indexes, matchers (feature-map caches) and Ray match actors across queries."""
 
-    def __init__(self, ws: Workspace, *, workers: int = 0, preload: bool = False) -> None:
-        self.ws, self.workers, self.preload = ws, workers, preload
+    def __init__(self, ws: Workspace, *, workers: int = 0, preload: bool = False, cache_size: int = 4096) -> None:
+        self.ws, self.workers, self.preload, self.cache_size = ws, workers, preload, cache_size
         self.indexes: dict[tuple[str, str], LoadedIndex] = {}
         self.matchers: dict[str, Matcher] = {}
         self.actors: list | None = None
@@ -147,7 +147,8 @@ class Selector:
                 pending.append((sel, t1, actor.rerank.remote(objects, cands, q.top_k, q.combine)))
             else:
                 if q.model not in self.matchers:
-                    self.matchers[q.model] = Matcher(self.ws, q.model, preload=self.preload)
+                    self.matchers[q.model] = Matcher(self.ws, q.model, preload=self.preload,
+                                                     cache_size=self.cache_size)
                 m = self.matchers[q.model]
                 sel.hits, sel.fine_s = m.rerank(objects, cands, q.top_k, q.combine), time.perf_counter() - t1
             out.append(sel)

@@ -81,9 +81,11 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                             backbone_cfg={"layer": layer} if layer else None, local=local))
     emit(rep, as_json, lambda r: console.print(table(
         f"features/{r['model']} ({r['mode']})", ["images", "embedded", "errors", "shards written", "skipped",
-                                                 "dim", "cell stride", "KB/image", "images/s"],
+                                                 "dim", "cell stride", "KiB/image (fp16)", "images/s",
+                                                 "startup s", "steady images/s"],
         [(r["n_images"], r["n_embedded"], r["n_errors"], r["shards_written"], r["shards_skipped"], r["dim"],
-          r["cell_stride"], r["bytes_per_image"] / 1024, r["images_per_s"])])))
+          r["cell_stride"], r["bytes_per_image"] / 1024, r["images_per_s"], r["startup_s"],
+          r["steady_images_per_s"])])))
 
 
 def register(app: typer.Typer) -> None:

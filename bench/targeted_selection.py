@@ -133,28 +133,55 @@ def score(hits, q, pool_boxes, holders) -> dict:
     return out
 
 
-def run(ws: Workspace, n_queries: int, seed: int) -> dict:
+def _evaluate(sels, queries, pool_boxes, holders) -> dict:
+    lat = np.array([s.coarse_s + s.fine_s for s in sels]) * 1000
+    per_bin: dict = {}
+    for name, lo, hi in BINS + (("<1%", 0.0, 0.01), ("all", 0.0, 1.0)):
+        rows = [score(s.hits, q, pool_boxes, holders) for s, q in zip(sels, queries) if lo <= q["area"] < hi]
+        per_bin[name] = {"n": len(rows), **{f"{m}@{k}": float(np.mean([r[k][m] for r in rows])) if rows else None
+                                            for k in KS for m in ("precision", "recall", "loc")}}
+    return {"latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
+            "coarse_ms_p50": float(np.percentile([s.coarse_s * 1000 for s in sels], 50)),
+            "fine_ms_p50": float(np.percentile([s.fine_s * 1000 for s in sels], 50)),
+            "candidates": int(np.median([s.n_candidates for s in sels])), "bins": per_bin}
+
+
+def run(ws: Workspace, n_queries: int, seed: int, candidates: tuple[int, ...] = (1000,), cold: int = 30) -> dict:
+    """Both methods on the same queries; template matching once per coarse-stage candidate count (warm cache:
+    feature maps preloaded), then ``cold`` queries read their candidates' rows from the Parquet store."""
     queries, pool_boxes, holders = load_truth(ws)
     rng = np.random.default_rng(seed)
     queries = [queries[i] for i in sorted(rng.permutation(len(queries))[:n_queries])]
     fmaps = encode_queries(ws, queries)
-    report: dict = {"n_queries": len(queries), "methods": {}}
+    report: dict = {"n_queries": len(queries), "methods": {}, "candidates": {}}
+
+    def queries_for(method):
+        return [Query(q["uri"], [tuple(q["box"])], max(KS), MODEL, method, fmap=fmaps[q["uri"]],
+                      image_size=q["size"]) for q in queries]
+
+    sel = Selector(ws, preload=True)  # feature maps in memory: the fine stage reads no Parquet per query
     for method in ("template", "global"):
-        qs = [Query(q["uri"], [tuple(q["box"])], max(KS), MODEL, method, fmap=fmaps[q["uri"]],
-                    image_size=q["size"]) for q in queries]
-        sel = Selector(ws, preload=True)  # feature maps in memory: the fine stage reads no Parquet per query
+        qs = queries_for(method)
         sel.run(qs[:1], write=False)  # warm-up: loads the index once
-        sels = []
-        for qq in qs:  # one at a time: per-query latency as a user sees it
-            sels += sel.run([qq], write=False)
-        lat = np.array([s.coarse_s + s.fine_s for s in sels]) * 1000
-        per_bin: dict = {}
-        for name, lo, hi in BINS + (("<1%", 0.0, 0.01), ("all", 0.0, 1.0)):
-            rows = [score(s.hits, q, pool_boxes, holders) for s, q in zip(sels, queries) if lo <= q["area"] < hi]
-            per_bin[name] = {"n": len(rows), **{f"{m}@{k}": float(np.mean([r[k][m] for r in rows])) if rows else None
-                                                for k in KS for m in ("precision", "recall", "loc")}}
-        report["methods"][method] = {"latency_ms_p50": float(np.percentile(lat, 50)),
-                                     "latency_ms_p95": float(np.percentile(lat, 95)), "bins": per_bin}
+        runs = candidates if method == "template" else (None,)
+        for n_cand in runs:
+            sels = []
+            for qq in qs:  # one at a time: per-query latency as a user sees it
+                sels += sel.run([qq], write=False, n_candidates=n_cand)
+            r = _evaluate(sels, queries, pool_boxes, holders)
+            print(f"{method} candidates={r['candidates']}: recall@100 <1% {r['bins']['<1%']['recall@100']:.3f}, "
+                  f"p50 {r['latency_ms_p50']:.0f} ms", flush=True)
+            if method == "template":
+                report["candidates"][str(r["candidates"])] = r
+            if method == "global" or n_cand == max(candidates):
+                report["methods"][method] = r
+    if cold:  # no cache: every candidate's row is read from the Parquet store (OS page cache may be warm)
+        cold_sel = Selector(ws, cache_size=0)
+        cold_sel.indexes = sel.indexes
+        sels = [cold_sel.run([qq], write=False, n_candidates=max(candidates))[0]
+                for qq in queries_for("template")[:cold]]
+        report["cold"] = {"n": len(sels), **{k: v for k, v in _evaluate(sels, queries[:cold], pool_boxes,
+                                                                          holders).items() if k != "bins"}}
     t, g = (report["methods"][m]["bins"]["<1%"]["recall@100"] for m in ("template", "global"))
     report["recall100_small_ratio_template_over_global"] = (t / g) if t is not None and g else None
     return report
@@ -170,7 +197,18 @@ def markdown(report: dict) -> str:
             lines.append(f"| {method} | {b} | {v['n']} | {cells} |")
     lines.append("")
     for method, r in report["methods"].items():
-        lines.append(f"- {method}: latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms")
+        lines.append(f"- {method}: latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms "
+                     f"(coarse p50 {r['coarse_ms_p50']:.1f} ms, fine p50 {r['fine_ms_p50']:.1f} ms, "
+                     f"{r['candidates']} candidates; feature maps cached)")
+    if report.get("cold"):
+        c = report["cold"]
+        lines.append(f"- template, uncached (candidate rows read from the Parquet store, {c['n']} queries): "
+                     f"p50 {c['latency_ms_p50']:.1f} ms, p95 {c['latency_ms_p95']:.1f} ms")
+    if len(report.get("candidates", {})) > 1:
+        lines += ["", "| coarse candidates | R@100 (<1%) | P@10 (<1%) | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+        for n, r in sorted(report["candidates"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {n} | {r['bins']['<1%']['recall@100']:.3f} | {r['bins']['<1%']['precision@10']:.3f} | "
+                         f"{r['latency_ms_p50']:.0f} | {r['latency_ms_p95']:.0f} |")
     ratio = report["recall100_small_ratio_template_over_global"]
     lines.append(f"- recall@100 on objects < 1%: template / global = {ratio if ratio is None else round(ratio, 3)}")
     return "\n".join(lines) + "\n"
@@ -187,13 +225,16 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1, help="backbone cells averaged per stored cell (1 = stride 8)")
     ap.add_argument("--pca-dim", type=int, default=None, help="PCA-reduce stored cells to this many dims")
     ap.add_argument("--factory", default="Flat", help="FAISS factory of the region index ('auto': by size)")
+    ap.add_argument("--candidates", type=int, nargs="+", default=[1000],
+                    help="coarse-stage candidate counts to compare (the largest is the reported default)")
+    ap.add_argument("--cold", type=int, default=30, help="queries re-run without the feature-map cache")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
     global MODEL
     MODEL = store_name(args.pool, args.pca_dim)
     ws, info = prepare(Path(args.out_dir), args.n_images, args.seed, args.train_minutes, args.ray, args.pool,
                        args.pca_dim, None if args.factory == "auto" else args.factory)
-    report = run(ws, args.queries, args.seed)
+    report = run(ws, args.queries, args.seed, tuple(args.candidates), args.cold)
     n_pool = ws.read_table("catalog/images.parquet", columns=["split"]).column("split").to_pylist().count("pool")
     report.update(n_images=args.n_images, n_pool=n_pool, seed=args.seed, **info)
     md = markdown(report)
