@@ -141,7 +141,8 @@ def _estimate_and_plan(n, v) -> dict:
                       f"({est.get('reason') or 'no reason given'}; law {est['law']}, now {max(n):,} crops)")
     else:
         console.print(f"to reach {target:g}% val accuracy: n = {est['required_n']:,.0f} labeled crops "
-                      f"(interval {fmt(lo)} – {fmt(hi)}, law {est['law']}; now {max(n):,})")
+                      f"(interval {fmt(lo) if lo is not None else 'unbounded'} – "
+                      f"{fmt(hi) if hi is not None else 'unbounded'}, law {est['law']}; now {max(n):,})")
     plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n)).to_dict()
     console.print(table("LOC plan: cost 1 per crop, acceptable risk 10%, at most 50x today's set, 3 rounds",
                         ["round", "collect", "cumulative total"],
