@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from actors.backbone import FeatureExtractor, get_backbone, parse_spec
-from actors.features import (FEATURE_SCHEMA, ROW_GROUP_ROWS, FeatureMap, encode_rows, feature_meta,
-                             features_dir)
+from actors.features import (FEATURE_SCHEMA, FeatureMap, encode_rows, feature_meta, features_dir,
+                             write_feature_shard)
 from actors.images import decode_batch
 from actors.runtime import Resources, device as auto_device, init_ray
 from actors.shards import Shard, ShardedDataset
@@ -250,8 +250,7 @@ def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa
     ids = table["image_id"].to_pylist()
     if any(a > b for a, b in zip(ids, ids[1:])):
         table = table.sort_by("image_id")
-    ds.write_shard(shard, table, row_group_size=ROW_GROUP_ROWS,  # one image per row group: row-level reads
-                   use_dictionary=["image_id", "status", "error"], write_statistics=["image_id"])
+    write_feature_shard(ds, shard, table)
     return table
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from actors.shards import ShardedDataset
+from actors.shards import Shard, ShardedDataset
 from actors.workspace import Workspace, WorkspaceError
 
 FEATURE_SCHEMA = pa.schema([
@@ -217,6 +217,38 @@ def iter_feature_maps(ws: Workspace, model: str, image_ids: Iterable[str] | None
             mask = pc.and_(mask, pc.is_in(batch.column("image_id"), value_set=wanted))
         for row in batch.filter(mask).to_pylist():
             yield decode_row(row)
+
+
+ROWS_DIR = "_rows"  # per shard, its rows without ``fmap``: metadata scans read kilobytes, not the feature bytes
+
+
+def write_feature_shard(ds: ShardedDataset, shard: Shard, table: pa.Table) -> None:
+    """Write one feature shard: first its row summary (``_rows/<part>``), then the shard itself, each atomically.
+
+    The shard file is the commit point (it exists ⇔ the shard is done), so a crash between the two writes only
+    leaves a summary that the re-run overwrites. One image per row group (:data:`ROW_GROUP_ROWS`).
+    """
+    ds.ws.write_table(f"{ds.rel}/{ROWS_DIR}/{shard.name}", table.drop_columns(["fmap"]))
+    ds.write_shard(shard, table, row_group_size=ROW_GROUP_ROWS, use_dictionary=["image_id", "status", "error"],
+                   write_statistics=["image_id"])
+
+
+def feature_rows(ws: Workspace, model: str, columns: list[str] | None = None) -> pa.Table:
+    """Every finished row of the store without the feature bytes (``columns`` among :data:`FEATURE_SCHEMA` but
+    ``fmap``): from the row summaries, or from the shard itself for shards written before they existed."""
+    ds = ShardedDataset(ws, features_dir(model))
+    names = [f.name for f in FEATURE_SCHEMA if f.name != "fmap"]
+    columns = columns or names
+    if "fmap" in columns:
+        raise ValueError("feature_rows never reads fmap; use iter_feature_maps or FeatureReader")
+    summaries = set(ws.listdir(f"{ds.rel}/{ROWS_DIR}", ".parquet"))
+    parts = []
+    for name in ws.listdir(ds.rel, ".parquet"):
+        rel = f"{ds.rel}/{ROWS_DIR}/{name}" if name in summaries else f"{ds.rel}/{name}"
+        parts.append(ws.read_table(rel, columns=columns))
+    if not parts:
+        return pa.schema([FEATURE_SCHEMA.field(c) for c in columns]).empty_table()
+    return pa.concat_tables(parts)
 
 
 def feature_meta(ws: Workspace, model: str) -> dict:

@@ -36,8 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.features import FeatureMap, feature_meta, features_dir, iter_feature_maps
-from actors.shards import ShardedDataset
+from actors.features import FeatureMap, feature_meta, feature_rows, features_dir, iter_feature_maps
 from actors.workspace import Workspace, WorkspaceError
 
 METRIC = "inner_product"
@@ -321,13 +320,10 @@ def _is_ivf(index: faiss.Index) -> bool:
 
 def _cell_counts(ws: Workspace, model: str) -> dict[str, int]:
     """image_id -> number of cells, for the ok rows of the feature store (reads no feature maps)."""
-    ds = ShardedDataset(ws, features_dir(model))
-    out: dict[str, int] = {}
-    for batch in ds.iter_batches(columns=["image_id", "grid_h", "grid_w", "status"], batch_size=65536):
-        batch = batch.filter(pc.equal(batch.column("status"), "ok"))
-        n = pc.multiply(batch.column("grid_h").cast(pa.int64()), batch.column("grid_w").cast(pa.int64()))
-        out.update(zip(batch.column("image_id").to_pylist(), n.to_pylist()))
-    return out
+    t = feature_rows(ws, model, columns=["image_id", "grid_h", "grid_w", "status"])
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    n = pc.multiply(t.column("grid_h").cast(pa.int64()), t.column("grid_w").cast(pa.int64()))
+    return dict(zip(t.column("image_id").to_pylist(), n.to_pylist()))
 
 
 def _first_dim(ws: Workspace, model: str) -> int:

@@ -14,7 +14,7 @@ import torch.nn as nn
 import actors.embed as embed
 from actors.backbone import FeatureExtractor, SmallConfig, get_backbone, save_small_checkpoint, small_trunk
 from actors.embed import RegionEncoder, embed_pool, fit_pca, load_region_encoder
-from actors.features import features_dir, iter_feature_maps
+from actors.features import feature_rows, features_dir, iter_feature_maps
 from actors.runtime import Resources
 from actors.shards import ShardedDataset
 from actors.workspace import WorkspaceError
@@ -129,5 +129,9 @@ def test_ray_path_resumes_after_a_crash_and_matches_local(toy, ray_cluster, monk
     assert rep.n_embedded + rep.n_errors == 8 - n_done and os.path.getmtime(done[0]) == mtime
     assert ShardedDataset(toy, features_dir("local")).read().equals(ds.read())
     assert local.n_errors == 2
+    rows = feature_rows(toy, "ray")  # every shard has its row summary, equal to the shard without fmap
+    assert toy.listdir(f"{features_dir('ray')}/_rows", ".parquet") == toy.listdir(features_dir("ray"), ".parquet")
+    assert rows.sort_by("image_id").equals(ds.read().drop_columns(["fmap"]).sort_by("image_id"))
+    assert {pq.read_metadata(p).num_row_groups for p in ds.part_paths()} == {2, 3}  # one image per row group
     again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
     assert again.shards_written == 0 and again.shards_skipped == 3

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
-from actors.features import FeatureMap, FeatureReader, encode_rows, features_dir, iter_feature_maps
+from actors.features import (FeatureMap, FeatureReader, encode_rows, feature_rows, features_dir, iter_feature_maps,
+                             write_feature_shard)
 from actors.shards import ShardedDataset
 from actors.workspace import Workspace, WorkspaceError
 
@@ -63,3 +65,21 @@ def test_reader_sees_shards_added_after_refresh_and_refuses_a_tampered_store(tmp
     ds.write_shard(first, rows)
     with pytest.raises(WorkspaceError, match="re-embed"):
         reader.get([first.keys[0]])
+
+
+def test_feature_rows_come_from_the_summaries_and_fall_back_to_old_shards(tmp_path):
+    ws = Workspace(tmp_path)
+    maps = _store(ws, 20, 1, failed=frozenset({"img003"}))  # written without summaries (a store from before them)
+    ds = ShardedDataset(ws, features_dir("m"))
+    old = feature_rows(ws, "m", columns=["image_id", "grid_h", "status"])
+    assert old.num_rows == 20 and "fmap" not in old.column_names
+    first = ds.shards()[0]
+    rows = encode_rows([FeatureMap(k, maps[k], 8.0, 8.0) if k in maps else (k, "bad") for k in first.keys])
+    write_feature_shard(ds, first, rows)  # rewrite shard 0 the current way: summary + one image per row group
+    assert ws.exists(f"{features_dir('m')}/_rows/{first.name}")
+    assert [p.split("/")[-1] for p in ds.part_paths()] == [s.name for s in ds.shards()]  # summaries are no parts
+    new = feature_rows(ws, "m")
+    assert sorted(new["image_id"].to_pylist()) == sorted(old["image_id"].to_pylist())
+    assert new.filter(pc.equal(new["status"], "error"))["image_id"].to_pylist() == ["img003"]
+    with pytest.raises(ValueError, match="never reads fmap"):
+        feature_rows(ws, "m", columns=["fmap"])
