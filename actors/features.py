@@ -118,7 +118,8 @@ class FeatureReader:
 
     The shard manifest lists each shard's keys and a shard file holds exactly one row per key, sorted by id, so
     an id's (file, row) is known without opening any file; only the row's Parquet row group is read (Assay
-    writes :data:`ROW_GROUP_ROWS` row per group; any layout works, larger groups just read more). Reads run on ``threads`` threads (pyarrow releases the GIL while decompressing).
+    writes :data:`ROW_GROUP_ROWS` row per group; any layout works, larger groups just read more). Reads run on
+    ``threads`` threads (pyarrow releases the GIL while decompressing).
     """
 
     def __init__(self, ws: Workspace, model: str, *, threads: int = 4) -> None:

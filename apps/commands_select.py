@@ -31,25 +31,30 @@ def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEF
               factory: Annotated[Optional[str], typer.Option(
                   "--factory", help="FAISS factory string (default: Flat below 1M vectors, IVF-PQ above).")] = None,
               rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild instead of adding new images.")] = False,
+              cell_pool: Annotated[Optional[int], typer.Option(
+                  "--cell-pool", help="Region vectors = k×k blocks of stored cells (k² fewer vectors; matching "
+                                      "keeps full resolution). Default 2; another k than the index's rebuilds it.")]
+              = None,
               as_json: JsonOpt = False) -> None:
     """Index the region vectors of a feature store (and its whole-image baseline); only new images are added."""
-    from actors.index import add_to_index, build_index, index_dir
+    from actors.index import CELL_POOL, build_index, add_to_index, load_manifest
     from actors.workspace import Workspace
     from apps.output import console, emit, table
 
     ws = Workspace(workspace)
     out = []
     for kind in ("region", "global"):
-        exists = ws.exists(f"{index_dir(model, kind)}/manifest.json")
-        if rebuild or not exists or (factory and kind == "region"):
+        old = load_manifest(ws, model, kind)
+        other_pool = kind == "region" and old is not None and cell_pool is not None and cell_pool != old.cell_pool
+        if rebuild or old is None or (kind == "region" and factory) or other_pool:
             man = build_index(ws, model, kind=kind, factory=factory if kind == "region" else None,
-                              progress=not as_json)
+                              progress=not as_json, cell_pool=cell_pool or (old.cell_pool if old else CELL_POOL))
         else:
             man = add_to_index(ws, model, kind=kind, progress=not as_json)
         out.append(vars(man))
     emit(out, as_json, lambda r: console.print(table(
-        f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "trained on"],
-        [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["trained_on"]) for m in r])))
+        f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "cell pool", "trained on"],
+        [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["cell_pool"], m["trained_on"]) for m in r])))
 
 
 def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,

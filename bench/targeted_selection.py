@@ -47,7 +47,7 @@ def store_name(pool: int, pca_dim: int | None) -> str:
 
 def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
             use_ray: bool = False, pool: int = 1, pca_dim: int | None = None,
-            factory: str | None = "Flat") -> tuple[Workspace, dict]:
+            factory: str | None = "Flat", cell_pool: int = 1) -> tuple[Workspace, dict]:
     from actors.backbone import SMALL_CHECKPOINT, train_backbone
     from actors.embed import embed_pool
     from actors.index import add_to_index, build_index
@@ -68,8 +68,9 @@ def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
     for kind in ("region", "global"):
         t = time.perf_counter()
         man = (add_to_index(ws, MODEL, kind=kind) if _has_index(ws, kind) else
-               build_index(ws, MODEL, kind=kind, factory=factory if kind == "region" else "Flat"))
-        info[f"index_{kind}"] = f"{man.factory} n={man.n:,}"
+               build_index(ws, MODEL, kind=kind, factory=factory if kind == "region" else "Flat",
+                           cell_pool=cell_pool if kind == "region" else 1))
+        info[f"index_{kind}"] = f"{man.factory} n={man.n:,}" + (f" cell_pool={man.cell_pool}" if man.cell_pool > 1 else "")
         print(f"index {kind}: {man.factory} n={man.n:,} ({time.perf_counter() - t:.0f}s)", flush=True)
     return ws, info
 
@@ -225,6 +226,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1, help="backbone cells averaged per stored cell (1 = stride 8)")
     ap.add_argument("--pca-dim", type=int, default=None, help="PCA-reduce stored cells to this many dims")
     ap.add_argument("--factory", default="Flat", help="FAISS factory of the region index ('auto': by size)")
+    ap.add_argument("--cell-pool", type=int, default=2, help="region index over k×k blocks of stored cells")
     ap.add_argument("--candidates", type=int, nargs="+", default=[1000],
                     help="coarse-stage candidate counts to compare (the largest is the reported default)")
     ap.add_argument("--cold", type=int, default=30, help="queries re-run without the feature-map cache")
@@ -233,7 +235,7 @@ def main() -> None:
     global MODEL
     MODEL = store_name(args.pool, args.pca_dim)
     ws, info = prepare(Path(args.out_dir), args.n_images, args.seed, args.train_minutes, args.ray, args.pool,
-                       args.pca_dim, None if args.factory == "auto" else args.factory)
+                       args.pca_dim, None if args.factory == "auto" else args.factory, args.cell_pool)
     report = run(ws, args.queries, args.seed, tuple(args.candidates), args.cold)
     n_pool = ws.read_table("catalog/images.parquet", columns=["split"]).column("split").to_pylist().count("pool")
     report.update(n_images=args.n_images, n_pool=n_pool, seed=args.seed, **info)

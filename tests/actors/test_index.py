@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from actors.features import FeatureMap, encode_rows
-from actors.index import (IDS_SCHEMA, IndexManifest, LoadedIndex, add_to_index, build_index, cell_vectors,
+from actors.index import (IDS_SCHEMA, IndexManifest, LoadedIndex, add_to_index, block_mean, build_index, cell_vectors,
                           choose_factory, load_index)
 from actors.shards import ShardedDataset
 from actors.workspace import WorkspaceError
@@ -40,7 +40,7 @@ def test_factory_is_chosen_by_vector_count(n, expect):
 def test_flat_index_agrees_with_exact_search(workspace):
     fms = maps([f"im{k}" for k in range(8)])
     write(workspace, fms, extra=[("broken", "unreadable")])
-    man = build_index(workspace, "toy", progress=False)
+    man = build_index(workspace, "toy", progress=False, cell_pool=1)
     assert (man.factory, man.n, man.images, man.dim, man.metric) == ("Flat", 8 * 12, 8, 8, "inner_product")
     idx = load_index(workspace, "toy")
     xb = np.concatenate([cell_vectors(f, center=idx.center)[0] for f in fms])  # in shard order = sorted ids
@@ -54,7 +54,7 @@ def test_flat_index_agrees_with_exact_search(workspace):
 
 def test_add_indexes_only_new_images_and_search_finds_them(workspace):
     write(workspace, maps([f"old{k}" for k in range(4)]))
-    first = build_index(workspace, "toy", factory="IVF2,Flat", progress=False)
+    first = build_index(workspace, "toy", factory="IVF2,Flat", progress=False, cell_pool=1)
     assert first.trained_on > 0 and first.generation == 1
     new = maps(["new0", "new1"], seed=7)
     write(workspace, maps([f"old{k}" for k in range(4)]) + new)
@@ -104,7 +104,7 @@ def test_index_vectors_are_centred_with_the_pool_mean(workspace):
     fms = [FeatureMap(f"im{k}", (rng.normal(size=(8, 3, 4)) + offset).astype(np.float16), 32.0, 32.0)
            for k in range(6)]
     write(workspace, fms)
-    man = build_index(workspace, "toy", progress=False)
+    man = build_index(workspace, "toy", progress=False, cell_pool=1)
     cells = np.concatenate([f.fmap.astype(np.float32).reshape(8, -1).T for f in fms])
     np.testing.assert_allclose(man.center, cells.mean(0), atol=1e-4)
     idx = load_index(workspace, "toy")
@@ -115,3 +115,30 @@ def test_index_vectors_are_centred_with_the_pool_mean(workspace):
     np.testing.assert_allclose(idx.query_vectors(cells[:2]), xb[:2], atol=1e-5)
     D, I = idx.search(xb[:2], 1)
     assert I[:, 0].tolist() == [0, 1] and np.allclose(D[:, 0], 1.0, atol=1e-3)
+
+
+def test_block_mean_averages_each_block_and_only_the_cells_a_border_block_holds():
+    x = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    got = block_mean(x, 2)  # 3×5 cells -> 2×3 blocks
+    assert got.shape == (2, 2, 3)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(got[:, i, j], x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2)))
+
+
+def test_cell_pooled_index_has_k_squared_fewer_vectors_and_keeps_its_pool_when_adding(workspace):
+    write(workspace, maps([f"old{k}" for k in range(4)], hw=(5, 6)))
+    man = build_index(workspace, "toy", cell_pool=2, progress=False)
+    assert (man.n, man.cell_pool) == (4 * 3 * 3, 2)  # ceil(5/2)·ceil(6/2) blocks per image
+    idx = load_index(workspace, "toy")
+    fm = maps(["old0"], hw=(5, 6))[0]
+    xb, rows, cols = cell_vectors(fm, center=idx.center, cell_pool=2)
+    assert (int(rows.max()), int(cols.max())) == (2, 2)
+    D, I = idx.search(xb[4:5], 1)  # a block vector finds itself
+    assert idx.lookup(I) == [("old0", 1, 1)] and D[0, 0] == pytest.approx(1.0, abs=1e-5)
+    write(workspace, maps([f"old{k}" for k in range(4)], hw=(5, 6)) + maps(["new0"], seed=3, hw=(5, 6)))
+    added = add_to_index(workspace, "toy", progress=False)
+    assert (added.n, added.cell_pool) == (5 * 9, 2)
+    assert build_index(workspace, "toy", kind="global", cell_pool=2, progress=False).cell_pool == 1
+    with pytest.raises(ValueError, match="cell_pool must be >= 1"):
+        build_index(workspace, "toy", cell_pool=0, progress=False)

@@ -25,7 +25,10 @@ def test_index_then_mine_by_pool_image_id(workspace, capsys):
     _store(workspace)
     assert main(["index", "-w", workspace.uri, "--model", "toy", "--json"]) == 0
     kinds = json.loads(capsys.readouterr().out)
-    assert [(m["kind"], m["n"], m["images"]) for m in kinds] == [("region", 9 * 48, 9), ("global", 9, 9)]
+    assert [(m["kind"], m["n"], m["images"]) for m in kinds] == [("region", 9 * 12, 9), ("global", 9, 9)]  # 2×2
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--cell-pool", "1", "--json"]) == 0  # rebuilds
+    region = json.loads(capsys.readouterr().out)[0]
+    assert (region["n"], region["cell_pool"], region["generation"]) == (9 * 48, 1, 2)
     assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
                  "--top-k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
