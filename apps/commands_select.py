@@ -68,6 +68,9 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
              queries: Annotated[Optional[str], typer.Option(
                  "--queries", help="JSON file with a list of queries, run as one job.")] = None,
              workers: Annotated[int, typer.Option("--workers", help="Ray match actors for --queries (0: in-process).")] = 0,
+             candidates: Annotated[Optional[int], typer.Option(
+                 "--candidates", help="Coarse-stage candidates re-ranked by the fine stage (default max(10·K, 200); "
+                                      "fewer is faster, see the README's figures).")] = None,
              as_json: JsonOpt = False) -> None:
     """Find the pool images holding an object like the boxed one(s) in the query image, ranked and localized."""
     from actors.select import Query, load_queries, mine_batch
@@ -81,7 +84,9 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
         qs = [Query(image, [parse_box(b) for b in box or []], top_k, model, method, combine)]
     else:
         raise ValueError("give --image (with --box) or --queries FILE.json")
-    sels = mine_batch(ws, qs, workers=workers)
+    if candidates is not None and candidates < 1:
+        raise ValueError(f"--candidates must be >= 1, got {candidates}")
+    sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
     uris = _uris(ws)
     result = [{"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,
                "seconds": {"coarse": s.coarse_s, "fine": s.fine_s},

@@ -35,6 +35,12 @@ def test_index_then_mine_by_pool_image_id(workspace, capsys):
     assert out["hits"][0]["image_id"] == "img4" and out["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert out["hits"][0]["box"] == [32.0, 16.0, 64.0, 48.0] and len(out["hits"]) == 3
     assert workspace.exists(f"selections/{out['query_id']}.parquet")
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
+                 "--top-k", "3", "--candidates", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_candidates"] == 4
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
+                 "--candidates", "0"]) == 2
+    capsys.readouterr()
     assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--method", "global",
                  "--top-k", "2"]) == 0
     assert "img4" in capsys.readouterr().out
