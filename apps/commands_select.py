@@ -37,7 +37,7 @@ def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEF
               = None,
               as_json: JsonOpt = False) -> None:
     """Index the region vectors of a feature store (and its whole-image baseline); only new images are added."""
-    from actors.index import CELL_POOL, build_index, add_to_index, load_manifest
+    from actors.index import CELL_POOL, add_to_index, build_index, load_manifest
     from actors.workspace import Workspace
     from apps.output import console, emit, table
 
