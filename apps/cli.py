@@ -89,14 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         error("aborted")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except _click_errors() as e:  # usage errors (unknown option, extra argument…): click's one-line message
+        e.show()
+        return e.exit_code
     return 0
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Click's exception base wherever this typer takes click from (typer >= 0.2x vendors it as typer._click)."""
+    import importlib
+
+    out = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            out.append(importlib.import_module(name).ClickException)
+        except ImportError:
+            continue
+    return tuple(out)
 
 
 if __name__ == "__main__":
