@@ -72,7 +72,7 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     """Embed catalog images into features/<name>/ (region grids; resumable, Ray Data actor pool)."""
     from actors.embed import embed_pool
     from actors.runtime import Resources
-    from apps.output import console, emit, table
+    from apps.output import console, emit, fmt, table
 
     splits = None if split and "all" in split else tuple(split or ("pool",))
     res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
@@ -80,12 +80,11 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                             shard_size=shard_size, progress=not as_json, max_side=max_side, pca_dim=pca_dim,
                             backbone_cfg={"layer": layer} if layer else None, local=local))
     emit(rep, as_json, lambda r: console.print(table(
-        f"features/{r['model']} ({r['mode']})", ["images", "embedded", "errors", "shards written", "skipped",
-                                                 "dim", "cell stride", "KiB/image (fp16)", "images/s",
-                                                 "startup s", "steady images/s"],
-        [(r["n_images"], r["n_embedded"], r["n_errors"], r["shards_written"], r["shards_skipped"], r["dim"],
-          r["cell_stride"], r["bytes_per_image"] / 1024, r["images_per_s"], r["startup_s"],
-          r["steady_images_per_s"])])))
+        f"features/{r['model']} ({r['mode']})", ["images", "embedded", "errors", "shards new/done", "dim",
+                                                 "cell px", "KiB/image", "images/s (steady)"],
+        [(r["n_images"], r["n_embedded"], r["n_errors"], f"{r['shards_written']}/{r['shards_skipped']}", r["dim"],
+          r["cell_stride"], r["bytes_per_image"] / 1024,
+          f"{fmt(r['images_per_s'])} ({fmt(r['steady_images_per_s'])})")])))
 
 
 def register(app: typer.Typer) -> None:
