@@ -1,9 +1,10 @@
-"""Assay's distributed work: workspace I/O, world, catalog, backbones, embedding, FAISS index, matching.
+"""Assay's distributed work, one subpackage per capability (see docs/architecture.md):
 
-Ray reads ``RAY_AUTH_MODE`` when it is first imported, so it is fixed here, before any actors module can import
-Ray: token authentication stays on unless the user set the variable (Ray's ports listen beyond loopback).
+* ``core``: workspace I/O, sharded datasets, Ray runtime, image decoding, user errors
+* ``catalog``: image and label tables, ingest, the embedded world
+* ``features``: backbones, region encoder, feature store, embedding on Ray
+* ``selection``: FAISS index, template matching, mining
+* ``detection``, ``active``, ``compression``: detectors, active-learning rounds, compressed models
+
+Importing ``actors`` does nothing else: no environment changes, no Ray or torch import.
 """
-
-import os as _os
-
-_os.environ.setdefault("RAY_AUTH_MODE", "token")

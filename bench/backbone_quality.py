@@ -2,16 +2,16 @@
 
 Trains (or loads) ``assay-small`` on a world's train split, then measures on its val split:
 
-* crop accuracy over (classes + background) from :func:`actors.backbone.train_backbone` vs majority / chance;
+* crop accuracy over (classes + background) from :func:`actors.features.backbones.train_backbone` vs majority / chance;
 * an object-retrieval proxy of the real use: every val object's ROI feature (``roi_align`` of its box on the
-  :class:`actors.embed.RegionEncoder` grid, averaged to one vector, zero-mean + unit-norm over channels = the NCC of
+  :class:`actors.features.embed.RegionEncoder` grid, averaged to one vector, zero-mean + unit-norm over channels = the NCC of
   a 1×1 template) is a query against all other val objects plus as many random background boxes; mAP and
   precision@10 of retrieving same-class objects. The same proxy runs for baselines (random-init trunk, mean/std RGB
   of the box) and for a random ranking (chance).
 
 Run::
 
-    python -c "from actors.world import make_world; make_world('/tmp/bq_world', seed=0, n_images=2000, workers=2)"
+    python -c "from actors.catalog.world import make_world; make_world('/tmp/bq_world', seed=0, n_images=2000, workers=2)"
     python bench/backbone_quality.py --world /tmp/bq_world --tag after
 
 Prints a table of every tag stored so far and writes ``bench/backbone_quality.json`` (results keyed by tag).
@@ -31,10 +31,12 @@ from torchvision.ops import roi_align
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from actors.backbone import SMALL_CHECKPOINT, get_backbone, train_backbone
-from actors.embed import CELL_STRIDE, RegionEncoder
-from actors.images import load_image
-from actors.workspace import Workspace
+from actors.catalog.schema import IMAGES, LABELS
+from actors.features.backbones import get_backbone
+from actors.features.small import SMALL_CHECKPOINT, train_backbone
+from actors.features.encoder import CELL_STRIDE, RegionEncoder
+from actors.core.images import load_image
+from actors.core.workspace import Workspace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKGROUND = "__background__"
@@ -43,10 +45,10 @@ BACKGROUND = "__background__"
 # ------------------------------------------------------------------------------------------------ data
 def val_objects(ws: Workspace, split: str, max_images: int) -> dict[str, list[dict]]:
     """image uri -> its labeled boxes, for the first ``max_images`` images of ``split`` (sorted ids)."""
-    imgs = ws.read_table("catalog/images.parquet", columns=["image_id", "uri", "split", "status"]).to_pylist()
+    imgs = ws.read_table(IMAGES, columns=["image_id", "uri", "split", "status"]).to_pylist()
     uris = {r["image_id"]: r["uri"] for r in imgs if r["split"] == split and r["status"] != "error"}
     out: dict[str, list[dict]] = {}
-    for r in ws.read_table("catalog/labels.parquet").to_pylist():
+    for r in ws.read_table(LABELS).to_pylist():
         if r["image_id"] in uris and r.get("status", "ok") in ("ok", None):
             out.setdefault(uris[r["image_id"]], []).append(r)
     return {u: out[u] for u in sorted(out)[:max_images]}

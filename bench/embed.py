@@ -1,6 +1,6 @@
 """Benchmark: embedding throughput of ``embed_pool`` (Ray Data, actor pool) vs. a bare sequential torch loop.
 
-Both sides use the same backbone, device, batch size and decoder (:func:`actors.images.load_image`) on the same
+Both sides use the same backbone, device, batch size and decoder (:func:`actors.core.images.load_image`) on the same
 pool images; the bare loop decodes then encodes batch after batch in one process (torch's default threads: all
 cores), and writes nothing. ``embed_pool`` also writes the zstd Parquet shards. Ray run and bare loop alternate
 ``--repeats`` times; the medians are reported: end-to-end images/s (Ray worker start and model load included),
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from actors.catalog.schema import IMAGES
 
 
 def _peak_worker_rss(stop: threading.Event, out: dict[int, float]) -> None:
@@ -50,8 +51,8 @@ def _peak_worker_rss(stop: threading.Event, out: dict[int, float]) -> None:
 
 def bare_loop(ws, uris: list[str], batch_size: int, device: str) -> float:
     """Images/s of decode + encode, sequential, with a freshly built encoder of the same store."""
-    from actors.embed import load_region_encoder
-    from actors.images import load_image
+    from actors.features.encoder import load_region_encoder
+    from actors.core.images import load_image
 
     enc = load_region_encoder(ws, "bench-ray", device=device, batch_size=batch_size)
     t0 = time.perf_counter()
@@ -73,12 +74,12 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from actors.backbone import SMALL_CHECKPOINT, train_backbone
-    from actors.embed import embed_pool
-    from actors.features import features_dir
-    from actors.runtime import Resources, device, init_ray
-    from actors.workspace import Workspace
-    from actors.world import make_world
+    from actors.features.small import SMALL_CHECKPOINT, train_backbone
+    from actors.features.embed import embed_pool
+    from actors.features.store import features_dir
+    from actors.core.runtime import Resources, device, init_ray
+    from actors.core.workspace import Workspace
+    from actors.catalog.world import make_world
 
     world = Path(args.world)
     if not (world / "world.json").exists():
@@ -86,7 +87,7 @@ def main() -> None:
     ws = Workspace(world / "workspace")
     if not ws.exists(SMALL_CHECKPOINT):
         print(train_backbone(ws))
-    cat = ws.read_table("catalog/images.parquet").to_pylist()
+    cat = ws.read_table(IMAGES).to_pylist()
     uris = [r["uri"] for r in sorted(cat, key=lambda r: r["image_id"]) if r["split"] == "pool" and r["status"] != "error"]
     cores = os.cpu_count() or 1
     res = Resources.auto(pool_size=args.actors or None, batch_size=args.batch_size or None, num_cpus=args.num_cpus)

@@ -1,4 +1,4 @@
-"""Index scale benchmark: the index type `actors.index.choose_factory` picks, on 1M and 10M region vectors.
+"""Index scale benchmark: the index type `actors.selection.index.choose_factory` picks, on 1M and 10M region vectors.
 
 Synthetic region vectors: 64-d clustered Gaussian (2,000 centres, unit-normalised, fp32), generated in seeded
 chunks so 10M vectors never sit in memory at once. For each size: build time (train + add), bytes per vector
@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from actors.index import TRAIN_MAX, TRAIN_PER_CENTROID, choose_factory, normalize
+from actors.selection.index import TRAIN_MAX, TRAIN_PER_CENTROID, choose_factory, normalize
 
 DIM, CENTRES, CHUNK = 64, 2000, 500_000
 

@@ -34,7 +34,7 @@ def case_manifest(rows: int, tmp: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from actors.pool import ingest
+    from actors.catalog.ingest import ingest
 
     path = tmp / "manifest.parquet"
     schema = pa.schema([("uri", pa.string()), ("split", pa.string()), ("width", pa.int32()),
@@ -63,8 +63,8 @@ def case_manifest(rows: int, tmp: Path) -> dict:
 
 
 def case_world(images: int, workers: int, tmp: Path) -> dict:
-    from actors.pool import ingest
-    from actors.world import make_world
+    from actors.catalog.ingest import ingest
+    from actors.catalog.world import make_world
 
     s = make_world(tmp / "world", n_images=images, workers=workers)
     t0 = time.perf_counter()
@@ -105,7 +105,7 @@ def main() -> None:
         return
     results = [_run_case(["--case", "manifest", "--rows", str(a.rows)]),
                _run_case(["--case", "world", "--images", str(a.images), "--workers", str(a.workers)])]
-    from apps.output import console, table
+    from apps.cli.output import console, table
 
     console.print(table("ingest", ["case", "rows", "seconds", "rows/s", "baseline", "baseline rows/s",
                                    "ratio", "peak RSS MiB"],

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from actors.select import Query, Selector
-from actors.workspace import Workspace
+from actors.catalog.schema import IMAGES, LABELS
+from actors.selection.mine import Query, Selector
+from actors.core.workspace import Workspace
 
 # pool-heavy splits: a 4,000-image world gives 3,000 pool images, 600 train, 200 val and 200 query images
 SPLITS = (("train", 0.15), ("val", 0.05), ("pool", 0.75), ("queries", 0.05))
@@ -48,10 +49,10 @@ def store_name(pool: int, pca_dim: int | None) -> str:
 def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
             use_ray: bool = False, pool: int = 1, pca_dim: int | None = None,
             factory: str | None = "Flat", cell_pool: int = 1) -> tuple[Workspace, dict]:
-    from actors.backbone import SMALL_CHECKPOINT, train_backbone
-    from actors.embed import embed_pool
-    from actors.index import add_to_index, build_index
-    from actors.world import make_world
+    from actors.features.small import SMALL_CHECKPOINT, train_backbone
+    from actors.features.embed import embed_pool
+    from actors.selection.index import add_to_index, build_index
+    from actors.catalog.world import make_world
 
     if not (out_dir / "workspace" / "catalog" / "images.parquet").exists():
         t = time.perf_counter()
@@ -76,14 +77,14 @@ def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
 
 
 def _has_index(ws: Workspace, kind: str) -> bool:
-    from actors.index import index_dir
+    from actors.selection.index import index_dir
 
     return ws.exists(f"{index_dir(MODEL, kind)}/manifest.json")
 
 
 def _bytes_per_image(ws: Workspace) -> float:
     """Mean stored fmap bytes per ok image of the store (fp16 C×H×W)."""
-    from actors.features import iter_feature_maps
+    from actors.features.store import iter_feature_maps
 
     for fm in iter_feature_maps(ws, MODEL):
         return float(fm.fmap.astype("float16").nbytes)
@@ -91,8 +92,8 @@ def _bytes_per_image(ws: Workspace) -> float:
 
 
 def load_truth(ws: Workspace):
-    images = ws.read_table("catalog/images.parquet").to_pylist()
-    labels = [r for r in ws.read_table("catalog/labels.parquet").to_pylist() if r.get("status", "ok") == "ok"]
+    images = ws.read_table(IMAGES).to_pylist()
+    labels = [r for r in ws.read_table(LABELS).to_pylist() if r.get("status", "ok") == "ok"]
     split = {r["image_id"]: r["split"] for r in images}
     meta = {r["image_id"]: r for r in images}
     pool_boxes: dict[tuple[str, str], list] = defaultdict(list)  # (image_id, category) -> boxes
@@ -112,8 +113,8 @@ def load_truth(ws: Workspace):
 
 
 def encode_queries(ws: Workspace, queries: list[dict]) -> dict:
-    from actors.embed import load_region_encoder
-    from actors.images import load_image
+    from actors.features.encoder import load_region_encoder
+    from actors.core.images import load_image
 
     enc = load_region_encoder(ws, MODEL)
     uris = sorted({q["uri"] for q in queries})
@@ -237,7 +238,7 @@ def main() -> None:
     ws, info = prepare(Path(args.out_dir), args.n_images, args.seed, args.train_minutes, args.ray, args.pool,
                        args.pca_dim, None if args.factory == "auto" else args.factory, args.cell_pool)
     report = run(ws, args.queries, args.seed, tuple(args.candidates), args.cold)
-    n_pool = ws.read_table("catalog/images.parquet", columns=["split"]).column("split").to_pylist().count("pool")
+    n_pool = ws.read_table(IMAGES, columns=["split"]).column("split").to_pylist().count("pool")
     report.update(n_images=args.n_images, n_pool=n_pool, seed=args.seed, **info)
     md = markdown(report)
     print(md)

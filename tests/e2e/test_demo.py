@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from apps.cli import main
+from apps.cli.main import main
 
 
 def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster):

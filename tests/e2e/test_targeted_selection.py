@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from actors.catalog.schema import IMAGES, LABELS
 
-world = pytest.importorskip("actors.world")
-embed = pytest.importorskip("actors.embed")
-backbone = pytest.importorskip("actors.backbone")
+world = pytest.importorskip("actors.catalog.world")
+embed = pytest.importorskip("actors.features.embed")
+backbone = pytest.importorskip("actors.features.backbones")
 
 
 def test_world_to_mine_through_the_cli(tmp_path, capsys):
-    from actors.workspace import Workspace
-    from apps.cli import main
+    from actors.core.workspace import Workspace
+    from apps.cli.main import main
 
     world.make_world(tmp_path / "world", seed=0, n_images=40, size=(256, 192), workers=1)
     ws = Workspace(tmp_path / "world" / "workspace")
@@ -24,8 +25,8 @@ def test_world_to_mine_through_the_cli(tmp_path, capsys):
     region, glob = json.loads(capsys.readouterr().out)
     assert region["images"] == glob["images"] > 0 and region["factory"] == "Flat"
 
-    images = ws.read_table("catalog/images.parquet").to_pylist()
-    labels = ws.read_table("catalog/labels.parquet").to_pylist()
+    images = ws.read_table(IMAGES).to_pylist()
+    labels = ws.read_table(LABELS).to_pylist()
     queries = {r["image_id"]: r["uri"] for r in images if r["split"] == "queries"}
     lab = next(r for r in labels if r["image_id"] in queries)
     box = ",".join(f"{lab[k]:.1f}" for k in ("x0", "y0", "x1", "y1"))

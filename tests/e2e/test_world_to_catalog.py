@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from actors.pool import load_images, load_labels
-from apps.cli import app
+from actors.catalog.schema import load_images, load_labels
+from apps.cli.main import app
 
 runner = CliRunner()
 

@@ -1,0 +1,358 @@
+"""Deep template matching: ROI templates from a query feature map, dense NCC over pool feature maps.
+
+After "Object-Level Targeted Selection via Deep Template Matching" (arXiv 2207.01778): the template comes from the
+ROI of the query box in the backbone's region grid and is compared with every position of a pool image's grid.
+Several sizes are tried (multi-scale), several boxes can be asked to co-occur (multi-object), and the best position
+gives the matched box in image pixels (localization).
+
+Two kinds of template (an "object" below is a list of one kind):
+
+* :class:`BoxTemplate` (what :mod:`actors.selection.mine` uses): the box's ROI-averaged feature vector, centred with the
+  pool's mean cell vector and unit-normalised, compared by cosine with the (centred) mean of every window of the
+  box's size in cells, at a few scales (:func:`pooled_match`). Made for tiny objects: a 12-px digit is less than
+  one 16-px cell, so a ≥ 2×2-cell ROI template is mostly background and NCC then matches background texture;
+  one vector of the box, compared with windows of the box's own size, weighs object and context by how much
+  of the box they cover. The output box has the query box's size (times the scale) centred on the best window.
+* a list of C×h×w ROI tensors (:func:`roi_template`), matched by dense NCC (:func:`ncc_match`): the paper's
+  template, kept as the reference kernel for larger objects and for tests.
+
+Kernels (pure torch, CPU or CUDA, no Ray): :func:`box_template`, :func:`pooled_match`, :func:`roi_template`,
+:func:`ncc_match`, :func:`best_match`, :func:`match_image`, :func:`rank_feature_maps` / :func:`exhaustive_match`
+(the no-FAISS reference).
+Wrappers live beside it: :class:`actors.selection.matcher.Matcher` (feature-map LRU cache + these kernels) and
+:class:`actors.selection.actor.MatchActor` (the same, as a Ray actor).
+
+Conventions: a feature map is C×H×W; ``stride_y``/``stride_x`` are image pixels per cell, so cell (i, j) covers
+y ∈ [i·stride_y, (i+1)·stride_y). Boxes are ``(x0, y0, x1, y1)`` in image pixels unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from actors.features.store import FeatureMap
+
+SCALES = (0.7, 1.0, 1.4)
+COMBINE = ("min", "mean")
+EPS = 1e-6
+# feature maps per fine-stage batch: on CPU a batch of 8 maps (64×48×64 float32 = 6 MB) stays in cache and the
+# elementwise passes run ~10× faster per map than at 64; on CUDA large batches keep the GPU busy
+FINE_BATCH = {"cpu": 8, "cuda": 256}
+
+
+@dataclass
+class Hit:
+    """One matched image: NCC score and the matched region(s) in image pixels."""
+
+    image_id: str
+    score: float
+    box: tuple[float, float, float, float]
+    object_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- templates
+def check_box(box: Sequence[float], image_size: tuple[float, float]) -> tuple[float, float, float, float]:
+    """Validate an ``(x0, y0, x1, y1)`` pixel box against ``image_size = (width, height)``; returns it clipped.
+
+    Raises ``ValueError`` naming the box and the image size when it is malformed, empty or outside the image
+    (a tolerance of one pixel is clipped away).
+    """
+    if len(box) != 4:
+        raise ValueError(f"expected a box (x0, y0, x1, y1), got {tuple(box)}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = image_size
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box {(x0, y0, x1, y1)} is empty: need x1 > x0 and y1 > y0")
+    if x0 < -1 or y0 < -1 or x1 > w + 1 or y1 > h + 1:
+        raise ValueError(f"box {(x0, y0, x1, y1)} is outside the image of size {w:g}x{h:g} (width x height)")
+    return max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+
+
+def _box_roi(fmap, box, stride_y, stride_x, image_size):
+    """(feature map as float C×H×W tensor, the box as a 1×5 roi_align row in cell units, the checked box)."""
+    x = (torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap).float()  # C×H×W
+    if x.ndim != 3:
+        raise ValueError(f"expected a feature map of shape [C, H, W], got {list(x.shape)}")
+    _, gh, gw = x.shape
+    x0, y0, x1, y1 = check_box(box, image_size or (gw * stride_x, gh * stride_y))
+    roi = torch.tensor([[0.0, x0 / stride_x, y0 / stride_y, x1 / stride_x, y1 / stride_y]], device=x.device)  # 1×5
+    return x, roi, (x0, y0, x1, y1)
+
+
+def roi_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y: float, stride_x: float, *,
+                 scales: Sequence[float] = SCALES,
+                 image_size: tuple[float, float] | None = None) -> list[torch.Tensor]:
+    """ROI-align templates of one box at several sizes.
+
+    Parameters
+    ----------
+    fmap : C×H×W feature map of the query image.
+    box : (x0, y0, x1, y1) in image pixels.
+    stride_y, stride_x : image pixels per cell.
+    scales : template sizes relative to the box's own size in cells (each at least 1×1 cell); equal sizes
+        are kept once.
+    image_size : (width, height) in pixels; default the grid's extent ``(W·stride_x, H·stride_y)``.
+
+    Returns
+    -------
+    list of float32 C×h×w tensors on ``fmap``'s device, one per distinct size, in ``scales`` order.
+    """
+    x, roi, (x0, y0, x1, y1) = _box_roi(fmap, box, stride_y, stride_x, image_size)
+    hb, wb = (y1 - y0) / stride_y, (x1 - x0) / stride_x  # box size in cells
+    sizes = list(dict.fromkeys((max(1, round(hb * s)), max(1, round(wb * s))) for s in scales))
+    return [roi_align(x[None], roi, output_size=hw, spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0]
+            for hw in sizes]  # each C×h×w
+
+
+@dataclass
+class BoxTemplate:
+    """One query box for :func:`pooled_match`.
+
+    vector : C float32, the box's mean feature minus ``center``, unit norm.
+    sizes : ((h, w, scale), ...) window sizes in cells, one per distinct scale.
+    box_cells : the box's (height, width) in cells (output boxes are this times the scale).
+    center : C float32 subtracted from pool cells before comparing, or None.
+    """
+
+    vector: torch.Tensor
+    sizes: tuple[tuple[int, int, float], ...]
+    box_cells: tuple[float, float]
+    center: torch.Tensor | None = None
+
+    def to(self, device: str | torch.device) -> "BoxTemplate":
+        c = None if self.center is None else self.center.to(device)
+        return BoxTemplate(self.vector.to(device), self.sizes, self.box_cells, c)
+
+
+def box_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y: float, stride_x: float, *,
+                 scales: Sequence[float] = SCALES, image_size: tuple[float, float] | None = None,
+                 center: torch.Tensor | np.ndarray | Sequence[float] | None = None) -> BoxTemplate:
+    """The :class:`BoxTemplate` of one box: its ROI-aligned 1×1 mean feature, centred, unit norm.
+
+    Parameters are those of :func:`roi_template`; ``center`` is the pool's mean cell vector (C) or None.
+    Window sizes are ``max(1, round(box size in cells · scale))`` per side; equal sizes are kept once, with the
+    scale nearest 1 (so a speck's single 1×1 window outputs boxes of the speck's own size).
+    """
+    x, roi, (x0, y0, x1, y1) = _box_roi(fmap, box, stride_y, stride_x, image_size)
+    v = roi_align(x[None], roi, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0, :, 0, 0]
+    c = None if center is None or len(center) == 0 else torch.as_tensor(np.asarray(center, np.float32)).to(x.device)
+    if c is not None:
+        v = v - c
+    hb, wb = (y1 - y0) / stride_y, (x1 - x0) / stride_x  # box size in cells
+    sizes: dict[tuple[int, int], float] = {}
+    for s in sorted(scales, key=lambda s: abs(math.log(s))):  # equal sizes keep the scale nearest 1
+        sizes.setdefault((max(1, round(hb * s)), max(1, round(wb * s))), float(s))
+    sizes_s = tuple(sorted(((h, w, s) for (h, w), s in sizes.items()), key=lambda hws: hws[2]))
+    return BoxTemplate(v / v.norm().clamp_min(EPS), sizes_s, (hb, wb), c)
+
+
+def window_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sums over every h×w window (stride 1, "valid") of a ...×H×W tensor -> ...×(H-h+1)×(W-w+1).
+
+    Separable running sums: h-1 then w-1 shifted adds (exact in the input's precision, no cancellation), so the
+    cost is (h + w - 2) passes over the data whatever the window area; a strided ``avg_pool2d`` costs h·w.
+    """
+    H, W = x.shape[-2:]
+    if h > H or w > W:
+        raise ValueError(f"window {h}x{w} is larger than the map {H}x{W}")
+    if h > 1:
+        s = x[..., 0:H - h + 1, :].clone()
+        for k in range(1, h):
+            s += x[..., k:H - h + 1 + k, :]
+        x = s
+    if w > 1:
+        s = x[..., 0:W - w + 1].clone()
+        for k in range(1, w):
+            s += x[..., k:W - w + 1 + k]
+        x = s
+    return x
+
+
+def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of the template vector with the centred mean of every window, best over sizes and positions.
+
+    Parameters
+    ----------
+    t : BoxTemplate (on ``fmaps``' device).
+    fmaps : B×C×H×W.
+
+    Returns
+    -------
+    scores : B float32 in [-1, 1] (-inf when every window size is larger than the maps).
+    boxes : B×4 float32 ``(x0, y0, x1, y1)`` in cells: the query box's size times the scale, centred on the best
+        window (so a 1×1 window still gives a box of the object's size).
+
+    The cosine with a window's mean equals ``(v · S) / |S|`` with S the window's sum, and ``v · S`` is the window
+    sum of the one-channel map ``v · x``: per size, only ``|S|`` needs the C channels (:func:`window_sums`).
+    Callers keep batches small (:data:`FINE_BATCH`): the passes then run from cache, several times faster.
+    """
+    x = fmaps.float()  # B×C×H×W
+    if t.vector.shape[0] != x.shape[1]:
+        raise ValueError(f"template has {t.vector.shape[0]} channels, feature maps {x.shape[1]}")
+    if t.center is not None:
+        x = x - t.center.view(1, -1, 1, 1)
+    b, c, gh, gw = x.shape
+    proj = (t.vector.view(1, 1, c) @ x.reshape(b, c, gh * gw)).view(b, gh, gw)  # B×H×W: v · x per cell
+    best = torch.full((b,), -float("inf"), device=x.device)
+    boxes = torch.zeros(b, 4, device=x.device)
+    for h, w, s in t.sizes:
+        if h > gh or w > gw:
+            continue
+        dot = window_sums(proj, h, w)  # B×H'×W'
+        ws = window_sums(x, h, w)  # B×C×H'×W'
+        sim = dot / (ws * ws).sum(dim=1).sqrt().clamp_min(EPS * h * w)  # B×H'×W'
+        v, pos = sim.flatten(1).max(dim=1)  # B, B
+        i, j = pos // (gw - w + 1), pos % (gw - w + 1)
+        cy, cx = i.float() + h / 2, j.float() + w / 2
+        hh, hw = t.box_cells[0] * s / 2, t.box_cells[1] * s / 2
+        cand = torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=1)  # B×4 cells
+        better = v > best
+        best = torch.where(better, v, best)
+        boxes = torch.where(better[:, None], cand, boxes)
+    return best, boxes
+
+
+# ----------------------------------------------------------------------------------------------- NCC
+def ncc_match(templates: torch.Tensor, fmaps: torch.Tensor) -> torch.Tensor:
+    """Dense normalized cross-correlation of templates over feature maps ("valid" positions only).
+
+    Each template and each C×h×w window is made zero-mean and unit-norm over all its C·h·w values, so a score is
+    the Pearson correlation of template and window, in [-1, 1]. Windows with (near) zero variance score 0.
+
+    Parameters
+    ----------
+    templates : C×h×w, or T×C×h×w (T templates of one size).
+    fmaps : B×C×H×W with H ≥ h and W ≥ w; the computation runs on ``fmaps``' device.
+
+    Returns
+    -------
+    B×H'×W' (or B×T×H'×W' for T templates) float32, with H' = H - h + 1 and W' = W - w + 1; the score at
+    (i, j) is for the window whose top-left cell is (i, j).
+    """
+    single = templates.ndim == 3
+    t = templates[None] if single else templates  # T×C×h×w
+    t = t.to(device=fmaps.device, dtype=torch.float32)
+    x = fmaps.float()  # B×C×H×W
+    if t.shape[1] != x.shape[1]:
+        raise ValueError(f"template has {t.shape[1]} channels, feature maps {x.shape[1]}")
+    _, c, h, w = t.shape
+    if h > x.shape[2] or w > x.shape[3]:
+        raise ValueError(f"template {h}x{w} cells is larger than the feature maps {x.shape[2]}x{x.shape[3]}")
+    n = c * h * w
+    t = t - t.mean(dim=(1, 2, 3), keepdim=True)
+    t = t / t.flatten(1).norm(dim=1).clamp_min(EPS)[:, None, None, None]  # zero-mean, unit-norm
+    num = F.conv2d(x, t)  # B×T×H'×W'
+    ones = torch.ones(1, 1, h, w, device=x.device)
+    s1 = F.conv2d(x.sum(1, keepdim=True), ones)  # B×1×H'×W'  window sums
+    s2 = F.conv2d((x * x).sum(1, keepdim=True), ones)  # B×1×H'×W'  window sums of squares
+    var = (s2 - s1 * s1 / n).clamp_min(0.0)  # n · window variance
+    den = var.sqrt()
+    ok = den > EPS * s2.sqrt().clamp_min(1.0)
+    scores = torch.where(ok, num / den.clamp_min(EPS), torch.zeros_like(num)).clamp(-1.0, 1.0)
+    return scores[:, 0] if single else scores
+
+
+def best_match(templates: Sequence[torch.Tensor] | BoxTemplate,
+               fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best position over all templates (scales) and positions, per feature map.
+
+    ``templates`` is a list of C×h×w NCC templates, or a :class:`BoxTemplate` (then :func:`pooled_match`).
+
+    Returns
+    -------
+    scores : B float32 (-inf when every template is larger than the maps).
+    boxes : B×4 float32 ``(x0, y0, x1, y1)`` in *cells* (multiply by the strides for pixels).
+    """
+    if isinstance(templates, BoxTemplate):
+        return pooled_match(templates, fmaps)
+    b, _, gh, gw = fmaps.shape
+    best = torch.full((b,), -float("inf"), device=fmaps.device)
+    boxes = torch.zeros(b, 4, device=fmaps.device)
+    for t in templates:
+        h, w = t.shape[-2:]
+        if h > gh or w > gw:
+            continue
+        s = ncc_match(t, fmaps).flatten(1)  # B×(H'·W')
+        v, pos = s.max(dim=1)  # B, B
+        i, j = pos // (gw - w + 1), pos % (gw - w + 1)
+        better = v > best
+        best = torch.where(better, v, best)
+        cand = torch.stack([j, i, j + w, i + h], dim=1).float()  # B×4 cells
+        boxes = torch.where(better[:, None], cand, boxes)
+    return best, boxes
+
+
+def match_objects(objects: Sequence[Sequence[torch.Tensor] | BoxTemplate], fmaps: torch.Tensor,
+                  combine: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
+    """Several query objects that must co-occur: image score = min (or mean) of each object's best score.
+
+    Returns scores B and boxes B×n_obj×4 in cells.
+    """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+    per = [best_match(ts, fmaps) for ts in objects]
+    scores = torch.stack([s for s, _ in per], dim=1)  # B×n_obj
+    boxes = torch.stack([bx for _, bx in per], dim=1)  # B×n_obj×4
+    return (scores.min(dim=1).values if combine == "min" else scores.mean(dim=1)), boxes
+
+
+def match_image(templates: Sequence[torch.Tensor] | BoxTemplate, fmap: torch.Tensor | np.ndarray, stride_y: float,
+                stride_x: float) -> tuple[float, tuple[float, float, float, float]]:
+    """Best NCC score of the templates in one C×H×W map and the matched box in image pixels."""
+    x = torch.from_numpy(np.array(fmap, dtype=np.float32)) if isinstance(fmap, np.ndarray) else fmap
+    s, bx = best_match(templates, x[None].float())
+    return float(s[0]), _to_pixels(bx[0], stride_y, stride_x)
+
+
+def _to_pixels(cells: torch.Tensor, stride_y: float, stride_x: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = cells.tolist()
+    return x0 * stride_x, y0 * stride_y, x1 * stride_x, y1 * stride_y
+
+
+# ----------------------------------------------------------------------------------------------- ranking
+def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], *,
+                      top_k: int | None = None, combine: str = "min", device: str = "cpu",
+                      batch_size: int | None = None) -> list[Hit]:
+    """Score every feature map (batched by grid shape) and return hits sorted by score, best first.
+
+    ``objects`` is, per query object, a :class:`BoxTemplate` or a list of NCC templates (scales). The image box is
+    the union of the objects' matched boxes; ``object_boxes`` lists them. Ties keep the input order.
+    ``batch_size`` defaults to :data:`FINE_BATCH` of the device type.
+    """
+    batch_size = batch_size or FINE_BATCH.get(torch.device(device).type, 64)
+    objects = [ts.to(device) if isinstance(ts, BoxTemplate) else [t.to(device) for t in ts] for ts in objects]
+    hits: list[Hit] = []
+    groups: dict[tuple, list[FeatureMap]] = {}
+    for fm in fmaps:
+        key = fm.fmap.shape
+        groups.setdefault(key, []).append(fm)
+        if len(groups[key]) >= batch_size:
+            hits += _score_group(objects, groups.pop(key), combine, device)
+    for group in groups.values():
+        hits += _score_group(objects, group, combine, device)
+    hits.sort(key=lambda h: -h.score)
+    return hits[:top_k] if top_k is not None else hits
+
+
+def _score_group(objects, group: list[FeatureMap], combine: str, device: str) -> list[Hit]:
+    x = torch.from_numpy(np.stack([fm.fmap for fm in group])).to(device)  # B×C×H×W (fp16 as stored)
+    scores, boxes = match_objects(objects, x, combine)  # B, B×n_obj×4
+    out = []
+    for fm, s, bx in zip(group, scores.tolist(), boxes.cpu()):
+        obj = [_to_pixels(b, fm.stride_y, fm.stride_x) for b in bx]
+        union = (min(b[0] for b in obj), min(b[1] for b in obj), max(b[2] for b in obj), max(b[3] for b in obj))
+        out.append(Hit(fm.image_id, float(s), union, obj))
+    return out
+
+
+def exhaustive_match(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], top_k: int, *,
+                     combine: str = "min", device: str = "cpu") -> list[Hit]:
+    """Reference search without FAISS: NCC over every feature map; the top ``top_k`` hits."""
+    return rank_feature_maps(objects, fmaps, top_k=top_k, combine=combine, device=device)

@@ -1,0 +1,188 @@
+"""``assay demo``: the whole flow on the embedded world, offline, on whatever machine this is.
+
+world → catalog → learning curve + backbone → embed (Ray) → index → mine (template vs. global) → estimate → plan.
+
+Every step is resumable: a second ``assay demo`` on the same folder reuses the world, the trained backbone, the
+feature shards and the index, and re-runs only the cheap steps. Each step calls one library function; this module
+only chooses the demo's settings and prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from apps.cli.options import JsonOpt, SeedOpt
+from apps.cli.output import console, emit, fmt, table
+
+DEMO_DIR = "./assay-demo"
+
+
+def _step(title: str) -> float:
+    console.rule(f"[bold]{title}")
+    return time.perf_counter()
+
+
+def _done(t0: float, what: str) -> None:
+    console.print(f"[dim]{what} in {time.perf_counter() - t0:.1f}s[/]")
+
+
+def _world(root: Path, n_images: int, seed: int):
+    from actors.core.workspace import Workspace
+    from actors.catalog.world import make_world
+
+    ws = Workspace(root / "workspace")
+    if (root / "world" / "world.json").exists():
+        console.print(f"reusing the world in {root / 'world'}")
+        return ws
+    s = make_world(root / "world", seed=seed, n_images=n_images, workspace=ws, workers=os.cpu_count() or 1,
+                   progress=True)
+    console.print(f"{s.n_images} images, {s.n_objects} objects, {len(s.categories)} categories "
+                  f"({', '.join(f'{k} {v}' for k, v in s.images_per_split.items())})")
+    return ws
+
+
+def _catalog(ws) -> dict:
+    from actors.catalog.schema import catalog_summary
+
+    summary = catalog_summary(ws)
+    rows = [(split, sum(c.values()), c.get("ok", 0), c.get("error", 0))
+            for split, c in summary["images_by_split"].items()]
+    console.print(table("catalog", ["split", "images", "ok", "error"], rows))
+    return summary
+
+
+def _curve_and_backbone(ws, seed: int, minutes: float):
+    from actors.features.curve import measure_backbone_curve
+
+    if ws.exists("runs/backbone-curve/curve.parquet") and ws.exists("models/assay-small.pt"):
+        t = ws.read_table("runs/backbone-curve/curve.parquet").to_pydict()
+        console.print("reusing the trained backbone and its learning curve")
+        n, v = t["n_labeled"], t["value"]
+    else:
+        rep = measure_backbone_curve(ws, seed=seed, max_minutes=minutes, progress=True)
+        n, v = rep.n, rep.value
+    console.print(table("learning curve (val crop accuracy of assay-small)", ["labeled crops", "accuracy %"],
+                        zip(n, v)))
+    return n, v
+
+
+def _embed_and_index(ws) -> dict:
+    from actors.features.embed import embed_pool
+    from actors.selection.index import add_to_index
+
+    rep = embed_pool(ws, splits=("pool",), progress=True)
+    console.print(f"embedded {rep.n_embedded} images this run ({rep.shards_skipped} shards already done, "
+                  f"{rep.n_errors} errors), {rep.bytes_per_image / 1024:.0f} KiB per image")
+    mans = {kind: add_to_index(ws, "assay-small", kind=kind, progress=False) for kind in ("region", "global")}
+    console.print(f"index: {mans['region'].n:,} region vectors ({mans['region'].factory}), "
+                  f"{mans['global'].n:,} whole-image vectors")
+    return {"embed": vars(rep), "index": {k: vars(m) for k, m in mans.items()}}
+
+
+def _query(ws):
+    """The first held-out query image and its smallest labelled object."""
+    from actors.catalog.schema import load_images, load_labels
+
+    imgs = load_images(ws, split="queries").to_pylist()
+    labels = load_labels(ws, split="queries").to_pylist()
+    if not imgs or not labels:
+        raise ValueError("the demo world has no query images with labels; use more --images")
+    by_id = {r["image_id"]: r for r in imgs}
+    lab = min((r for r in labels if r["image_id"] in by_id),
+              key=lambda r: (r["image_id"] != imgs[0]["image_id"], (r["x1"] - r["x0"]) * (r["y1"] - r["y0"])))
+    return by_id[lab["image_id"]], lab
+
+
+def _mine(ws, top_k: int) -> dict:
+    from actors.catalog.schema import load_labels
+    from actors.selection.mine import mine
+
+    img, lab = _query(ws)
+    box = (lab["x0"], lab["y0"], lab["x1"], lab["y1"])
+    pool_classes: dict[str, set] = {}
+    for r in load_labels(ws, split="pool").to_pylist():
+        pool_classes.setdefault(r["image_id"], set()).add(r["category"])
+    out = {"query": {"uri": img["uri"], "box": box, "category": lab["category"],
+                     "area_pct": 100 * (box[2] - box[0]) * (box[3] - box[1]) / (img["width"] * img["height"])}}
+    console.print(f"query: {lab['category']} at {tuple(round(b) for b in box)} in {Path(img['uri']).name} "
+                  f"({out['query']['area_pct']:.2f}% of the image)")
+    for method in ("template", "global"):
+        sel = mine(ws, image=img["uri"], boxes=[box], top_k=top_k, method=method)
+        hits = [(h.image_id, h.score, lab["category"] in pool_classes.get(h.image_id, set()), h.box)
+                for h in sel.hits]
+        precision = sum(h[2] for h in hits) / max(1, len(hits))
+        out[method] = {"query_id": sel.query_id, "precision": precision,
+                       "hits": [{"image_id": i, "score": s, "has_class": c, "box": b} for i, s, c, b in hits]}
+        if method == "template":
+            console.print(table(f"top {top_k} by template matching (selections/{sel.query_id}.parquet)",
+                                ["rank", "image_id", "score", "contains " + lab["category"], "matched box"],
+                                [(r + 1, i, s, "yes" if c else "no", ",".join(f"{v:.0f}" for v in b))
+                                 for r, (i, s, c, b) in enumerate(hits)]))
+        console.print(f"{method}: precision@{top_k} = {precision:.2f}")
+    return out
+
+
+def _estimate_and_plan(n, v) -> dict:
+    from estimators.curves import make_curve
+    from estimators.loc import plan_collection
+    from estimators.requirement import estimate_requirement
+
+    curve = make_curve(n, v, name="assay-small val accuracy")
+    target = min(99.0, round(max(v) + 5.0))
+    est = estimate_requirement(curve, target).to_dict()
+    lo, hi = est["interval"]
+    if est["required_n"] is None:
+        console.print(f"to reach {target:g}% val accuracy: unreachable by the fitted curve "
+                      f"({est.get('reason') or 'no reason given'}; law {est['law']}, now {max(n):,} crops)")
+    else:
+        console.print(f"to reach {target:g}% val accuracy: n = {est['required_n']:,.0f} labeled crops "
+                      f"(interval {fmt(lo) if lo is not None else 'unbounded'} – "
+                      f"{fmt(hi) if hi is not None else 'unbounded'}, law {est['law']}; now {max(n):,})")
+    plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n)).to_dict()
+    console.print(table("LOC plan: cost 1 per crop, acceptable risk 10%, at most 50x today's set, 3 rounds",
+                        ["round", "collect", "cumulative total"],
+                        [(i + 1, a, t) for i, (a, t) in enumerate(zip(plan["amounts"], plan["totals"]))]))
+    console.print(f"expected cost {fmt(plan['expected_cost'])}, risk of missing the target {plan['risk']:.1%}"
+                  + (f" ({plan['note']})" if plan.get("note") else ""))
+    return {"target": target, "estimate": est, "plan": plan}
+
+
+def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo world and workspace.")] = DEMO_DIR,
+         images: Annotated[int, typer.Option("--images", help="World size (images).")] = 600,
+         top_k: Annotated[int, typer.Option("--top-k", help="Hits to show.")] = 10,
+         train_minutes: Annotated[float, typer.Option("--train-minutes",
+                                                      help="Time cap of the full backbone training.")] = 1.5,
+         seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+    """Run the whole flow on the embedded world (no data, no GPU, no network needed)."""
+    root = Path(out).resolve()
+    result: dict = {"out": str(root)}
+    console.quiet = as_json  # --json: stdout carries only the JSON document (progress bars go to stderr)
+    t0 = _step("1. world")
+    ws = _world(root, images, seed)
+    _done(t0, "world")
+    t0 = _step("2. catalog")
+    result["catalog"] = _catalog(ws)
+    t0 = _step("3. learning curve and backbone")
+    n, v = _curve_and_backbone(ws, seed, train_minutes)
+    result["curve"] = {"n": n, "value": v}
+    _done(t0, "backbone")
+    t0 = _step("4. embed the pool on Ray and index it")
+    result.update(_embed_and_index(ws))
+    _done(t0, "embed + index")
+    t0 = _step("5. targeted selection")
+    result["mine"] = _mine(ws, top_k)
+    _done(t0, "mining")
+    _step("6. how much more data, and when to collect it")
+    result["estimate"] = _estimate_and_plan(n, v)
+    console.quiet = False
+    if as_json:
+        emit(result, True, lambda r: None)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

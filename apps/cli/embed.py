@@ -1,0 +1,92 @@
+"""``assay backbone train|list`` and ``assay embed``: the feature side of targeted selection."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Optional
+
+import typer
+
+from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, SeedOpt, WorkspaceOpt
+
+backbone_app = typer.Typer(help="Backbones: list them, train Assay's own (assay-small) on the workspace labels.",
+                           no_args_is_help=True)
+
+
+@backbone_app.command("list")
+def list_cmd(as_json: JsonOpt = False) -> None:
+    """List the registered backbones (torchvision trunks need local weights; Assay never downloads)."""
+    from actors.features.backbones import TORCHVISION_ARCHS, list_backbones
+    from apps.cli.output import console, emit, table
+
+    def how(name: str) -> str:
+        if name == "assay-small":
+            return "models/assay-small.pt in the workspace (assay backbone train)"
+        if name == "torchscript":
+            return "torchscript:/path/model.pt"
+        return f"{name}:/path/ckpt.pt or the torch hub cache" if name in TORCHVISION_ARCHS else ""
+
+    rows = [{"name": n, "weights": how(n)} for n in list_backbones()]
+    emit(rows, as_json, lambda r: console.print(table("backbones", ["name", "weights"],
+                                                      [(x["name"], x["weights"]) for x in r])))
+
+
+@backbone_app.command("train")
+def train_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+              epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
+              crop: Annotated[int, typer.Option("--crop", help="Training crop side in pixels.")] = 48,
+              max_minutes: Annotated[float, typer.Option("--max-minutes", help="Stop early after this long.")] = 2.5,
+              seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+    """Train assay-small on the train-split labels; writes models/assay-small.pt."""
+    from actors.features.small import train_backbone
+    from apps.cli.output import console, emit, table
+
+    rep = asdict(train_backbone(workspace, epochs=epochs, crop=crop, seed=seed, max_minutes=max_minutes,
+                                progress=not as_json))
+    emit(rep, as_json, lambda r: console.print(table(
+        f"{r['name']} -> {r['checkpoint']}", ["classes", "epochs", "train crops", "val crops", "train acc",
+                                               "val acc", "majority", "seconds"],
+        [(len(r["classes"]) + 1, r["epochs"], r["n_train"], r["n_val"], r["train_accuracy"], r["val_accuracy"],
+          r["majority"], r["seconds"])])))
+
+
+def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+              backbone: Annotated[str, typer.Option(
+                  "--backbone", "-b", help="assay-small | resnet18:/path/ckpt.pt | torchscript:/path/model.pt")]
+              = "assay-small",
+              name: Annotated[Optional[str], typer.Option(
+                  "--name", help="Feature-store name (default: derived from --backbone).")] = None,
+              split: Annotated[Optional[list[str]], typer.Option(
+                  "--split", help="Catalog split(s) to embed; 'all' for every readable image.")] = None,
+              batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")] = None,
+              actors: Annotated[Optional[int], typer.Option("--actors", help="Embedding actors.")] = None,
+              num_gpus: Annotated[Optional[float], typer.Option("--num-gpus", help="GPUs per actor.")] = None,
+              pca_dim: Annotated[Optional[int], typer.Option("--pca-dim", help="PCA-reduce cells to D dims.")] = None,
+              max_side: Annotated[Optional[int], typer.Option(
+                  "--max-side", help="Resize so the longer side is this many pixels.")] = None,
+              layer: Annotated[Optional[str], typer.Option(
+                  "--layer", help="Torchvision trunk: last stage kept (e.g. layer2).")] = None,
+              shard_size: Annotated[int, typer.Option("--shard-size", help="Images per output shard.")] = 256,
+              local: Annotated[bool, typer.Option("--local", help="Run in-process, without Ray.")] = False,
+              as_json: JsonOpt = False) -> None:
+    """Embed catalog images into features/<name>/ (region grids; resumable, Ray Data actor pool)."""
+    from actors.features.embed import embed_pool
+    from actors.core.runtime import Resources
+    from apps.cli.output import console, emit, fmt, table
+
+    splits = None if split and "all" in split else tuple(split or ("pool",))
+    res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
+    rep = asdict(embed_pool(workspace, model=backbone, name=name, splits=splits, resources=res,
+                            shard_size=shard_size, progress=not as_json, max_side=max_side, pca_dim=pca_dim,
+                            backbone_cfg={"layer": layer} if layer else None, local=local))
+    emit(rep, as_json, lambda r: console.print(table(
+        f"features/{r['model']} ({r['mode']})", ["images", "embedded", "errors", "shards new/done", "dim",
+                                                 "cell px", "KiB/image", "images/s (steady)"],
+        [(r["n_images"], r["n_embedded"], r["n_errors"], f"{r['shards_written']}/{r['shards_skipped']}", r["dim"],
+          r["cell_stride"], r["bytes_per_image"] / 1024,
+          f"{fmt(r['images_per_s'])} ({fmt(r['steady_images_per_s'])})")])))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backbone_app, name="backbone")
+    app.command("embed")(embed_cmd)

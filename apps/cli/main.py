@@ -1,0 +1,113 @@
+"""The ``assay`` command.
+
+Commands are grouped in small modules, each with a ``register(app)`` that adds its commands to this one Typer app
+(flat commands: ``assay world``, ``assay ingest``, ``assay estimate`` …). Each command parses, calls one library
+function and prints through :mod:`apps.cli.output`.
+
+User errors (bad input files, bad arguments, missing workspace state) end with a one-line ``error: …`` on stderr
+and exit code 2; set ``ASSAY_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from actors.core.workspace import WorkspaceError
+from apps.cli.output import error
+
+app = typer.Typer(
+    name="assay",
+    help="Assay: targeted selection, data-requirement estimation and model improvement for CV data teams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules; each defines register(app). A module that does not exist yet is skipped.
+COMMAND_MODULES = (
+    "apps.cli.data",
+    "apps.cli.embed",
+    "apps.cli.select",
+    "apps.cli.estimate",
+    "apps.cli.learn",
+    "apps.cli.demo",
+)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
+                                                 PermissionError, WorkspaceError)
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(app)
+
+
+@app.callback()
+def _root() -> None:
+    """Assay: targeted selection, data-requirement estimation and model improvement for CV data teams."""
+
+
+@app.command()
+def version() -> None:
+    """Print Assay's version and the versions of its engines."""
+    from importlib.metadata import PackageNotFoundError, version as v
+
+    from apps.cli.output import console, table
+
+    rows = []
+    for dist in ("assay", "torch", "torchvision", "ray", "faiss-cpu", "faiss-gpu-cu12", "pyarrow", "numpy", "scipy"):
+        try:
+            rows.append((dist, v(dist)))
+        except PackageNotFoundError:
+            continue
+    console.print(table(None, ["package", "version"], rows))
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    try:
+        app(args=argv, prog_name="assay", standalone_mode=False)
+    except USER_ERRORS as e:
+        if os.environ.get("ASSAY_DEBUG"):
+            raise
+        error(str(e))
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        error("aborted")
+        return 130
+    except _click_errors() as e:  # usage errors (unknown option, extra argument…): click's one-line message
+        e.show()
+        return e.exit_code
+    return 0
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Click's exception base wherever this typer takes click from (typer >= 0.2x vendors it as typer._click)."""
+    import importlib
+
+    out = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            out.append(importlib.import_module(name).ClickException)
+        except ImportError:
+            continue
+    return tuple(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

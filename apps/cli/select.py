@@ -1,0 +1,119 @@
+"""``assay index`` and ``assay mine``: build the FAISS indexes, run targeted-selection queries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from actors.catalog.schema import IMAGES
+from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
+
+# Mirrors actors.selection.mine (kept here so `assay --help` does not import torch; tests check they agree).
+DEFAULT_MODEL = "assay-small"
+METHODS = ("template", "global")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Feature-store name (features/<model>/).")]
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` (pixels) -> a tuple; ``ValueError`` naming the text otherwise."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise ValueError(f"--box expects x0,y0,x1,y1 in pixels, got {text!r}")
+    return box  # type: ignore[return-value]
+
+
+def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEFAULT_MODEL,
+              factory: Annotated[Optional[str], typer.Option(
+                  "--factory", help="FAISS factory string (default: Flat below 1M vectors, IVF-PQ above).")] = None,
+              rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild instead of adding new images.")] = False,
+              cell_pool: Annotated[Optional[int], typer.Option(
+                  "--cell-pool", help="Region vectors = k×k blocks of stored cells (k² fewer vectors; matching "
+                                      "keeps full resolution). Default 2; another k than the index's rebuilds it.")]
+              = None,
+              as_json: JsonOpt = False) -> None:
+    """Index the region vectors of a feature store (and its whole-image baseline); only new images are added."""
+    from actors.selection.index import CELL_POOL, add_to_index, build_index, load_manifest
+    from actors.core.workspace import Workspace
+    from apps.cli.output import console, emit, table
+
+    ws = Workspace(workspace)
+    out = []
+    for kind in ("region", "global"):
+        old = load_manifest(ws, model, kind)
+        other_pool = kind == "region" and old is not None and cell_pool is not None and cell_pool != old.cell_pool
+        if rebuild or old is None or (kind == "region" and factory) or other_pool:
+            man = build_index(ws, model, kind=kind, factory=factory if kind == "region" else None,
+                              progress=not as_json, cell_pool=cell_pool or (old.cell_pool if old else CELL_POOL))
+        else:
+            man = add_to_index(ws, model, kind=kind, progress=not as_json)
+        out.append(vars(man))
+    emit(out, as_json, lambda r: console.print(table(
+        f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "cell pool", "trained on"],
+        [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["cell_pool"], m["trained_on"]) for m in r])))
+
+
+def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+             image: Annotated[Optional[str], typer.Option("--image", help="Query image file (or pool image_id).")] = None,
+             box: Annotated[Optional[list[str]], typer.Option(
+                 "--box", help="x0,y0,x1,y1 in pixels; repeat for objects that must co-occur.")] = None,
+             top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many images to return.")] = 100,
+             method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(METHODS)}.")] = "template",
+             model: ModelOpt = DEFAULT_MODEL,
+             combine: Annotated[str, typer.Option("--combine", help="Multi-object score: min or mean.")] = "min",
+             queries: Annotated[Optional[str], typer.Option(
+                 "--queries", help="JSON file with a list of queries, run as one job.")] = None,
+             workers: Annotated[int, typer.Option("--workers", help="Ray match actors for --queries (0: in-process).")] = 0,
+             candidates: Annotated[Optional[int], typer.Option(
+                 "--candidates", help="Coarse-stage candidates re-ranked by the fine stage (default max(10·K, 200); "
+                                      "fewer is faster, see the README's figures).")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Find the pool images holding an object like the boxed one(s) in the query image, ranked and localized."""
+    from actors.selection.mine import Query, load_queries, mine_batch
+    from actors.core.workspace import Workspace
+    from apps.cli.output import emit
+
+    ws = Workspace(workspace)
+    if queries:
+        qs = load_queries(queries)
+    elif image:
+        qs = [Query(image, [parse_box(b) for b in box or []], top_k, model, method, combine)]
+    else:
+        raise ValueError("give --image (with --box) or --queries FILE.json")
+    if candidates is not None and candidates < 1:
+        raise ValueError(f"--candidates must be >= 1, got {candidates}")
+    sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
+    uris = _uris(ws)
+    result = [{"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,
+               "seconds": {"coarse": s.coarse_s, "fine": s.fine_s},
+               "hits": [{"rank": r + 1, "image_id": h.image_id, "uri": uris.get(h.image_id, ""), "score": h.score,
+                         "box": list(h.box)} for r, h in enumerate(s.hits)]} for s in sels]
+    emit(result if queries else result[0], as_json, lambda r: _render(r if queries else [r]))
+
+
+def _uris(ws) -> dict[str, str]:
+    if not ws.exists(IMAGES):
+        return {}
+    t = ws.read_table(IMAGES, columns=["image_id", "uri"])
+    return dict(zip(t.column("image_id").to_pylist(), t.column("uri").to_pylist()))
+
+
+def _render(results: list[dict]) -> None:
+    from apps.cli.output import console, table
+
+    for r in results:
+        rows = [(h["rank"], h["image_id"], h["uri"], round(h["score"], 4),
+                 ",".join(f"{v:.0f}" for v in h["box"])) for h in r["hits"]]
+        title = (f"query {r['query_id']} ({r['query']['method']}, {r['query']['model']}): "
+                 f"selections/{r['query_id']}.parquet")
+        console.print(table(title, ["rank", "image_id", "uri", "score", "box x0,y0,x1,y1"], rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index_cmd)
+    app.command("mine")(mine_cmd)

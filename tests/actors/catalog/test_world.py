@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actors.catalog.world import CATEGORIES, WorldConfig, make_world, render_image
+
+TINY = dict(n_images=20, size=(128, 96), workers=1, object_area=(0.004, 0.02))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "w"
+    return make_world(out, seed=3, **TINY)
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path, tiny_world):
+    first = _files(Path(tiny_world.out_dir))
+    out = tmp_path / "w"
+    make_world(out, seed=3, **TINY)
+    out.rename(tmp_path / "first")
+    make_world(out, seed=3, **TINY)
+    again = _files(out)
+    assert again == _files(tmp_path / "first")  # images, COCO JSON, world.json and the catalog's Parquet
+    assert {k for k in first if not k.startswith("workspace")} == {k for k in again if not k.startswith("workspace")}
+
+
+def test_other_seed_differs_and_workers_do_not_matter(tmp_path, tiny_world):
+    other = make_world(tmp_path / "o", seed=4, **TINY)
+    a = _files(Path(tiny_world.out_dir) / "images")
+    assert a != _files(Path(other.out_dir) / "images")
+    cfg = WorldConfig(seed=3, size=(128, 96))
+    img1, objs1 = render_image(cfg, 5)
+    img2, objs2 = render_image(cfg, 5)
+    assert np.array_equal(img1, img2) and objs1 == objs2
+
+
+def test_layout_and_coco_boxes_are_valid(tiny_world):
+    out = Path(tiny_world.out_dir)
+    assert tiny_world.images_per_split == {"train": 6, "val": 2, "pool": 10, "queries": 2}
+    meta = json.loads((out / "world.json").read_text())
+    assert meta["counts"]["n_images"] == 20 and meta["config"]["seed"] == 3
+    for split, n in tiny_world.images_per_split.items():
+        coco = json.loads((out / "annotations" / f"{split}.json").read_text())
+        assert len(coco["images"]) == n
+        assert {c["name"] for c in coco["categories"]} == set(CATEGORIES)
+        assert {c["supercategory"] for c in coco["categories"]} == {"digit", "face", "shape"}
+        for im in coco["images"]:
+            assert im["file_name"] == f"images/{split}/{Path(im['file_name']).name}"
+            assert Image.open(out / im["file_name"]).size == (128, 96)
+        for a in coco["annotations"]:
+            x, y, w, h = a["bbox"]
+            assert w >= 1 and h >= 1 and x >= 0 and y >= 0 and x + w <= 128 and y + h <= 96
+            assert a["iscrowd"] == 0 and 0 < a["area"] <= w * h
+        if split == "queries":
+            per_image = {a["image_id"] for a in coco["annotations"]}
+            assert per_image == {im["id"] for im in coco["images"]}
+
+
+def test_most_objects_cover_under_one_percent():
+    cfg = WorldConfig()  # shipped defaults, 512x384
+    areas = [o["bbox"][2] * o["bbox"][3] / (512 * 384) for i in range(40) for o in render_image(cfg, i)[1]]
+    assert len(areas) > 40
+    assert np.mean(np.array(areas) < 0.01) > 0.8
+
+
+def test_classes_subset_and_bad_config(tmp_path):
+    cfg = WorldConfig(classes=("shape", "face"), size=(128, 96))
+    assert cfg.categories() == ("face", "circle", "triangle", "square", "star", "ring", "cross")
+    _, objs = render_image(cfg, 0, min_objects=1)
+    assert objs and all(o["category"] in cfg.categories() for o in objs)
+    with pytest.raises(ValueError, match="unknown class"):
+        WorldConfig(classes=("zebra",)).validate()
+    with pytest.raises(ValueError, match="sum to 1"):
+        make_world(tmp_path / "x", splits=(("train", 0.5),), **TINY)
+
+
+def test_refuses_to_overwrite_a_world(tiny_world):
+    with pytest.raises(ValueError, match="already holds a world"):
+        make_world(tiny_world.out_dir, seed=3, **TINY)
+
+
+def test_catalog_holds_every_image_and_box(tiny_world):
+    from actors.catalog.schema import catalog_summary
+
+    s = catalog_summary(tiny_world.workspace)
+    assert s["images"] == 20 and s["images_by_status"] == {"ok": 20}
+    assert s["labels"] == tiny_world.n_objects
+    assert sum(v.get("ok", 0) for v in s["images_by_split"].values()) == 20
+    assert os.path.isdir(tiny_world.workspace)

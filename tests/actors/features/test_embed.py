@@ -1,0 +1,140 @@
+"""Region encoder (pure torch) and the embedding step (local and Ray Data paths), on tiny toy catalogs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn as nn
+
+import actors.features.embed as embed
+from actors.catalog.schema import IMAGES
+from actors.features.backbones import FeatureExtractor, get_backbone
+from actors.features.small import SmallConfig, save_small_checkpoint, small_trunk
+from actors.features.embed import embed_pool
+from actors.features.encoder import RegionEncoder, fit_pca, load_region_encoder
+from actors.features.store import feature_rows, features_dir, iter_feature_maps
+from actors.core.runtime import Resources
+from actors.core.shards import ShardedDataset
+from actors.core.workspace import WorkspaceError
+from tests.actors.features.test_backbones import make_toy_catalog, write_catalog
+
+RES = Resources(pool_size=1, num_cpus=0.5, num_gpus=0.0, batch_size=4)
+
+
+@pytest.fixture
+def toy(workspace, tmp_path):
+    """A workspace with a toy catalog (6 pool images, one corrupt, one missing) and random assay-small weights."""
+    images = make_toy_catalog(workspace, tmp_path / "img", splits=(("pool", 6),))
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png at all")
+    extra = [dict(images[0], image_id="pool-bad", uri=str(tmp_path / "img" / "bad.png")),
+             dict(images[0], image_id="pool-gone", uri=str(tmp_path / "img" / "gone.png"))]
+    write_catalog(workspace, images + extra)
+    torch.manual_seed(0)
+    save_small_checkpoint(workspace, small_trunk(SmallConfig()), SmallConfig())
+    return workspace
+
+
+def _probe_extractor(stride: int = 8) -> FeatureExtractor:
+    """Cell (i, j) = mean colour of input pixels [i*s, (i+1)*s) × [j*s, (j+1)*s): a ground truth for geometry."""
+    return FeatureExtractor(nn.AvgPool2d(stride, ceil_mode=True), name="probe", normalize=False)
+
+
+@pytest.mark.parametrize("max_side", [None, 96])
+def test_cell_strides_map_back_to_original_pixels(max_side):
+    img = np.zeros((150, 200, 3), np.uint8)  # H×W×3, a bright blob at y∈[100,110), x∈[60,70)
+    img[100:110, 60:70] = 255
+    enc = RegionEncoder(_probe_extractor(8), pool=2, max_side=max_side, device="cpu")
+    fm = enc.encode(img)
+    scale = 1.0 if max_side is None else 200 / 96
+    assert (fm.stride_y, fm.stride_x) == pytest.approx((16 * 150 / round(150 / scale), 16 * scale))
+    c, h, w = fm.fmap.shape
+    i, j = np.unravel_index(fm.fmap[0].argmax(), (h, w))
+    assert i * fm.stride_y <= 105 < (i + 1) * fm.stride_y
+    assert j * fm.stride_x <= 65 < (j + 1) * fm.stride_x
+
+
+def test_encode_batch_does_not_depend_on_batch_mates():
+    torch.manual_seed(0)
+    enc = RegionEncoder(get_backbone("assay-small", random_init=True), pool=2, device="cpu", batch_size=2)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, s, dtype=np.uint8) for s in [(64, 80, 3), (48, 48, 3), (64, 80, 3), (64, 80, 3)]]
+    together = enc.encode_batch(imgs, ["a", "b", "c", "d"])
+    for img, fm in zip(imgs, together):
+        np.testing.assert_allclose(enc.encode(img).fmap, fm.fmap, atol=1e-5)
+    assert together[1].fmap.shape == (64, 3, 3) and together[0].fmap.shape == (64, 4, 5)
+
+
+def test_fit_pca_gives_orthonormal_top_axes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 6)) * np.array([10, 5, 1, 1, 1, 1])
+    mean, comp = fit_pca(x, 2)
+    np.testing.assert_allclose(comp.T @ comp, np.eye(2), atol=1e-5)
+    assert abs(comp[0, 0]) > 0.99 and abs(comp[1, 1]) > 0.99
+    with pytest.raises(ValueError, match="exceeds"):
+        fit_pca(x, 7)
+
+
+def test_local_embed_records_bad_images_and_query_encoder_matches_store(toy):
+    rep = embed_pool(toy, local=True, resources=RES, shard_size=3, pca_dim=16, progress=False)
+    assert (rep.n_images, rep.n_embedded, rep.n_errors, rep.dim) == (8, 6, 2, 16)
+    table = ShardedDataset(toy, features_dir("assay-small")).read()
+    errors = table.filter(pc.equal(table["status"], "error")).to_pylist()
+    assert sorted(r["image_id"] for r in errors) == ["pool-bad", "pool-gone"] and all(r["error"] for r in errors)
+    stored = {f.image_id: f for f in iter_feature_maps(toy, "assay-small")}
+    enc = load_region_encoder(toy, "assay-small", device="cpu")
+    uris = dict(zip(*toy.read_table(IMAGES, columns=["image_id", "uri"]).to_pydict().values()))
+    from actors.core.images import load_image
+
+    q = enc.encode(load_image(uris["pool-002"]))
+    np.testing.assert_allclose(q.fmap, stored["pool-002"].fmap.astype(np.float32), rtol=1e-2, atol=1e-2)
+    assert rep.bytes_per_image == q.fmap.size * 2
+
+
+def test_store_refuses_other_settings_and_changed_weights(toy):
+    embed_pool(toy, local=True, resources=RES, shard_size=4, progress=False)
+    with pytest.raises(ValueError, match="existing features"):
+        embed_pool(toy, local=True, resources=RES, shard_size=4, pca_dim=8, progress=False)
+    save_small_checkpoint(toy, small_trunk(SmallConfig()), SmallConfig())  # "retrained" weights
+    with pytest.raises(WorkspaceError, match="re-embed"):
+        load_region_encoder(toy, "assay-small")
+
+
+def _crash_after_first_shard(monkeypatch):
+    real, calls = embed._write_shard, []
+
+    def write(ds, shard, tables):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(shard.index)
+        return real(ds, shard, tables)
+
+    monkeypatch.setattr(embed, "_write_shard", write)
+
+
+def test_ray_path_resumes_after_a_crash_and_matches_local(toy, ray_cluster, monkeypatch):
+    local = embed_pool(toy, name="local", local=True, resources=RES, shard_size=3, progress=False)
+    _crash_after_first_shard(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    monkeypatch.undo()
+    ds = ShardedDataset(toy, features_dir("ray"))
+    done = ds.part_paths()
+    assert len(done) == 1
+    mtime = os.path.getmtime(done[0])
+    rep = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    assert (rep.shards_total, rep.shards_skipped, rep.shards_written) == (3, 1, 2)
+    n_done = pq.read_metadata(done[0]).num_rows  # Ray may finish either a 3-image or the 2-image shard first
+    assert rep.n_embedded + rep.n_errors == 8 - n_done and os.path.getmtime(done[0]) == mtime
+    assert ShardedDataset(toy, features_dir("local")).read().equals(ds.read())
+    assert local.n_errors == 2
+    rows = feature_rows(toy, "ray")  # every shard has its row summary, equal to the shard without fmap
+    assert toy.listdir(f"{features_dir('ray')}/_rows", ".parquet") == toy.listdir(features_dir("ray"), ".parquet")
+    assert rows.sort_by("image_id").equals(ds.read().drop_columns(["fmap"]).sort_by("image_id"))
+    assert {pq.read_metadata(p).num_row_groups for p in ds.part_paths()} == {2, 3}  # one image per row group
+    again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    assert again.shards_written == 0 and again.shards_skipped == 3

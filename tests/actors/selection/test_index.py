@@ -1,0 +1,144 @@
+"""actors/index.py: factory choice, exact agreement, incremental add, global kind, clear errors."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from actors.features.store import FeatureMap, encode_rows
+from actors.selection.index import (IDS_SCHEMA, IndexManifest, LoadedIndex, add_to_index, block_mean, build_index, cell_vectors,
+                          choose_factory, load_index)
+from actors.core.shards import ShardedDataset
+from actors.core.workspace import WorkspaceError
+
+
+def maps(ids, seed=0, c=8, hw=(3, 4)) -> list[FeatureMap]:
+    rng = np.random.default_rng(seed)
+    return [FeatureMap(i, rng.normal(size=(c, *hw)).astype(np.float16), 32.0, 32.0) for i in ids]
+
+
+def write(ws, fms, extra=()):
+    ds = ShardedDataset(ws, "features/toy")
+    shards = ds.plan([f.image_id for f in fms] + [e[0] for e in extra], shard_size=5,
+                     meta={"model": "toy", "dim": 8})
+    by_id = {f.image_id: f for f in fms}
+    errs = dict(extra)
+    for s in ds.pending(shards):
+        ds.write_shard(s, encode_rows([by_id.get(k) or (k, errs[k]) for k in s.keys]))
+
+
+@pytest.mark.parametrize("n,expect", [(10, "Flat"), (999_999, "Flat"), (2_000_000, "IVF"), (20_000_000, "OPQ")])
+def test_factory_is_chosen_by_vector_count(n, expect):
+    f = choose_factory(n, 64)
+    assert f.startswith(expect)
+    if n >= 1_000_000:
+        assert "PQ32" in f  # dim/2 bytes per vector
+    faiss.index_factory(64, f, faiss.METRIC_INNER_PRODUCT)  # a valid factory string
+
+
+def test_flat_index_agrees_with_exact_search(workspace):
+    fms = maps([f"im{k}" for k in range(8)])
+    write(workspace, fms, extra=[("broken", "unreadable")])
+    man = build_index(workspace, "toy", progress=False, cell_pool=1)
+    assert (man.factory, man.n, man.images, man.dim, man.metric) == ("Flat", 8 * 12, 8, 8, "inner_product")
+    idx = load_index(workspace, "toy")
+    xb = np.concatenate([cell_vectors(f, center=idx.center)[0] for f in fms])  # in shard order = sorted ids
+    xq = xb[[3, 40, 77]] + 0.01
+    D, I = idx.search(xq, 5)
+    sims = (xq / np.linalg.norm(xq, axis=1, keepdims=True)) @ xb.T
+    np.testing.assert_array_equal(I, np.argsort(-sims, axis=1)[:, :5])
+    np.testing.assert_allclose(D, np.sort(sims, axis=1)[:, ::-1][:, :5], atol=1e-5)
+    assert idx.lookup(I[:1, :1]) == [("im0", 0, 3)]
+
+
+def test_add_indexes_only_new_images_and_search_finds_them(workspace):
+    write(workspace, maps([f"old{k}" for k in range(4)]))
+    first = build_index(workspace, "toy", factory="IVF2,Flat", progress=False, cell_pool=1)
+    assert first.trained_on > 0 and first.generation == 1
+    new = maps(["new0", "new1"], seed=7)
+    write(workspace, maps([f"old{k}" for k in range(4)]) + new)
+    man = add_to_index(workspace, "toy", progress=False)
+    assert (man.n, man.images, man.generation, man.factory) == (6 * 12, 6, 2, "IVF2,Flat")
+    idx = load_index(workspace, "toy")
+    assert man.center == first.center  # the pool mean of the first build is kept
+    xq = cell_vectors(new[1], center=idx.center)[0][5:6]
+    D, I = idx.search(xq, 1)
+    assert idx.lookup(I) == [("new1", 1, 1)] and D[0, 0] == pytest.approx(1.0, abs=1e-3)
+    assert add_to_index(workspace, "toy", progress=False).generation == 2  # nothing new: no-op
+    files = workspace.listdir("index/toy")
+    assert files == ["ids-g00002.parquet", "index-g00002.faiss", "manifest.json"]  # old generation removed
+
+
+def test_global_index_has_one_vector_per_image(workspace):
+    write(workspace, maps(["a", "b", "c"]))
+    man = build_index(workspace, "toy", kind="global", progress=False)
+    assert (man.n, man.images) == (3, 3) and workspace.exists("index/toy-global/manifest.json")
+    idx = load_index(workspace, "toy", kind="global")
+    _, I = idx.search(cell_vectors(maps(["b"])[0], "global", idx.center)[0], 1)  # same seed: "a" has b's... any map
+    assert idx.lookup(I)[0][1:] == (-1, -1)
+
+
+def test_missing_index_is_a_clear_error(workspace):
+    write(workspace, maps(["a"]))
+    with pytest.raises(WorkspaceError, match="assay index"):
+        load_index(workspace, "toy")
+
+
+def test_query_on_an_empty_index_is_a_clear_error():
+    man = IndexManifest("toy", "region", "Flat", "inner_product", 0, 8, 0, 0)
+    idx = LoadedIndex(man, faiss.IndexFlatIP(8), IDS_SCHEMA.empty_table())
+    with pytest.raises(ValueError, match="empty"):
+        idx.search(np.ones((1, 8), np.float32), 3)
+
+
+def test_no_ok_features_is_a_clear_error(workspace):
+    write(workspace, [], extra=[("x", "corrupt")])
+    with pytest.raises(ValueError, match="no ok feature maps"):
+        build_index(workspace, "toy", progress=False)
+
+
+def test_index_vectors_are_centred_with_the_pool_mean(workspace):
+    rng = np.random.default_rng(5)
+    offset = rng.normal(size=(8, 1, 1)) * 10  # a large component every cell shares (the "background")
+    fms = [FeatureMap(f"im{k}", (rng.normal(size=(8, 3, 4)) + offset).astype(np.float16), 32.0, 32.0)
+           for k in range(6)]
+    write(workspace, fms)
+    man = build_index(workspace, "toy", progress=False, cell_pool=1)
+    cells = np.concatenate([f.fmap.astype(np.float32).reshape(8, -1).T for f in fms])
+    np.testing.assert_allclose(man.center, cells.mean(0), atol=1e-4)
+    idx = load_index(workspace, "toy")
+    raw = cell_vectors(fms[0])[0]
+    assert (raw @ raw.T).min() > 0.8  # uncentred: every pair of cells looks alike
+    xb = cell_vectors(fms[0], center=idx.center)[0]
+    assert abs((xb @ xb.T)[~np.eye(len(xb), dtype=bool)]).mean() < 0.5  # centred: they do not
+    np.testing.assert_allclose(idx.query_vectors(cells[:2]), xb[:2], atol=1e-5)
+    D, I = idx.search(xb[:2], 1)
+    assert I[:, 0].tolist() == [0, 1] and np.allclose(D[:, 0], 1.0, atol=1e-3)
+
+
+def test_block_mean_averages_each_block_and_only_the_cells_a_border_block_holds():
+    x = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    got = block_mean(x, 2)  # 3×5 cells -> 2×3 blocks
+    assert got.shape == (2, 2, 3)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(got[:, i, j], x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2)))
+
+
+def test_cell_pooled_index_has_k_squared_fewer_vectors_and_keeps_its_pool_when_adding(workspace):
+    write(workspace, maps([f"old{k}" for k in range(4)], hw=(5, 6)))
+    man = build_index(workspace, "toy", cell_pool=2, progress=False)
+    assert (man.n, man.cell_pool) == (4 * 3 * 3, 2)  # ceil(5/2)·ceil(6/2) blocks per image
+    idx = load_index(workspace, "toy")
+    fm = maps(["old0"], hw=(5, 6))[0]
+    xb, rows, cols = cell_vectors(fm, center=idx.center, cell_pool=2)
+    assert (int(rows.max()), int(cols.max())) == (2, 2)
+    D, I = idx.search(xb[4:5], 1)  # a block vector finds itself
+    assert idx.lookup(I) == [("old0", 1, 1)] and D[0, 0] == pytest.approx(1.0, abs=1e-5)
+    write(workspace, maps([f"old{k}" for k in range(4)], hw=(5, 6)) + maps(["new0"], seed=3, hw=(5, 6)))
+    added = add_to_index(workspace, "toy", progress=False)
+    assert (added.n, added.cell_pool) == (5 * 9, 2)
+    assert build_index(workspace, "toy", kind="global", cell_pool=2, progress=False).cell_pool == 1
+    with pytest.raises(ValueError, match="cell_pool must be >= 1"):
+        build_index(workspace, "toy", cell_pool=0, progress=False)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from apps.cli.main import app, main
+
+runner = CliRunner()
+
+
+def _folder(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 9, 3), 40 * i, np.uint8)).save(d / f"{i}.jpg")
+    (d / "bad.jpg").write_text("hello")
+    return d
+
+
+def test_ingest_then_catalog_json(tmp_path):
+    ws = str(tmp_path / "ws")
+    res = runner.invoke(app, ["ingest", str(_folder(tmp_path)), "--workspace", ws, "--split", "pool", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["added"] == 4 and report["errors"] == 1
+    assert report["failures"][0].endswith("bad.jpg: not an image")
+    res = runner.invoke(app, ["catalog", "--workspace", ws, "--json"])
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["images_by_split"] == {"pool": {"error": 1, "ok": 3}}
+
+
+def test_ingest_table_lists_failed_rows(tmp_path):
+    res = runner.invoke(app, ["ingest", str(_folder(tmp_path)), "-w", str(tmp_path / "ws")])
+    assert res.exit_code == 0
+    assert "1 rows failed: not an image (1)" in res.stdout and "bad.jpg: not an image" in res.stdout
+    res = runner.invoke(app, ["catalog", "-w", str(tmp_path / "ws")])
+    assert res.exit_code == 0 and "not an image" in res.stdout
+
+
+def test_no_check_headers_manifest(tmp_path):
+    (tmp_path / "m.csv").write_text("uri,split\ns3://b/x.jpg,pool\ns3://b/y.jpg,pool\n")
+    res = runner.invoke(app, ["ingest", str(tmp_path / "m.csv"), "-w", str(tmp_path / "ws"),
+                              "--no-check-headers", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["added"] == 2
+
+
+def test_bad_sources_give_one_line_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    ws = str(tmp_path / "ws")
+    res = runner.invoke(app, ["ingest", str(tmp_path / "empty"), "-w", ws])
+    assert res.exit_code != 0 and isinstance(res.exception, ValueError)
+    assert main(["ingest", str(tmp_path / "empty"), "-w", ws]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "empty folder" in err and str(tmp_path / "empty") in err
+    assert len(err.splitlines()) == 1
+    assert main(["ingest", str(tmp_path / "nope.json"), "-w", ws]) == 2
+    assert "nope.json: no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_world_command(tmp_path):
+    out = tmp_path / "w"
+    res = runner.invoke(app, ["world", "--out", str(out), "--seed", "1", "--images", "12", "--size", "96x64",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["n_images"] == 12 and summary["workspace"] == str(out / "workspace")
+    res = runner.invoke(app, ["world", "--out", str(out), "--images", "12", "--size", "96"])
+    assert res.exit_code != 0

@@ -1,0 +1,102 @@
+"""`assay estimate` and `assay plan` through CliRunner and through apps.cli.main.main (exit codes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from apps.cli.main import app, main
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def curve_file(tmp_path):
+    lines = ["n,value,seed,curve"]
+    for n in (100, 200, 400, 800, 1600):
+        for seed in (0, 1):
+            lines.append(f"{n},{90 - 300 * n ** -0.4 + 0.1 * seed:.4f},{seed},cls_a")
+        lines.append(f"{n},{40 + 0.01 * np.log(n):.4f},0,cls_flat")
+    p = tmp_path / "curve.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_estimate_json_lists_every_curve(curve_file):
+    r = runner.invoke(app, ["estimate", str(curve_file), "--target", "82", "--n-boot", "20", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [o["curve"] for o in out] == ["cls_a", "cls_flat"]
+    assert {"curve", "required_n", "interval", "law"} <= set(out[0])
+    assert out[0]["required_n"] > 1600
+    assert out[1]["required_n"] is None and out[1]["reason"]
+
+
+def test_estimate_table_names_laws(curve_file):
+    r = runner.invoke(app, ["estimate", str(curve_file), "--target", "82", "--law", "power", "--n-boot", "10"])
+    assert r.exit_code == 0, r.output
+    assert "cls_a" in r.stdout and "arctan" in r.stdout and "m4" in r.stdout
+
+
+def test_plan_json_and_table(curve_file):
+    args = ["plan", str(curve_file), "--target", "82", "--cost", "1", "--rounds", "3", "--n-boot", "20"]
+    r = runner.invoke(app, args + ["--penalty", "1e6", "--max-total", "50000", "--json"])
+    assert r.exit_code == 0, r.output
+    plans = json.loads(r.stdout)
+    assert len(plans[0]["amounts"]) == 3 and max(plans[0]["totals"]) <= 50000
+    r = runner.invoke(app, args + ["--risk", "0.1"])
+    assert r.exit_code == 0, r.output and "round" in r.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["estimate", "{f}", "--target", "82", "--law", "nope"], "unknown law"),
+    (["plan", "{f}", "--target", "82", "--penalty", "1", "--risk", "0.1"], "exactly one"),
+    (["plan", "{f}", "--target", "82"], "exactly one"),
+    (["estimate", "{bad}", "--target", "82"], "row 3: field 'value'"),
+    (["estimate", "{missing}", "--target", "82"], "no such curve file"),
+])
+def test_user_errors_exit_2_with_one_line(curve_file, tmp_path, capsys, args, match):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("n,value\n100,50\n200,nan\n400,60\n")
+    argv = [a.format(f=curve_file, bad=bad, missing=tmp_path / "none.csv") for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and match in err
+
+
+def test_main_exit_0(curve_file):
+    assert main(["estimate", str(curve_file), "--target", "82", "--n-boot", "5", "--json"]) == 0
+
+
+@pytest.fixture
+def past_file(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["n,value,curve"]
+    for k in range(6):
+        a, b = rng.uniform(150, 300), -rng.uniform(0.3, 0.45)
+        for n in np.geomspace(50, 50_000, 20):
+            lines.append(f"{n:.0f},{90 - a * n ** b:.4f},past_{k}")
+    p = tmp_path / "past.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_estimate_auto_uses_laws_ranked_on_past_curves(curve_file, past_file):
+    r = runner.invoke(app, ["estimate", str(curve_file), "--target", "82", "--n-boot", "10", "--past",
+                            str(past_file), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)[0]
+    assert set(out["selection_error"]) == {"power", "arctan", "log", "root", "m4"}
+    assert out["law"] in out["selection_error"] and out["tau"] > 0
+
+
+def test_plan_calibrated_by_past_curves(curve_file, past_file):
+    args = ["plan", str(curve_file), "--target", "82", "--risk", "0.1", "--n-boot", "20", "--json"]
+    r = runner.invoke(app, args + ["--past", str(past_file)])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)[0]["totals"]) == 3
+    r = runner.invoke(app, args + ["--past", str(past_file), "--past-fraction", "0.0001"])
+    assert r.exit_code != 0

@@ -1,0 +1,90 @@
+"""`assay index` / `assay mine` through the CLI on a tiny synthetic feature store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from actors.features.store import FeatureMap, encode_rows
+from actors.core.shards import ShardedDataset
+from apps.cli.main import main
+from apps.cli.select import parse_box
+
+
+def _store(ws, n=9):
+    rng = np.random.default_rng(0)
+    fms = [FeatureMap(f"img{k}", rng.normal(size=(8, 6, 8)).astype(np.float16), 16.0, 16.0) for k in range(n)]
+    ds = ShardedDataset(ws, "features/toy")
+    (s,) = ds.plan([f.image_id for f in fms], shard_size=100, meta={"model": "toy", "dim": 8})
+    ds.write_shard(s, encode_rows(fms))
+
+
+def test_index_then_mine_by_pool_image_id(workspace, capsys):
+    _store(workspace)
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--json"]) == 0
+    kinds = json.loads(capsys.readouterr().out)
+    assert [(m["kind"], m["n"], m["images"]) for m in kinds] == [("region", 9 * 12, 9), ("global", 9, 9)]  # 2×2
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--cell-pool", "1", "--json"]) == 0  # rebuilds
+    region = json.loads(capsys.readouterr().out)[0]
+    assert (region["n"], region["cell_pool"], region["generation"]) == (9 * 48, 1, 2)
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
+                 "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hits"][0]["image_id"] == "img4" and out["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert out["hits"][0]["box"] == [32.0, 16.0, 64.0, 48.0] and len(out["hits"]) == 3
+    assert workspace.exists(f"selections/{out['query_id']}.parquet")
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
+                 "--top-k", "3", "--candidates", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_candidates"] == 4
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
+                 "--candidates", "0"]) == 2
+    capsys.readouterr()
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--method", "global",
+                 "--top-k", "2"]) == 0
+    assert "img4" in capsys.readouterr().out
+
+
+def test_mine_batch_of_queries_from_a_file(workspace, tmp_path, capsys):
+    _store(workspace)
+    main(["index", "-w", workspace.uri, "--model", "toy", "--json"])
+    capsys.readouterr()
+    f = tmp_path / "q.json"
+    f.write_text(json.dumps([{"image": "img1", "boxes": [[0, 0, 32, 32]], "top_k": 2, "model": "toy"},
+                             {"image": "img2", "boxes": [[0, 0, 32, 32], [64, 32, 96, 64]], "top_k": 1,
+                              "model": "toy"}]))
+    assert main(["mine", "-w", workspace.uri, "--queries", str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [len(r["hits"]) for r in out] == [2, 1] and out[0]["hits"][0]["image_id"] == "img1"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--box", "1,2,3"], "x0,y0,x1,y1"),
+    (["--box", "100,90,200,120"], "outside the image"),
+    (["--box", "1,2,3,4", "--method", "nearest"], "method"),
+])
+def test_user_errors_are_one_line_exit_2(workspace, capsys, args, msg):
+    _store(workspace, n=3)
+    main(["index", "-w", workspace.uri, "--model", "toy", "--json"])
+    capsys.readouterr()
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img0", *args]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_mine_without_an_index_says_how_to_build_it(workspace, capsys):
+    _store(workspace, n=2)
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img0", "--box", "0,0,16,16"]) == 2
+    assert "assay index" in capsys.readouterr().err
+
+
+def test_parse_box():
+    assert parse_box("1, 2,3.5,4") == (1.0, 2.0, 3.5, 4.0)
+
+
+def test_cli_constants_mirror_the_library():
+    import actors.selection.mine
+    import apps.cli.select as cs
+
+    assert cs.DEFAULT_MODEL == actors.selection.mine.DEFAULT_MODEL
+    assert tuple(cs.METHODS) == tuple(actors.selection.mine.METHODS)
