@@ -29,7 +29,7 @@ def ray_cluster():
     """One small local Ray cluster for the whole test session (2 CPUs, 256 MiB object store)."""
     import ray
 
-    from actors.runtime import init_ray
+    from actors.core.runtime import init_ray
 
     if not ray.is_initialized():
         init_ray(num_cpus=2, object_store_memory=256 * 2**20)
@@ -40,6 +40,6 @@ def ray_cluster():
 @pytest.fixture
 def workspace(tmp_path):
     """A fresh, empty workspace in a temporary directory."""
-    from actors.workspace import Workspace
+    from actors.core.workspace import Workspace
 
     return Workspace(tmp_path / "ws")
