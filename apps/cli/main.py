@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "apps.cli.estimate",
     "apps.cli.learn",
     "apps.cli.demo",
+    "apps.cli.app",
 )
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
