@@ -25,6 +25,9 @@ Contract
 * Every image draws from its own ``np.random.default_rng([seed, i])`` (``i`` the global image index), so the
   output is byte-identical for a seed whatever ``workers`` is, and differs between seeds.
 * Images of the ``queries`` split hold at least one object.
+* Object instances are held out: every 5th digit glyph of each class and every 5th face crop
+  (``instance % QUERY_INSTANCE_EVERY == 0``) appear only in the ``queries`` split, all others only outside it, so a
+  query's object is never the same glyph or face as any pool (or training) object.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ CATEGORIES = DIGITS + ("face",) + SHAPES
 SUPERCATEGORY = {**{d: "digit" for d in DIGITS}, "face": "face", **{s: "shape" for s in SHAPES}}
 DEFAULT_SPLITS = (("train", 0.3), ("val", 0.1), ("pool", 0.5), ("queries", 0.1))
 MAX_OVERLAP = 0.3  # a new object may cover at most this fraction of an earlier object's box (and vice versa)
+HELD_OUT_SPLIT = "queries"  # its digit glyphs and face crops are used in no other split
+QUERY_INSTANCE_EVERY = 5  # instance i of a class is a query instance iff i % QUERY_INSTANCE_EVERY == 0
 
 
 @dataclass(frozen=True)
@@ -212,17 +217,29 @@ def _resize(a: np.ndarray, w: int, h: int, angle_deg: float = 0.0) -> np.ndarray
     return np.asarray(im, dtype=np.float32)
 
 
-def _object_patch(name: str, w: int, h: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """(alpha, shade) of one object; shade multiplies the colour (None: flat colour)."""
+def _instance(n: int, rng: np.random.Generator, held_out: bool) -> int:
+    """An instance index in [0, n): a query instance (``i % QUERY_INSTANCE_EVERY == 0``) iff ``held_out``."""
+    ids = np.arange(n)
+    ids = ids[(ids % QUERY_INSTANCE_EVERY == 0) == held_out]
+    return int(ids[rng.integers(len(ids))])
+
+
+def _object_patch(name: str, w: int, h: int, rng: np.random.Generator,
+                  held_out: bool = False) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    """(alpha, shade, instance) of one object; shade multiplies the colour (None: flat colour); instance is the
+    digit glyph / face crop index (None for procedural shapes), drawn from the held-out query instances iff
+    ``held_out``."""
     if name in SHAPES:
-        return _shape_alpha(name, h, w, rng.uniform(0, 2 * np.pi)), None
+        return _shape_alpha(name, h, w, rng.uniform(0, 2 * np.pi)), None, None
     angle = float(rng.uniform(-25, 25))
     if name == "face":
-        face = _faces()[rng.integers(100)]
-        return _resize(_ellipse_alpha(25, 25), w, h, angle).clip(0, 1), _resize(face, w, h, angle).clip(0, 1)
+        i = _instance(100, rng, held_out)
+        face = _faces()[i]
+        return _resize(_ellipse_alpha(25, 25), w, h, angle).clip(0, 1), _resize(face, w, h, angle).clip(0, 1), i
     glyphs = _digits()[int(name[-1])]
-    g = _resize(np.pad(glyphs[rng.integers(len(glyphs))], 1), w, h, angle)
-    return np.clip((g - 0.2) / 0.4, 0, 1), None
+    i = _instance(len(glyphs), rng, held_out)
+    g = _resize(np.pad(glyphs[i], 1), w, h, angle)
+    return np.clip((g - 0.2) / 0.4, 0, 1), None, i
 
 
 # --------------------------------------------------------------------------- painting
@@ -306,14 +323,15 @@ def _overlaps(box: tuple[int, int, int, int], boxes: list[tuple[int, int, int, i
     return False
 
 
-def _place_object(img, rng, cfg, name, boxes) -> tuple[tuple[int, int, int, int], int] | None:
-    """Paint one object where it does not hide earlier ones; returns (tight box, mask area) or None."""
+def _place_object(img, rng, cfg, name, boxes,
+                  held_out=False) -> tuple[tuple[int, int, int, int], int, int | None] | None:
+    """Paint one object where it does not hide earlier ones; returns (tight box, mask area, instance) or None."""
     H, W = img.shape[:2]
     area = math.exp(rng.uniform(*np.log(cfg.object_area))) * W * H
     aspect = rng.uniform(0.75, 1.33)
     side = math.sqrt(area) / (0.75 if name in SHAPES else 0.9)
     pw, ph = max(4, round(side * math.sqrt(aspect))), max(4, round(side / math.sqrt(aspect)))
-    alpha, shade = _object_patch(name, min(pw, W - 2), min(ph, H - 2), rng)
+    alpha, shade, instance = _object_patch(name, min(pw, W - 2), min(ph, H - 2), rng, held_out)
     ys, xs = np.nonzero(alpha > 0.5)
     h, w = alpha.shape
     if len(ys) == 0 or h > H or w > W:
@@ -328,11 +346,13 @@ def _place_object(img, rng, cfg, name, boxes) -> tuple[tuple[int, int, int, int]
     colour = _colour(rng, img[y : y + h, x : x + w].mean((0, 1)))
     rgb = colour if shade is None else shade[..., None] * (0.5 * colour + 0.5 * 255)
     _paste(img, alpha, rgb, x, y)
-    return box, len(ys)
+    return box, len(ys), instance
 
 
-def render_image(cfg: WorldConfig, index: int, min_objects: int = 0) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Paint image ``index`` of the world; returns ((H, W, 3) uint8, [{category, bbox [x,y,w,h], area}])."""
+def render_image(cfg: WorldConfig, index: int, min_objects: int = 0,
+                 held_out: bool = False) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Paint image ``index`` of the world; returns ((H, W, 3) uint8, [{category, bbox [x,y,w,h], area,
+    instance}]); ``held_out``: digits and faces use only the query instances (the ``queries`` split)."""
     rng = np.random.default_rng([cfg.seed, index])
     W, H = cfg.size
     cats = cfg.categories()
@@ -342,9 +362,9 @@ def render_image(cfg: WorldConfig, index: int, min_objects: int = 0) -> tuple[np
     objects: list[dict[str, Any]] = []
     for _ in range(100 if n else 0):
         name = cats[rng.integers(len(cats))]
-        placed = _place_object(img, rng, cfg, name, [o["bbox"] for o in objects])
+        placed = _place_object(img, rng, cfg, name, [o["bbox"] for o in objects], held_out)
         if placed:
-            objects.append({"category": name, "bbox": placed[0], "area": placed[1]})
+            objects.append({"category": name, "bbox": placed[0], "area": placed[1], "instance": placed[2]})
         if len(objects) >= n:
             break
     for o in objects:
@@ -386,7 +406,8 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def _make_one(args: tuple[WorldConfig, str, str, int, int]) -> tuple[int, str, list[dict[str, Any]]]:
     cfg, out_dir, split, k, g = args
-    arr, objects = render_image(cfg, g, min_objects=1 if split == "queries" else 0)
+    arr, objects = render_image(cfg, g, min_objects=1 if split == "queries" else 0,
+                                held_out=split == HELD_OUT_SPLIT)
     rel = f"images/{split}/{split}_{k:06d}.{cfg.image_format}"
     _write_file(Path(out_dir) / rel, encode_image(arr, cfg.image_format, cfg.jpeg_quality))
     return g, rel, objects
@@ -481,4 +502,5 @@ def generate_world(out_dir: str | os.PathLike, cfg: WorldConfig, *, workspace: A
 
 
 __all__ = ["WorldConfig", "WorldSummary", "make_world", "generate_world", "render_image", "encode_image",
-           "CATEGORIES", "SHAPES", "DIGITS", "BACKGROUNDS", "DEFAULT_SPLITS"]
+           "CATEGORIES", "SHAPES", "DIGITS", "BACKGROUNDS", "DEFAULT_SPLITS",
+           "HELD_OUT_SPLIT", "QUERY_INSTANCE_EVERY"]

@@ -97,3 +97,26 @@ def test_catalog_holds_every_image_and_box(tiny_world):
     assert s["labels"] == tiny_world.n_objects
     assert sum(v.get("ok", 0) for v in s["images_by_split"].values()) == 20
     assert os.path.isdir(tiny_world.workspace)
+
+
+def test_query_instances_are_held_out_of_every_other_split(tiny_world):
+    from actors.catalog.world import QUERY_INSTANCE_EVERY, encode_image
+
+    cfg = WorldConfig(seed=3, size=(128, 96), classes=("digit", "face"), object_area=(0.004, 0.02))
+    seen = {True: set(), False: set()}
+    for i in range(60):
+        for held_out in (True, False):
+            for o in render_image(cfg, i, min_objects=1, held_out=held_out)[1]:
+                assert o["instance"] is not None
+                seen[held_out].add((o["category"], o["instance"]))
+    assert len(seen[True]) > 20 and len(seen[False]) > 20
+    assert not seen[True] & seen[False]  # no glyph / face crop is both a query and a pool/train object
+    assert all(i % QUERY_INSTANCE_EVERY == 0 for _, i in seen[True])
+    assert all(i % QUERY_INSTANCE_EVERY != 0 for _, i in seen[False])
+    # make_world renders exactly the queries split with held-out instances, and no other split
+    out = Path(tiny_world.out_dir)
+    world_cfg = WorldConfig(seed=3, **{k: v for k, v in TINY.items() if k != "n_images"})
+    for split, held_out in (("queries", True), ("pool", False)):
+        im = json.loads((out / "annotations" / f"{split}.json").read_text())["images"][0]
+        arr, _ = render_image(world_cfg, im["id"] - 1, min_objects=int(held_out), held_out=held_out)
+        assert (out / im["file_name"]).read_bytes() == encode_image(arr, "jpg", world_cfg.jpeg_quality)
