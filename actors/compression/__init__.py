@@ -1,0 +1,40 @@
+"""compression: a trained detector made smaller and faster, with proof. BN folding, the device latency LUT,
+latency-aware (knapsack) structured pruning on Torch-Pruning's dependency graph, int8 quantization (ONNX Runtime
+static QDQ; SPIQ-style data-free), export (ONNX + state dict) and the before/after report."""
+
+_PUBLIC = {
+    "FoldReport": "fold",
+    "fold_batchnorm": "fold",
+    "folded_copy": "fold",
+    "DenseNet": "net",
+    "tensor_module": "net",
+    "decode": "net",
+    "measure_latency": "latency",
+    "LatencyLUT": "latency",
+    "build_lut": "latency",
+    "device_key": "latency",
+    "solve_knapsack": "prune",
+    "PrunePlan": "prune",
+    "plan_pruning": "prune",
+    "apply_plan": "prune",
+    "magnitude_prune": "prune",
+    "list_importances": "prune",
+    "quantize_static": "quantize",
+    "quantize_data_free": "quantize",
+    "export_onnx": "export",
+    "save_compressed": "export",
+    "load_compressed": "export",
+    "compress_run": "report",
+    "CompressConfig": "report",
+}
+
+
+def __getattr__(name: str):  # PEP 562: hand on public names without importing torch until one is used
+    import importlib
+
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_PUBLIC)
