@@ -1,27 +1,37 @@
-"""Targeted-selection benchmark: template matching vs. the whole-image global baseline on an embedded world.
+"""Targeted-selection benchmark: template matching vs. two baselines, defaults tuned on one world seed and
+reported on another.
 
-Steps (each skipped when its output exists, so a re-run only measures): ``make_world`` (pool = 75% of
-``--n-images``) -> ``train_backbone`` -> ``embed_pool`` (pool split; store ``assay-small-p<pool>[-pca<d>]``, default
-``--pool 1`` = stride-8 cells, so a 10-px object is about one cell) -> region + global indexes (``--factory``,
-default exact ``Flat``) -> every labeled object of the held-out ``queries`` split (up to ``--queries``) becomes a
-one-box query, run by both methods on the same queries and the same feature store.
+Two embedded worlds are built (each step skipped when its output exists, so a re-run only measures):
+``make_world`` -> ``train_backbone`` (on that world's train split) -> ``embed_pool`` (pool split) -> region index
+(exact ``Flat``) + global index. The world keeps every query's object instance (digit glyph, face crop) out of the
+pool (:data:`actors.catalog.world.HELD_OUT_SPLIT`), so a query never finds its own glyph.
 
-Object-level metrics, per method, per query-object size bin (box area < 0.5%, 0.5–1%, > 1% of the image), at
-K = 10, 50, 100: precision@K (hits / K, a hit = the image holds an object of the query's category), recall@K
-(hits / pool images holding that category), loc@K (share of hits whose matched box has IoU ≥ 0.3 with an object of
-that category; the global baseline's "box" is the whole image). Query latency p50/p95 (coarse + fine, query
-encoding excluded). Prints a markdown table and the template/global ratio of recall@100 on objects < 1% of the
-image, and writes ``bench/targeted_selection.json`` and ``.md``.
+1. **Tune** on world ``--tune-seed``: coordinate search, one knob at a time in this order, over the cell stride
+   (``--pool`` 1 = 8-px cells, 2 = 16-px), the region index's cell pooling (``--cell-pool`` k×k blocks), the coarse
+   candidates re-ranked by the fine stage and the fine stage's window scales; the criterion is template recall@100
+   on query objects < 1% of the image (ties: lower p50 latency). Every configuration tried is kept in the JSON.
+2. **Report** on world ``--seed`` with the chosen configuration, on the same queries and the same feature store:
+   ``template`` (coarse + fine), ``coarse`` (FAISS candidates ranked by the coarse score alone, no fine re-rank) and
+   ``global`` (whole-image mean-pooled vector). Chance is in every table: precision@K of a random ranking = the
+   base rate of the query's class among pool images; recall@K = K / pool size.
 
-    python bench/targeted_selection.py --out-dir /tmp/assay-bench --n-images 4000 --queries 300
+Metrics per query-object size bin (box area < 0.5%, 0.5–1%, > 1%; "<1%" and "all" pooled), K = 10, 50, 100:
+precision@K (a hit = the image holds an object of the query's category), recall@K (hits / pool images holding
+it), loc@K for template only (share of hits whose matched box has IoU ≥ 0.3 with such an object). Latency p50 /
+p95 per query (coarse + fine; query encoding excluded) with feature maps cached, and ``--cold`` queries reading
+their candidates' rows from Parquet. Timings are noisy on a shared machine; accuracy figures are not.
 
-To compare matchers with the backbone fixed, point ``--out-dir`` at an existing world (its ``models/`` is reused).
+    python bench/targeted_selection.py --out-dir /tmp/tsb --n-images 2000 --queries 80 --tune-queries 60
+    python bench/targeted_selection.py --smoke --out-dir /tmp/tsb-smoke   # seconds; JSON under --out-dir
+
+Writes ``bench/targeted_selection.json`` and ``.md`` (``--smoke``: ``<out-dir>/targeted_selection.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,223 +40,356 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from actors.catalog.schema import IMAGES, LABELS
-from actors.selection.mine import Query, Selector
-from actors.core.workspace import Workspace
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# pool-heavy splits: a 4,000-image world gives 3,000 pool images, 600 train, 200 val and 200 query images
-SPLITS = (("train", 0.15), ("val", 0.05), ("pool", 0.75), ("queries", 0.05))
+from actors.catalog.schema import IMAGES, LABELS  # noqa: E402
+from actors.core.workspace import Workspace  # noqa: E402
+from actors.selection.match import SCALES, Hit, box_template  # noqa: E402
+from actors.selection.mine import Query, Selection, Selector, coarse_candidates  # noqa: E402
+
+# pool-heavy splits: a 2,000-image world gives 500 train, 100 val, 1,250 pool and 150 query images
+SPLITS = (("train", 0.25), ("val", 0.05), ("pool", 0.625), ("queries", 0.075))
 BINS = (("<0.5%", 0.0, 0.005), ("0.5-1%", 0.005, 0.01), (">1%", 0.01, 1.0))
+ALL_BINS = BINS + (("<1%", 0.0, 0.01), ("all", 0.0, 1.0))
 KS = (10, 50, 100)
 BACKBONE = "assay-small"
-MODEL = "assay-small-p1"  # the feature store queried (set by main from --pool / --pca-dim)
+# the starting point of the search = the library's shipped defaults (8-px cells, 2×2 blocks, 1,000 candidates)
+START = {"pool": 1, "cell_pool": 2, "candidates": 1000, "scales": list(SCALES)}
+GRID = {"pool": [1, 2], "cell_pool": [1, 2, 4], "candidates": [200, 400, 1000],
+        "scales": [[1.0], list(SCALES), [0.5, 0.7, 1.0, 1.4, 2.0]]}
+SMOKE_GRID = {"pool": [1], "cell_pool": [1, 2], "candidates": [20, 30], "scales": [list(SCALES)]}
 
 
-def store_name(pool: int, pca_dim: int | None) -> str:
-    return f"{BACKBONE}-p{pool}" + (f"-pca{pca_dim}" if pca_dim else "")
+def store_name(pool: int) -> str:
+    return f"{BACKBONE}-p{pool}"
 
 
-def prepare(out_dir: Path, n_images: int, seed: int, train_minutes: float = 2.5,
-            use_ray: bool = False, pool: int = 1, pca_dim: int | None = None,
-            factory: str | None = "Flat", cell_pool: int = 1) -> tuple[Workspace, dict]:
-    from actors.features.small import SMALL_CHECKPOINT, train_backbone
-    from actors.features.embed import embed_pool
-    from actors.selection.index import add_to_index, build_index
+# ----------------------------------------------------------------------------------------------- world + store
+def prepare_world(out_dir: Path, n_images: int, seed: int, train_minutes: float,
+                  size: tuple[int, int] = (512, 384)) -> tuple[Workspace, dict]:
+    """World + trained backbone in ``out_dir`` (skipped when present); generation timings when made now."""
     from actors.catalog.world import make_world
+    from actors.features.small import SMALL_CHECKPOINT, train_backbone
 
+    info: dict = {"seed": seed, "n_images": n_images, "size": list(size)}
     if not (out_dir / "workspace" / "catalog" / "images.parquet").exists():
-        t = time.perf_counter()
-        make_world(out_dir, seed=seed, n_images=n_images, progress=True, workers=2, splits=SPLITS)
-        print(f"world: {time.perf_counter() - t:.0f}s", flush=True)
+        s = make_world(out_dir, seed=seed, n_images=n_images, size=size, progress=False, workers=2, splits=SPLITS)
+        info.update(world_seconds=s.seconds, world_images_per_s=n_images / s.seconds)
+        print(f"world seed {seed}: {s.seconds:.0f}s", flush=True)
     ws = Workspace(out_dir / "workspace")
     if not ws.exists(SMALL_CHECKPOINT):
-        print(train_backbone(ws, max_minutes=train_minutes, progress=True), flush=True)
-    t = time.perf_counter()
-    rep = embed_pool(ws, model=BACKBONE, name=MODEL, splits=("pool",), progress=True, local=not use_ray, pool=pool,
-                     pca_dim=pca_dim)
-    print(f"embed: {time.perf_counter() - t:.0f}s", flush=True)
-    info = {"store": MODEL, "cell_stride": rep.cell_stride, "dim": rep.dim, "bytes_per_image": _bytes_per_image(ws)}
-    for kind in ("region", "global"):
-        t = time.perf_counter()
-        man = (add_to_index(ws, MODEL, kind=kind) if _has_index(ws, kind) else
-               build_index(ws, MODEL, kind=kind, factory=factory if kind == "region" else "Flat",
-                           cell_pool=cell_pool if kind == "region" else 1))
-        info[f"index_{kind}"] = f"{man.factory} n={man.n:,}" + (f" cell_pool={man.cell_pool}" if man.cell_pool > 1 else "")
-        print(f"index {kind}: {man.factory} n={man.n:,} ({time.perf_counter() - t:.0f}s)", flush=True)
+        rep = train_backbone(ws, max_minutes=train_minutes, progress=False)
+        info["backbone"] = {"val_accuracy": rep.val_accuracy, "seconds": rep.seconds}
+        print(f"backbone seed {seed}: val acc {rep.val_accuracy:.3f} ({rep.seconds:.0f}s)", flush=True)
     return ws, info
 
 
-def _has_index(ws: Workspace, kind: str) -> bool:
-    from actors.selection.index import index_dir
+def ensure_store(ws: Workspace, pool: int) -> dict:
+    """Embed the pool into ``assay-small-p<pool>`` (resumable) and build its global index once."""
+    from actors.features.embed import embed_pool
+    from actors.selection.index import build_index, index_dir
 
-    return ws.exists(f"{index_dir(MODEL, kind)}/manifest.json")
+    model = store_name(pool)
+    t = time.perf_counter()
+    rep = embed_pool(ws, model=BACKBONE, name=model, splits=("pool",), progress=False, local=True, pool=pool)
+    info = {"store": model, "cell_stride": rep.cell_stride, "dim": rep.dim, "embed_s": time.perf_counter() - t,
+            "fmap_bytes_per_image": rep.bytes_per_image, "disk_bytes_per_image": disk_bytes_per_image(ws, model)}
+    if not ws.exists(f"{index_dir(model, 'global')}/manifest.json"):
+        build_index(ws, model, kind="global", factory="Flat", progress=False)
+    return info
 
 
-def _bytes_per_image(ws: Workspace) -> float:
-    """Mean stored fmap bytes per ok image of the store (fp16 C×H×W)."""
-    from actors.features.store import iter_feature_maps
+def disk_bytes_per_image(ws: Workspace, model: str) -> float:
+    """Bytes of the store's Parquet files on disk / images in it."""
+    from actors.features.store import features_dir
 
-    for fm in iter_feature_maps(ws, MODEL):
-        return float(fm.fmap.astype("float16").nbytes)
-    return float("nan")
+    root = Path(ws.local_path(features_dir(model)))
+    files = [p for p in root.rglob("*.parquet") if p.is_file()]
+    n = sum(_parquet_rows(p) for p in files if "_rows" not in p.parts)
+    return sum(p.stat().st_size for p in files) / max(1, n)
 
 
-def load_truth(ws: Workspace):
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def build_region(ws: Workspace, model: str, cell_pool: int) -> dict:
+    """(Re)build the exact region index over k×k blocks of stored cells; its size and build time."""
+    from actors.selection.index import build_index
+
+    t = time.perf_counter()
+    man = build_index(ws, model, kind="region", factory="Flat", cell_pool=cell_pool, progress=False)
+    return {"factory": man.factory, "n_vectors": man.n, "cell_pool": cell_pool, "build_s": time.perf_counter() - t}
+
+
+# ----------------------------------------------------------------------------------------------- ground truth
+def load_truth(ws: Workspace) -> tuple[list[dict], dict, dict, int]:
+    """(query objects, (pool image, category) -> boxes, category -> pool images holding it, pool size)."""
     images = ws.read_table(IMAGES).to_pylist()
     labels = [r for r in ws.read_table(LABELS).to_pylist() if r.get("status", "ok") == "ok"]
-    split = {r["image_id"]: r["split"] for r in images}
     meta = {r["image_id"]: r for r in images}
-    pool_boxes: dict[tuple[str, str], list] = defaultdict(list)  # (image_id, category) -> boxes
-    holders: dict[str, set] = defaultdict(set)  # category -> pool images holding it
+    pool_boxes: dict[tuple[str, str], list] = defaultdict(list)
+    holders: dict[str, set] = defaultdict(set)
     queries = []
     for r in labels:
+        m = meta.get(r["image_id"])
         box = [r["x0"], r["y0"], r["x1"], r["y1"]]
-        if split.get(r["image_id"]) == "pool":
+        if m is None:
+            continue
+        if m["split"] == "pool":
             pool_boxes[r["image_id"], r["category"]].append(box)
             holders[r["category"]].add(r["image_id"])
-        elif split.get(r["image_id"]) == "queries":
-            m = meta[r["image_id"]]
+        elif m["split"] == "queries":
             area = (box[2] - box[0]) * (box[3] - box[1]) / (m["width"] * m["height"])
             queries.append({"image_id": r["image_id"], "uri": m["uri"], "box": box, "category": r["category"],
                             "area": area, "size": (float(m["width"]), float(m["height"]))})
-    return queries, pool_boxes, holders
+    n_pool = sum(1 for r in images if r["split"] == "pool" and r["status"] != "error")
+    return queries, pool_boxes, holders, n_pool
 
 
-def encode_queries(ws: Workspace, queries: list[dict]) -> dict:
-    from actors.features.encoder import load_region_encoder
-    from actors.core.images import load_image
-
-    enc = load_region_encoder(ws, MODEL)
-    uris = sorted({q["uri"] for q in queries})
-    return {u: enc.encode(load_image(u), u) for u in uris}
+def pick_queries(queries: list[dict], n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [queries[i] for i in sorted(rng.permutation(len(queries))[:n])]
 
 
-def score(hits, q, pool_boxes, holders) -> dict:
+# ----------------------------------------------------------------------------------------------- scoring
+def score(hits: list[Hit], q: dict, pool_boxes: dict, holders: dict, localizes: bool) -> dict:
     out = {}
     n_rel = max(1, len(holders[q["category"]]))
     for k in KS:
-        top = hits[:k]
-        rel = [h for h in top if (h.image_id, q["category"]) in pool_boxes]
+        rel = [h for h in hits[:k] if (h.image_id, q["category"]) in pool_boxes]
         loc = 0
-        for h in rel:
+        for h in rel if localizes else ():
             gt = torch.tensor(pool_boxes[h.image_id, q["category"]], dtype=torch.float32)
             loc += int(box_iou(torch.tensor([h.box], dtype=torch.float32), gt).max() >= 0.3)
-        out[k] = {"precision": len(rel) / k, "recall": len(rel) / n_rel, "loc": loc / len(rel) if rel else 0.0}
+        out[k] = {"precision": len(rel) / k, "recall": len(rel) / n_rel,
+                  "loc": (loc / len(rel) if rel else 0.0) if localizes else None}
     return out
 
 
-def _evaluate(sels, queries, pool_boxes, holders) -> dict:
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def evaluate(sels: list[Selection], queries: list[dict], truth: tuple, localizes: bool) -> dict:
+    _, pool_boxes, holders, _ = truth
     lat = np.array([s.coarse_s + s.fine_s for s in sels]) * 1000
-    per_bin: dict = {}
-    for name, lo, hi in BINS + (("<1%", 0.0, 0.01), ("all", 0.0, 1.0)):
-        rows = [score(s.hits, q, pool_boxes, holders) for s, q in zip(sels, queries) if lo <= q["area"] < hi]
-        per_bin[name] = {"n": len(rows), **{f"{m}@{k}": float(np.mean([r[k][m] for r in rows])) if rows else None
-                                            for k in KS for m in ("precision", "recall", "loc")}}
+    bins = {}
+    for name, lo, hi in ALL_BINS:
+        rows = [score(s.hits, q, pool_boxes, holders, localizes) for s, q in zip(sels, queries)
+                if lo <= q["area"] < hi]
+        bins[name] = {"n": len(rows), **{f"{m}@{k}": _mean([r[k][m] for r in rows]) if rows else None
+                                         for k in KS for m in ("precision", "recall", "loc")}}
     return {"latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
             "coarse_ms_p50": float(np.percentile([s.coarse_s * 1000 for s in sels], 50)),
             "fine_ms_p50": float(np.percentile([s.fine_s * 1000 for s in sels], 50)),
-            "candidates": int(np.median([s.n_candidates for s in sels])), "bins": per_bin}
+            "candidates": int(np.median([s.n_candidates for s in sels])), "bins": bins}
 
 
-def run(ws: Workspace, n_queries: int, seed: int, candidates: tuple[int, ...] = (1000,), cold: int = 30) -> dict:
-    """Both methods on the same queries; template matching once per coarse-stage candidate count (warm cache:
-    feature maps preloaded), then ``cold`` queries read their candidates' rows from the Parquet store."""
-    queries, pool_boxes, holders = load_truth(ws)
-    rng = np.random.default_rng(seed)
-    queries = [queries[i] for i in sorted(rng.permutation(len(queries))[:n_queries])]
-    fmaps = encode_queries(ws, queries)
-    report: dict = {"n_queries": len(queries), "methods": {}, "candidates": {}}
+def chance(queries: list[dict], truth: tuple) -> dict:
+    """A random ranking's expected figures per bin: precision@K = the class's base rate in the pool,
+    recall@K = K / pool size."""
+    _, _, holders, n_pool = truth
+    bins = {}
+    for name, lo, hi in ALL_BINS:
+        rates = [len(holders[q["category"]]) / n_pool for q in queries if lo <= q["area"] < hi]
+        bins[name] = {"n": len(rates), **{f"precision@{k}": _mean(rates) if rates else None for k in KS},
+                      **{f"recall@{k}": min(k, n_pool) / n_pool if rates else None for k in KS},
+                      **{f"loc@{k}": None for k in KS}}
+    return {"bins": bins}
 
-    def queries_for(method):
-        return [Query(q["uri"], [tuple(q["box"])], max(KS), MODEL, method, fmap=fmaps[q["uri"]],
-                      image_size=q["size"]) for q in queries]
 
-    sel = Selector(ws, preload=True)  # feature maps in memory: the fine stage reads no Parquet per query
-    for method in ("template", "global"):
-        qs = queries_for(method)
-        sel.run(qs[:1], write=False)  # warm-up: loads the index once
-        runs = candidates if method == "template" else (None,)
-        for n_cand in runs:
-            sels = []
-            for qq in qs:  # one at a time: per-query latency as a user sees it
-                sels += sel.run([qq], write=False, n_candidates=n_cand)
-            r = _evaluate(sels, queries, pool_boxes, holders)
-            print(f"{method} candidates={r['candidates']}: recall@100 <1% {r['bins']['<1%']['recall@100']:.3f}, "
-                  f"p50 {r['latency_ms_p50']:.0f} ms", flush=True)
-            if method == "template":
-                report["candidates"][str(r["candidates"])] = r
-            if method == "global" or n_cand == max(candidates):
-                report["methods"][method] = r
+# ----------------------------------------------------------------------------------------------- methods
+def encode_queries(ws: Workspace, model: str, queries: list[dict]) -> dict:
+    from actors.core.images import load_image
+    from actors.features.encoder import load_region_encoder
+
+    enc = load_region_encoder(ws, model)
+    return {u: enc.encode(load_image(u), u) for u in sorted({q["uri"] for q in queries})}
+
+
+def run_method(sel: Selector, model: str, method: str, queries: list[dict], fmaps: dict, *,
+               candidates: int | None = None, scales=SCALES, top_k: int = max(KS)) -> list[Selection]:
+    """One query at a time (per-query latency as a user sees it); ``coarse``: the coarse stage's ranking alone."""
+    qs = [Query(q["uri"], [tuple(q["box"])], top_k, model, "global" if method == "global" else "template",
+                fmap=fmaps[q["uri"]], image_size=q["size"]) for q in queries]
+    if method != "coarse":
+        sel.run(qs[:1], write=False, n_candidates=candidates, scales=scales)  # warm-up: loads index and cache
+        return [sel.run([q], write=False, n_candidates=candidates, scales=scales)[0] for q in qs]
+    index = sel.index(model, "region")
+    out = []
+    for q, meta in zip(qs, queries):
+        t0 = time.perf_counter()
+        fm = q.fmap
+        t = box_template(fm.fmap, q.boxes[0], fm.stride_y, fm.stride_x, scales=scales, image_size=q.image_size,
+                         center=index.center)
+        vec = t.vector.detach().cpu().numpy()[None].astype(np.float32)
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True) + 1e-12
+        ids = coarse_candidates(index, [vec], top_k)
+        whole = (0.0, 0.0, *meta["size"])
+        hits = [Hit(i, -float(r), whole, [whole]) for r, i in enumerate(ids)]
+        out.append(Selection("", {}, hits, coarse_s=time.perf_counter() - t0, n_candidates=len(ids)))
+    return out
+
+
+def run_config(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, fmaps: dict,
+               sel: Selector) -> dict:
+    sels = run_method(sel, store_name(cfg["pool"]), "template", queries, fmaps, candidates=cfg["candidates"],
+                      scales=cfg["scales"])
+    return evaluate(sels, queries, truth, localizes=True)
+
+
+# ----------------------------------------------------------------------------------------------- phases
+def tune(ws: Workspace, queries: list[dict], truth: tuple, grid: dict) -> dict:
+    """Coordinate search from START over ``grid`` (pool, cell_pool, candidates, scales, in that order)."""
+    best = dict(START, candidates=min(START["candidates"], max(grid["candidates"])))
+    if best["scales"] not in grid["scales"]:
+        best["scales"] = grid["scales"][0]
+    tried: dict[str, dict] = {}
+    state: dict = {"pool": None, "cell_pool": None, "sel": None, "fmaps": None}
+
+    def measure(cfg: dict) -> dict:
+        key = json.dumps(cfg, sort_keys=True)
+        if key in tried:
+            return tried[key]
+        if state["pool"] != cfg["pool"]:
+            ensure_store(ws, cfg["pool"])
+            state.update(pool=cfg["pool"], cell_pool=None,
+                         fmaps=encode_queries(ws, store_name(cfg["pool"]), queries))
+        if state["cell_pool"] != cfg["cell_pool"]:
+            build_region(ws, store_name(cfg["pool"]), cfg["cell_pool"])
+            state.update(cell_pool=cfg["cell_pool"], sel=Selector(ws, preload=True))
+        r = run_config(ws, cfg, queries, truth, state["fmaps"], state["sel"])
+        small = r["bins"]["<1%"]
+        tried[key] = {**cfg, "recall@100_<1%": small["recall@100"], "precision@10_<1%": small["precision@10"],
+                      "latency_ms_p50": r["latency_ms_p50"], "n_<1%": small["n"]}
+        print(f"tune {cfg}: R@100<1% {small['recall@100']:.3f}, P@10 {small['precision@10']:.3f}, "
+              f"p50 {r['latency_ms_p50']:.0f} ms", flush=True)
+        return tried[key]
+
+    for knob in ("pool", "cell_pool", "candidates", "scales"):
+        results = [measure({**best, knob: v}) for v in grid[knob]]
+        top = max(results, key=lambda r: (round(r["recall@100_<1%"] or 0, 4), -r["latency_ms_p50"]))
+        best[knob] = top[knob]
+    return {"chosen": best, "tried": list(tried.values()), "criterion": "template recall@100 on objects < 1%, "
+            "ties by p50 latency; coordinate search in the order pool, cell_pool, candidates, scales"}
+
+
+def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: int) -> dict:
+    model = store_name(cfg["pool"])
+    info = ensure_store(ws, cfg["pool"])
+    info["index_region"] = build_region(ws, model, cfg["cell_pool"])
+    fmaps = encode_queries(ws, model, queries)
+    sel = Selector(ws, preload=True)
+    out: dict = {"config": cfg, "store": info, "n_queries": len(queries), "methods": {},
+                 "chance": chance(queries, truth)}
+    for method in ("template", "coarse", "global"):
+        sels = run_method(sel, model, method, queries, fmaps, candidates=cfg["candidates"], scales=cfg["scales"])
+        out["methods"][method] = evaluate(sels, queries, truth, localizes=method == "template")
+        b = out["methods"][method]["bins"]["<1%"]
+        print(f"report {method}: R@100<1% {b['recall@100']:.3f} P@10 {b['precision@10']:.3f}", flush=True)
     if cold:  # no cache: every candidate's row is read from the Parquet store (OS page cache may be warm)
         cold_sel = Selector(ws, cache_size=0)
         cold_sel.indexes = sel.indexes
-        sels = [cold_sel.run([qq], write=False, n_candidates=max(candidates))[0]
-                for qq in queries_for("template")[:cold]]
-        report["cold"] = {"n": len(sels), **{k: v for k, v in _evaluate(sels, queries[:cold], pool_boxes,
-                                                                          holders).items() if k != "bins"}}
-    t, g = (report["methods"][m]["bins"]["<1%"]["recall@100"] for m in ("template", "global"))
-    report["recall100_small_ratio_template_over_global"] = (t / g) if t is not None and g else None
-    return report
+        sels = run_method(cold_sel, model, "template", queries[:cold], fmaps, candidates=cfg["candidates"],
+                          scales=cfg["scales"])
+        out["cold"] = {"n": len(sels), **{k: v for k, v in evaluate(sels, queries[:cold], truth, True).items()
+                                          if k != "bins"}}
+    r = {m: out["methods"][m]["bins"]["<1%"]["recall@100"] for m in out["methods"]}
+    c = out["chance"]["bins"]["<1%"]["recall@100"]
+    out["ratios_recall100_small"] = {"template_over_global": _ratio(r["template"], r["global"]),
+                                     "template_over_coarse": _ratio(r["template"], r["coarse"]),
+                                     "template_over_chance": _ratio(r["template"], c),
+                                     "global_over_chance": _ratio(r["global"], c)}
+    return out
 
 
-def markdown(report: dict) -> str:
-    """The report as a markdown table: one row per method × size bin."""
-    lines = ["| method | size bin | n | " + " | ".join(f"P@{k} | R@{k} | loc@{k}" for k in KS) + " |",
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+# ----------------------------------------------------------------------------------------------- output
+def markdown(res: dict) -> str:
+    rep = res["report"]
+    lines = [f"Report world seed {res['report_seed']} (defaults tuned on seed {res['tune_seed']}): "
+             f"{res['n_pool']} pool images, {rep['n_queries']} held-out queries; chosen {rep['config']}; "
+             f"store {rep['store']['store']} ({rep['store']['cell_stride']}-px cells, "
+             f"{rep['store']['disk_bytes_per_image'] / 1024:.0f} KiB/image on disk); region index "
+             f"{rep['store']['index_region']['factory']} n={rep['store']['index_region']['n_vectors']:,}", "",
+             "| method | size bin | n | " + " | ".join(f"P@{k} | R@{k} | loc@{k}" for k in KS) + " |",
              "|---|---|---|" + "---|" * (3 * len(KS))]
-    for method, r in report["methods"].items():
+    rows = list(rep["methods"].items()) + [("chance", rep["chance"])]
+    for method, r in rows:
         for b, v in r["bins"].items():
-            cells = " | ".join(f"{v[f'{m}@{k}'] or 0:.3f}" for k in KS for m in ("precision", "recall", "loc"))
+            cells = " | ".join("–" if v[f"{m}@{k}"] is None else f"{v[f'{m}@{k}']:.3f}"
+                               for k in KS for m in ("precision", "recall", "loc"))
             lines.append(f"| {method} | {b} | {v['n']} | {cells} |")
     lines.append("")
-    for method, r in report["methods"].items():
+    for method, r in rep["methods"].items():
         lines.append(f"- {method}: latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms "
-                     f"(coarse p50 {r['coarse_ms_p50']:.1f} ms, fine p50 {r['fine_ms_p50']:.1f} ms, "
-                     f"{r['candidates']} candidates; feature maps cached)")
-    if report.get("cold"):
-        c = report["cold"]
-        lines.append(f"- template, uncached (candidate rows read from the Parquet store, {c['n']} queries): "
-                     f"p50 {c['latency_ms_p50']:.1f} ms, p95 {c['latency_ms_p95']:.1f} ms")
-    if len(report.get("candidates", {})) > 1:
-        lines += ["", "| coarse candidates | R@100 (<1%) | P@10 (<1%) | p50 ms | p95 ms |", "|---|---|---|---|---|"]
-        for n, r in sorted(report["candidates"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {n} | {r['bins']['<1%']['recall@100']:.3f} | {r['bins']['<1%']['precision@10']:.3f} | "
-                         f"{r['latency_ms_p50']:.0f} | {r['latency_ms_p95']:.0f} |")
-    ratio = report["recall100_small_ratio_template_over_global"]
-    lines.append(f"- recall@100 on objects < 1%: template / global = {ratio if ratio is None else round(ratio, 3)}")
+                     f"(coarse p50 {r['coarse_ms_p50']:.1f} ms, fine p50 {r['fine_ms_p50']:.1f} ms; cached)")
+    if rep.get("cold"):
+        c = rep["cold"]
+        lines.append(f"- template uncached ({c['n']} queries): p50 {c['latency_ms_p50']:.1f} ms, "
+                     f"p95 {c['latency_ms_p95']:.1f} ms")
+    lines.append(f"- recall@100 on objects < 1%, ratios: {json.dumps(rep['ratios_recall100_small'])}")
+    lines += ["", f"Tuning on seed {res['tune_seed']} ({res['tuning']['n_queries']} queries): "
+              + res["tuning"]["criterion"], "",
+              "| pool | cell_pool | candidates | scales | R@100 (<1%) | P@10 (<1%) | p50 ms |", "|---|---|---|---|---|---|---|"]
+    for t in res["tuning"]["tried"]:
+        lines.append(f"| {t['pool']} | {t['cell_pool']} | {t['candidates']} | {t['scales']} | "
+                     f"{t['recall@100_<1%']:.3f} | {t['precision@10_<1%']:.3f} | {t['latency_ms_p50']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out-dir", default="/tmp/assay-bench-world")
-    ap.add_argument("--n-images", type=int, default=4000, help="world size; the pool is 75% of it")
-    ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ray", action="store_true", help="embed with the Ray Data pipeline (default in-process)")
-    ap.add_argument("--train-minutes", type=float, default=2.5, help="backbone training budget")
-    ap.add_argument("--pool", type=int, default=1, help="backbone cells averaged per stored cell (1 = stride 8)")
-    ap.add_argument("--pca-dim", type=int, default=None, help="PCA-reduce stored cells to this many dims")
-    ap.add_argument("--factory", default="Flat", help="FAISS factory of the region index ('auto': by size)")
-    ap.add_argument("--cell-pool", type=int, default=2, help="region index over k×k blocks of stored cells")
-    ap.add_argument("--candidates", type=int, nargs="+", default=[1000],
-                    help="coarse-stage candidate counts to compare (the largest is the reported default)")
-    ap.add_argument("--cold", type=int, default=30, help="queries re-run without the feature-map cache")
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
-    args = ap.parse_args()
-    global MODEL
-    MODEL = store_name(args.pool, args.pca_dim)
-    ws, info = prepare(Path(args.out_dir), args.n_images, args.seed, args.train_minutes, args.ray, args.pool,
-                       args.pca_dim, None if args.factory == "auto" else args.factory, args.cell_pool)
-    report = run(ws, args.queries, args.seed, tuple(args.candidates), args.cold)
-    n_pool = ws.read_table(IMAGES, columns=["split"]).column("split").to_pylist().count("pool")
-    report.update(n_images=args.n_images, n_pool=n_pool, seed=args.seed, **info)
-    md = markdown(report)
+    ap.add_argument("--out-dir", default="/tmp/assay-bench-ts")
+    ap.add_argument("--n-images", type=int, default=2000, help="world size per seed; the pool is 62.5%% of it")
+    ap.add_argument("--queries", type=int, default=80, help="held-out query objects on the report seed")
+    ap.add_argument("--tune-queries", type=int, default=60, help="query objects on the tuning seed")
+    ap.add_argument("--seed", type=int, default=0, help="world seed the figures are reported on")
+    ap.add_argument("--tune-seed", type=int, default=1, help="world seed the defaults are chosen on")
+    ap.add_argument("--train-minutes", type=float, default=2.5, help="backbone training budget per world")
+    ap.add_argument("--cold", type=int, default=20, help="report queries re-run without the feature-map cache")
+    ap.add_argument("--smoke", action="store_true", help="tiny worlds and grid (seconds); JSON under --out-dir")
+    ap.add_argument("--out", default=None, help="JSON path (default bench/targeted_selection.json)")
+    a = ap.parse_args(argv)
+    if a.tune_seed == a.seed:
+        ap.error("--tune-seed must differ from --seed")
+    out_dir = Path(a.out_dir)
+    size, grid = (512, 384), GRID
+    if a.smoke:
+        a.n_images, a.queries, a.tune_queries, a.train_minutes, a.cold = 48, 4, 4, 0.05, 2
+        size, grid = (192, 144), SMOKE_GRID
+    out = Path(a.out or (out_dir / "targeted_selection.json" if a.smoke else Path(__file__).with_suffix(".json")))
+    t0 = time.perf_counter()
+    ws_t, world_t = prepare_world(out_dir / f"seed{a.tune_seed}", a.n_images, a.tune_seed, a.train_minutes, size)
+    truth_t = load_truth(ws_t)
+    tq = pick_queries(truth_t[0], a.tune_queries, a.tune_seed)
+    tuning = {**tune(ws_t, tq, truth_t, grid), "n_queries": len(tq), "world": world_t}
+    ws_r, world_r = prepare_world(out_dir / f"seed{a.seed}", a.n_images, a.seed, a.train_minutes, size)
+    truth_r = load_truth(ws_r)
+    rq = pick_queries(truth_r[0], a.queries, a.seed)
+    res = {"smoke": a.smoke, "tune_seed": a.tune_seed, "report_seed": a.seed, "n_images": a.n_images,
+           "image_size": list(size), "n_pool": truth_r[3], "splits": [list(s) for s in SPLITS],
+           "query_instances_held_out": True, "grid": grid, "start": START, "tuning": tuning,
+           "report_world": world_r, "report": report(ws_r, tuning["chosen"], rq, truth_r, a.cold),
+           "wall_s": time.perf_counter() - t0,
+           "notes": "accuracy figures are deterministic given the seeds; latencies were measured on a shared "
+                    "2-core machine with other jobs running and are noisy",
+           "command": "python bench/targeted_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    md = markdown(res)
     print(md)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    Path(args.out).with_suffix(".md").write_text(
-        f"pool images: {n_pool}, store {info['store']} (cell stride {info['cell_stride']} px, {info['dim']} dims, "
-        f"{info['bytes_per_image'] / 1024:.0f} KiB/image), region index {info['index_region']}\n\n" + md)
-    print(f"wrote {args.out} and .md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(out)
+    out.with_suffix(".md").write_text(md)
+    print(f"wrote {out} and .md")
 
 
 if __name__ == "__main__":
