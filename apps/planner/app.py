@@ -1,0 +1,25 @@
+"""The planner's router: ``streamlit run apps/planner/app.py`` (started by ``assay app --workspace WS``).
+
+Multipage navigation with ``st.navigation``; each page is a script in ``apps/planner/pages/``. The workspace comes
+from ``$ASSAY_WORKSPACE`` (see :func:`apps.planner.common.workspace_uri`).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from apps.planner.common import workspace_uri
+
+PAGES = (
+    ("pages/requirements.py", "Data requirements", ":material/trending_up:"),
+    ("pages/plan.py", "Collection plan", ":material/event_note:"),
+    ("pages/selection.py", "Targeted selection", ":material/image_search:"),
+    ("pages/active.py", "Active learning", ":material/model_training:"),
+    ("pages/compression.py", "Compression", ":material/compress:"),
+)
+
+st.set_page_config(page_title="Assay planner", page_icon=":material/insights:", layout="wide")
+nav = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
+                     for i, (path, title, icon) in enumerate(PAGES)])
+st.sidebar.caption(f"Workspace: `{workspace_uri()}`")
+nav.run()

@@ -1,0 +1,183 @@
+"""Workspace reads, validation and exports behind the targeted-selection page.
+
+Mining itself is :func:`actors.selection.mine.mine` / :func:`~actors.selection.mine.mine_batch` — the calls
+``assay mine`` makes. This module only checks input before anything is written (image bytes that decode, a box
+inside the image) and turns a saved selection (``selections/<query_id>.parquet``) into a gallery, a manifest CSV
+or a COCO JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+
+import pandas as pd
+import streamlit as st
+
+from actors.core.errors import UserError
+from apps.planner.data import _stamp
+
+THUMB = 360  # longest side of a gallery thumbnail, pixels
+
+
+def stores(ws) -> list[str]:
+    """Feature stores (folders under ``features/``)."""
+    import pyarrow.fs as pafs
+
+    sel = pafs.FileSelector(ws.path("features"), allow_not_found=True)
+    return sorted(i.base_name for i in ws.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
+
+
+def indexed_stores(ws) -> list[str]:
+    """Feature stores whose region index exists (``index/<model>/manifest.json``)."""
+    return [m for m in stores(ws) if ws.exists(f"index/{m}/manifest.json")]
+
+
+def catalog(ws) -> pd.DataFrame:
+    """The ok catalog rows (image_id, uri, width, height, split); empty when there is no catalog."""
+    from actors.catalog.schema import IMAGES
+
+    cols = ["image_id", "uri", "width", "height", "split"]
+    if not ws.exists(IMAGES):
+        return pd.DataFrame(columns=cols)
+    return _catalog(ws.uri, _stamp(ws, IMAGES)).copy()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _catalog(uri: str, _stamp) -> pd.DataFrame:
+    from actors.catalog.schema import load_images
+
+    return load_images(uri, columns=["image_id", "uri", "width", "height", "split"]).to_pandas()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def indexed_images(uri: str, model: str, _stamp) -> frozenset[str]:
+    """Image ids in ``model``'s region index (their stored features can serve as a query)."""
+    from actors.core.workspace import Workspace
+    from actors.selection.index import load_index
+
+    return frozenset(load_index(Workspace(uri), model).indexed_images())
+
+
+def decode_upload(data: bytes):
+    """A PIL RGB image from uploaded bytes and its format (``"png"``/``"jpeg"``/…); :class:`UserError` when the
+    bytes are not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise UserError("the uploaded file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            fmt = (im.format or "png").lower()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"the uploaded file is not an image this app can read ({type(e).__name__})") from e
+    if rgb.width < 1 or rgb.height < 1:
+        raise UserError("the uploaded image is empty")
+    return rgb, fmt
+
+
+def check_box(box, width: float, height: float) -> tuple[float, float, float, float]:
+    """The box as floats when ``0 <= x0 < x1 <= width`` and ``0 <= y0 < y1 <= height``; else :class:`UserError`."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise UserError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has a value that is not a number")
+    if x1 <= x0 or y1 <= y0:
+        raise UserError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty: need x0 < x1 and y0 < y1")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise UserError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the image of size "
+                        f"{width:g}x{height:g}")
+    return x0, y0, x1, y1
+
+
+def _encode(image, fmt: str) -> tuple[bytes, str]:
+    ext = "jpg" if fmt in ("jpeg", "jpg") else "png"
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG" if ext == "jpg" else "PNG")
+    return buf.getvalue(), ext
+
+
+def upload_rel(image, fmt: str):
+    """Where an uploaded query image goes: ``queries/images/<sha256 of its pixels' encoding>.<ext>`` (the uploaded
+    file name is never used), and a check ``existed(ws)`` telling whether it is already there."""
+    data, ext = _encode(image, fmt)
+    rel = f"queries/images/{hashlib.sha256(data).hexdigest()[:16]}.{ext}"
+    return rel, lambda ws: ws.exists(rel)
+
+
+def save_upload(ws, rel: str, image, fmt: str) -> str:
+    """Write an uploaded query image to ``rel`` (see :func:`upload_rel`); returns its local path."""
+    data, _ = _encode(image, fmt)
+    ws.write_bytes(rel, data)
+    return str(ws.local_path(rel))
+
+
+def selection_ids(ws) -> list[str]:
+    """Saved selections (``selections/<query_id>.parquet``), newest first."""
+    names = [n[: -len(".parquet")] for n in ws.listdir("selections", ".parquet")]
+    return sorted(names, key=lambda q: _stamp(ws, f"selections/{q}.parquet")[0] or 0, reverse=True)
+
+
+def load_selection(ws, query_id: str) -> tuple[pd.DataFrame, dict]:
+    """The selection's hits joined with the catalog (uri, width, height) and the query record (or {})."""
+    rel = f"selections/{query_id}.parquet"
+    if not ws.exists(rel):
+        raise UserError(f"{ws.path(rel)}: no such selection")
+    hits = _selection(ws.uri, rel, _stamp(ws, rel)).copy()
+    cat = catalog(ws)[["image_id", "uri", "width", "height"]]
+    hits = hits.merge(cat, on="image_id", how="left")
+    qrel = f"queries/{query_id}.json"
+    query = ws.read_json(qrel) if ws.exists(qrel) else {}
+    return hits.sort_values("rank").reset_index(drop=True), query
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _selection(uri: str, rel: str, _stamp) -> pd.DataFrame:
+    from actors.core.workspace import Workspace
+
+    cols = ["image_id", "rank", "score", "x0", "y0", "x1", "y1"]
+    return Workspace(uri).read_table(rel, columns=cols).to_pandas()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail(uri: str, box: tuple[float, float, float, float], _mtime=None) -> bytes | None:
+    """PNG bytes of the image at ``uri`` with ``box`` drawn, at most :data:`THUMB` px; None when unreadable."""
+    from PIL import Image, ImageDraw
+
+    try:
+        with Image.open(uri) as im:
+            im = im.convert("RGB")
+    except (OSError, ValueError):
+        return None
+    draw = ImageDraw.Draw(im)
+    w = max(2, round(max(im.size) / 160))
+    draw.rectangle([box[0], box[1], box[2], box[3]], outline=(255, 40, 40), width=w)
+    im.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def manifest_csv(hits: pd.DataFrame) -> str:
+    """The selection as a manifest CSV: image_id, uri, rank, score, x0, y0, x1, y1 (pixels)."""
+    cols = ["image_id", "uri", "rank", "score", "x0", "y0", "x1", "y1"]
+    return hits.reindex(columns=cols).to_csv(index=False)
+
+
+def coco_json(hits: pd.DataFrame, query_id: str) -> str:
+    """The selection as COCO JSON: one image per hit (file_name = uri) and its matched box as an annotation with
+    the score; category ``query-<query_id>``."""
+    images, anns = [], []
+    for i, r in enumerate(hits.to_dict("records"), start=1):
+        w = None if pd.isna(r.get("width")) else int(r["width"])
+        h = None if pd.isna(r.get("height")) else int(r["height"])
+        images.append({"id": i, "file_name": r.get("uri") if isinstance(r.get("uri"), str) else r["image_id"],
+                       "width": w, "height": h, "assay_image_id": r["image_id"]})
+        bw, bh = float(r["x1"] - r["x0"]), float(r["y1"] - r["y0"])
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [float(r["x0"]), float(r["y0"]), bw, bh],
+                     "area": bw * bh, "iscrowd": 0, "score": float(r["score"]), "rank": int(r["rank"])})
+    return json.dumps({"info": {"description": f"Assay selection {query_id}"}, "images": images,
+                       "annotations": anns, "categories": [{"id": 1, "name": f"query-{query_id}"}]}, indent=1)
