@@ -1,16 +1,31 @@
-"""Benchmark the data-requirement estimators and LOC on real learning curves (LCDB, Mohr et al. 2022).
+"""Benchmark the data-requirement estimators, the shipped prior and LOC on real learning curves (LCDB 0.1.0).
 
-LCDB's source distribution (PyPI ``lcdb==0.1.0``) ships ``database-accuracy.csv``: learning curves of sklearn
-learners on OpenML datasets. We read that CSV with pandas (``import lcdb`` needs undeclared packages), average the
-seeds per (dataset, learner, size), and use the validation accuracy in percent.
+Data: LCDB's ``database-accuracy.csv`` (:mod:`estimators.lcdb`), seeds averaged, validation accuracy in percent.
 
-Protocol: fit on the points up to 10% (and 20%) of the largest size; target = accuracy at the largest size minus
-``--margin`` points; keep curves whose target is at least 0.5 points above the prefix's best. Everything learned
-from past curves (τ, the law selection, LOC's calibration) is learned on the other half of the datasets (2-fold by
-OpenML id) and reported on the held-out half. Simulator: T = 1, 3, 5 rounds from the 10% prefix, cap = largest
-size, cost 1 per sample. Curves are processed by ``--jobs`` worker processes.
+Held-out protocol. Datasets (OpenML ids) are split into ``--folds`` folds. For each fold, a prior is learned with the
+shipped prior's own code (:mod:`estimators.prior`: every usable curve of the *other* folds, prefix up to 10%, target
+= final accuracy − ``--margin``), written as JSON and loaded back, exactly as the CLI loads the shipped one. On up to
+``--max-curves`` held-out curves (a seeded sample), fitted on the points up to 10% (and 20%) of the largest size with
+the target = accuracy at the largest size − margin (every such curve reaches its target), we compare:
 
-    python bench/estimators.py [--lcdb PATH] [--max-curves 600] [--jobs 2]
+- ``power``: the plain power law; the other laws uncorrected;
+- ``no prior``: what ``assay estimate`` did without ``--past`` before the prior shipped (law chosen on held-back
+  points, uncorrected);
+- ``power+tau``: the power law corrected by the fold prior's τ;
+- ``default CLI``: :func:`estimators.requirement.estimate_requirement` with the fold's prior — the path ``assay
+  estimate`` takes with no ``--past`` (status: estimate / open / unreachable / worse);
+- ``--past``: the same call with a selection learned on the *same dataset's other learners* (a team's own past
+  curves), where the dataset has at least 3 other usable curves.
+
+Simulator (``estimators.simulate``): T = 1, 3, 5 rounds from the 10% prefix, cost 1 per sample, every registered
+policy including the ``cap`` reference (collect up to the cap in round 1). Two caps: the truth's largest size (the
+policies are told where the truth ends; a run at the cap then succeeds for free), and a team cap of 100× the
+current size (the CLI default), under which requests beyond the truth's largest size are unmeasurable and reported
+as such, not as successes. Failures are also charged a penalty equal to the cap reference's cost (``--penalty-x``
+times it) in the all-runs cost.
+
+    python bench/estimators.py --lcdb PATH [--max-curves 600] [--folds 5] [--jobs 1]
+    python bench/estimators.py --smoke          # seconds, synthetic curves, writes into a temp dir
 
 Prints markdown tables, writes them to ``bench/estimators.md`` and the numbers to ``bench/estimators.json``.
 """
@@ -21,9 +36,8 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import subprocess
 import sys
-import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,348 +46,307 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.estimators_report import render_markdown, verdicts  # noqa: E402
 from estimators.curves import make_curve  # noqa: E402
 from estimators.laws import get_law, list_laws  # noqa: E402
-from estimators.loc import LOCPlanner  # noqa: E402
-from estimators.requirement import (  # noqa: E402
-    EstimatePolicy,
-    correction_from_estimates,
-    make_task,
-    select_law,
-    selection_from_estimates,
-)
-from estimators.simulate import simulate, summarize  # noqa: E402
+from estimators.lcdb import LcdbCurve, dataset_folds, read_lcdb  # noqa: E402
+from estimators.past import make_task, point_estimate  # noqa: E402
+from estimators.prior import (load_prior, prior_dict, selection_from_tasks, task_estimates,  # noqa: E402
+                              write_prior)
+from estimators.requirement import estimate_requirement  # noqa: E402
+from estimators.simulate import get_policy, list_policies, simulate, summarize  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "assay"
-CSV_NAME = "database-accuracy.csv"
-
-
-def locate_lcdb(path: str | None) -> Path:
-    """Path of LCDB's accuracy CSV: ``--lcdb`` (CSV, folder or sdist .tar.gz), the cache, or a fresh download."""
-    if path:
-        p = Path(path)
-        if p.is_dir():
-            hits = sorted(p.rglob(CSV_NAME))
-            if not hits:
-                sys.exit(f"error: no {CSV_NAME} under {p}")
-            return hits[0]
-        if p.name.endswith(".tar.gz"):
-            return _extract(p)
-        if p.exists():
-            return p
-        sys.exit(f"error: --lcdb {p} does not exist")
-    cached = CACHE / "lcdb" / CSV_NAME
-    if cached.exists():
-        return cached
-    dl = CACHE / "lcdb" / "sdist"
-    dl.mkdir(parents=True, exist_ok=True)
-    print(f"downloading the lcdb==0.1.0 source distribution into {dl} ...", file=sys.stderr)
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "lcdb==0.1.0",
-                        "-d", str(dl)], capture_output=True, text=True)
-    tars = sorted(dl.glob("lcdb-*.tar.gz"))
-    if r.returncode != 0 or not tars:
-        sys.exit("error: could not download lcdb (no network?). Download it with\n  pip download --no-deps "
-                 "--no-binary :all: lcdb==0.1.0 -d DIR\nand pass --lcdb DIR/lcdb-0.1.0.tar.gz\n" + r.stderr[-500:])
-    return _extract(tars[0])
-
-
-def _extract(tar: Path) -> Path:
-    out = CACHE / "lcdb" / CSV_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar) as tf:
-        member = next((m for m in tf.getmembers() if m.name.endswith("/" + CSV_NAME)), None)
-        if member is None:
-            sys.exit(f"error: {tar} holds no {CSV_NAME}")
-        src = tf.extractfile(member)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_bytes(src.read())
-        tmp.replace(out)
-    return out
-
-
-def load_curves(csv: Path):
-    """(openmlid, learner, LearningCurve) for every LCDB curve, seeds averaged, accuracy in percent."""
-    import pandas as pd
-
-    agg_path = CACHE / "lcdb" / "accuracy-curves.parquet"
-    if agg_path.exists() and agg_path.stat().st_mtime >= csv.stat().st_mtime:
-        agg = pd.read_parquet(agg_path)
-    else:
-        df = pd.read_csv(csv, usecols=["openmlid", "learner", "size_train", "score_valid"])
-        df = df[np.isfinite(df["score_valid"])]
-        agg = df.groupby(["openmlid", "learner", "size_train"], as_index=False)["score_valid"].mean()
-        agg.to_parquet(agg_path)
-    out = []
-    for (oid, learner), g in agg.groupby(["openmlid", "learner"], sort=True):
-        try:
-            c = make_curve(g["size_train"], 100 * g["score_valid"].clip(0, 1), name=f"{oid}/{learner}")
-        except ValueError:
-            continue
-        out.append((int(oid), learner, c))
-    return out
-
-
 FRACTIONS = (0.1, 0.2)
 ROUNDS = (1, 3, 5)
+TEAM_CAP_X = 100.0
 PAPER_NOTE = ("NeurIPS'22 (Mahmood et al., Optimizing Data Collection for ML), Table 1 pattern: regression-based "
               "estimators fail often when they may collect only a few rounds (e.g. ImageNet, T=5: 56% failures for "
               "the regression estimate) while LOC fails rarely (2%) at a comparable or modestly higher cost ratio.")
 
 
-def ratio_stats(est: np.ndarray, truth: np.ndarray, n0: np.ndarray) -> dict:
-    est_tot = np.maximum(est, n0)  # (n0 + n_hat) / (n0 + n*) with n_hat, n* the additional data
-    ratio = est_tot / truth
-    logr = np.abs(np.log(ratio))
-    fin = np.isfinite(ratio)
-    return {"ratio_median": float(np.median(ratio)),
-            "ratio_mean_finite": float(np.mean(ratio[fin])) if fin.any() else math.inf,
-            "under_share": float(np.mean(est_tot < truth)), "median_abs_log": float(np.median(logr)),
-            "unreachable_share": float(np.mean(~np.isfinite(est)))}
+# --------------------------------------------------------------------------------------------- data
+def synthetic_curves(n_datasets: int = 4, per_dataset: int = 4, seed: int = 0) -> list[LcdbCurve]:
+    """Tiny LCDB-like curves for ``--smoke``: saturating power laws with noise, 16 … 16·2^9 samples."""
+    rng = np.random.default_rng(seed)
+    sizes = 16 * 2.0 ** np.arange(0, 10, 0.5)
+    out = []
+    for d in range(n_datasets):
+        top = rng.uniform(80, 97)
+        for k in range(per_dataset):
+            a, b = rng.uniform(80, 300), -rng.uniform(0.3, 0.7)
+            y = np.clip(top - a * sizes ** b + rng.normal(0, 0.2, len(sizes)), 0, 100)
+            out.append(LcdbCurve(1000 + d, f"learner{k}", make_curve(sizes, y, name=f"{1000 + d}/learner{k}")))
+    return out
 
 
-def _safe(fn, *a, **k):
+def _pmap(fn, items, jobs: int, chunksize: int = 4):
+    if jobs <= 1:
+        return [fn(x) for x in items]
+    with mp.get_context("fork").Pool(jobs) as pool:
+        return pool.map(fn, items, chunksize=chunksize)
+
+
+def _task_job(args):
+    c, margin = args
+    return task_estimates(c.curve, fraction=0.1, margin=margin)
+
+
+def prefix_estimates(curves, args, cache: Path | None) -> list:
+    """:func:`estimators.prior.task_estimates` of every curve, kept in ``cache`` (resumable across runs)."""
+    key = f"margin={args.margin}"
+    done = {}
+    if cache and cache.exists():
+        done = json.loads(cache.read_text()).get(key, {})
+    todo = [c for c in curves if c.curve.name not in done]
+    for i in range(0, len(todo), 400):  # checkpoint every 400 curves
+        part = todo[i:i + 400]
+        for c, r in zip(part, _pmap(_task_job, [(c, args.margin) for c in part], args.jobs, chunksize=16)):
+            done[c.curve.name] = r
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + ".tmp")
+            tmp.write_text(json.dumps({key: done}))
+            tmp.replace(cache)
+        print(f"  prefix estimates: {len(done)}/{len(curves)}", file=sys.stderr, flush=True)
+    return [_inf(done[c.curve.name]) for c in curves]
+
+
+def _inf(r):
+    """JSON round trip: estimates stored as Infinity come back as float inf (json does this); None stays None."""
+    return None if r is None else {**r, "est": {k: float(v) for k, v in r["est"].items()}}
+
+
+def fold_priors(curves, rows, folds, k, margin, out_dir: Path, source: str) -> dict:
+    """Learn one prior per fold on the other folds' curves, write it as JSON and load it back."""
+    priors = {}
+    for f in range(k):
+        train = [r for c, r in zip(curves, rows) if r is not None and folds[c.openmlid] != f]
+        sel = selection_from_tasks(train)
+        prov = {"source": source, "lcdb_version": "0.1.0", "metric": "validation accuracy, percent",
+                "n_curves": len(train), "n_datasets": len({c.openmlid for c, r in zip(curves, rows)
+                                                            if r is not None and folds[c.openmlid] != f}),
+                "fold_scheme": f"{k}-fold by dataset (seed 0); fold {f} held out",
+                "fit_fraction": 0.1, "margin": margin, "min_gain": 0.5, "quantile": 0.5,
+                "created": time.strftime("%Y-%m-%d", time.gmtime()), "command": "bench/estimators.py"}
+        priors[f] = load_prior(write_prior(prior_dict(sel, prov), out_dir / f"prior-fold{f}.json"))
+    return priors
+
+
+def past_selections(curves, rows, min_curves: int = 3) -> dict:
+    """``--past`` for each curve: a selection learned on the same dataset's other usable curves (None if < 3)."""
+    by_ds = {}
+    for i, (c, r) in enumerate(zip(curves, rows)):
+        if r is not None:
+            by_ds.setdefault(c.openmlid, []).append(i)
+    out = {}
+    for i, c in enumerate(curves):
+        others = [rows[j] for j in by_ds.get(c.openmlid, []) if j != i]
+        out[i] = selection_from_tasks(others) if len(others) >= min_curves else None
+    return out
+
+
+# --------------------------------------------------------------------------------------------- estimation
+def _raw(law, t):
     try:
-        return fn(*a, **k)
+        return float(get_law(law).fit(t.n, t.y).required_n(t.target))
     except ValueError:
         return math.inf
 
 
-def _required(law, t):
-    return get_law(law).fit(t.n, t.y).required_n(t.target)
-
-
-# --------------------------------------------------------------------------------------------- per-curve work
-def estimate_curve(item, margin):
-    """Per-law (and held-back-selected) estimates at each prefix fraction, with fit times (ms)."""
-    oid, _, c = item
+def evaluate_curve(job):
+    """Every estimator on one held-out curve at each prefix fraction."""
+    c, prior, past, margin, n_boot = job
     out = {}
     for frac in FRACTIONS:
-        t = make_task(c, fraction=frac, margin=margin)
+        t = make_task(c.curve, fraction=frac, margin=margin)
         if t is None:
             continue
-        est, ms = {}, {}
-        for name in list(list_laws()) + ["holdout"]:
-            t0 = time.perf_counter()
-            if name == "holdout":
-                est[name] = _safe(_required, select_law(t.n, t.y)[0], t)
-            else:
-                est[name] = _safe(_required, name, t)
-            ms[name] = 1e3 * (time.perf_counter() - t0)
-        out[frac] = {"n0": float(t.n[-1]), "n_star": t.n_star, "m": len(t.n), "est": est, "ms": ms}
-    return oid, out
-
-
-def simulate_curve(job):
-    """Replay every policy at every T on one curve; returns {policy: {T: SimResult}} and LOC plan times (ms)."""
-    oid, c, margin, policies = job
-    t = make_task(c, fraction=0.1, margin=margin)
-    res, plan_ms = {}, []
-    for name, make in policies.items():
-        res[name] = {}
-        for T in ROUNDS:
-            t0 = time.perf_counter()
-            r = simulate(c, make(T), target=t.target, n0=float(t.n[-1]), rounds=T)
-            if name.startswith("loc"):
-                plan_ms.append(1e3 * (time.perf_counter() - t0) / max(r.rounds_used, 1))
-            res[name][T] = r
-    return oid, res, plan_ms
-
-
-class _Policies:
-    """Picklable factories of the simulated policies for one fold (τ, selection, calibration from the other)."""
-
-    def __init__(self, corr, sel, n_boot, loc_risk, loc_risk2):
-        self.corr, self.sel, self.n_boot, self.risk, self.risk2 = corr, sel, n_boot, loc_risk, loc_risk2
-
-    def items(self):
-        loc = {"cost": 1.0, "risk": self.risk, "n_boot": self.n_boot, "seed": 0}
-        return {"power": lambda T: EstimatePolicy(law="power"),
-                "power+tau": lambda T: EstimatePolicy(law="power", correction=self.corr),
-                "auto+tau": lambda T: EstimatePolicy(law="auto", selection=self.sel),
-                "loc": lambda T: LOCPlanner(rounds=T, **loc),
-                "loc+tau": lambda T: LOCPlanner(rounds=T, correction=self.corr, calibrate="tau", **loc),
-                "loc+past": lambda T: LOCPlanner(rounds=T, correction=self.corr, calibrate="past", **loc),
-                f"loc+past ε={self.risk2:g}": lambda T: LOCPlanner(rounds=T, correction=self.corr, calibrate="past",
-                                                                 **{**loc, "risk": self.risk2}),
-                }.items()
-
-
-def _sim_job(job):
-    oid, c, margin, pol = job
-    return simulate_curve((oid, c, margin, dict(pol.items())))
-
-
-def time_20_point_fits(items, k: int = 40) -> dict:
-    """Mean and max ms per fit of each law on the first 20 points of ``k`` curves (serial, in this process)."""
-    curves = [c for _, _, c in items if len(c.n) >= 20 and np.ptp(c.score()[:20]) > 0][:k]
-    out = {}
-    for name in list_laws():
-        ms = []
-        for c in curves:
-            t0 = time.perf_counter()
-            _safe(get_law(name).fit, c.n[:20], c.score()[:20])
-            ms.append(1e3 * (time.perf_counter() - t0))
-        out[name] = {"mean": float(np.mean(ms)), "max": float(np.max(ms)), "curves": len(ms)}
+        pre = c.curve.head(t.n[-1])
+        n0 = float(t.n[-1])
+        t0 = time.perf_counter()
+        r = estimate_requirement(pre, t.target, selection=prior.selection, n_boot=n_boot, prior="fold")
+        ms = 1e3 * (time.perf_counter() - t0)
+        est = {row["law"]: float(row["required_n"]) for row in r.per_law}
+        try:
+            est["no prior"] = float(point_estimate(t.n, t.y, t.target, law="holdout"))
+        except ValueError:
+            est["no prior"] = math.inf
+        p = est["power"]
+        est["power+tau"] = float(prior.correction("power").apply(p, n0)) if p > n0 else p
+        est["default CLI"] = float(r.required_n)
+        status = {"default CLI": r.status}
+        if past is not None:
+            rp = estimate_requirement(pre, t.target, selection=past, n_boot=n_boot)
+            est["--past"], status["--past"] = float(rp.required_n), rp.status
+        out[frac] = {"n0": n0, "n_star": float(t.n_star), "m": len(t.n), "est": est, "status": status,
+                     "default_ms": ms, "default_law": r.law}
     return out
 
 
-# --------------------------------------------------------------------------------------------- aggregation
-def estimation_tables(per_curve, folds):
+def ratio_stats(est, truth, n0, status=None) -> dict:
+    """Median |log(n̂/n*)|, under-estimate share, share with no estimate; n̂ below n0 counts as n0."""
+    est, truth, n0 = (np.asarray(v, float) for v in (est, truth, n0))
+    est_tot = np.maximum(est, n0)
+    logr = np.abs(np.log(est_tot / truth))
+    out = {"curves": int(len(est)), "median_abs_log": float(np.median(logr)) if len(est) else math.nan,
+           "ratio_median": float(np.median(est_tot / truth)) if len(est) else math.nan,
+           "under_share": float(np.mean(est_tot < truth)) if len(est) else math.nan,
+           "unreachable_share": float(np.mean(~np.isfinite(est))) if len(est) else math.nan}
+    if status is not None:
+        st = np.asarray(status)
+        out["status_share"] = {s: float(np.mean(st == s)) for s in sorted(set(status))}
+        open_ = st == "open"
+        out["open_median_abs_log"] = float(np.median(logr[open_])) if open_.any() else None
+        out["unreachable_share"] = float(np.mean(st == "unreachable"))
+        out["no_estimate_share"] = float(np.mean(~np.isfinite(est)))
+    return out
+
+
+def estimation_tables(evals) -> dict:
     report = {}
     for frac in FRACTIONS:
-        rows = [(oid, d[frac]) for oid, d in per_curve if frac in d]
-        n0 = np.array([r["n0"] for _, r in rows])
-        truth = np.array([r["n_star"] for _, r in rows])
-        fold = np.array([folds[oid] for oid, _ in rows])
-        names = list(list_laws()) + ["holdout"]
-        est = {k: np.array([r["est"][k] for _, r in rows]) for k in names}
-        laws = list(list_laws())
-        out = {k: est[k].copy() for k in names}
-        for k in ("power+tau", "holdout+tau", "auto", "auto(median)"):
-            out[k] = np.full(len(rows), np.nan)
-        chosen = {}
-        for f in (0, 1):
-            tr, te = fold != f, fold == f
-            sel = selection_from_estimates({k: est[k][tr] for k in laws}, n0[tr], truth[tr])
-            med = selection_from_estimates({k: est[k][tr] for k in laws}, n0[tr], truth[tr], how="median")
-            hcorr = correction_from_estimates(est["holdout"][tr], n0[tr], truth[tr], law="holdout")
-            chosen[f] = {"ranking": list(sel.ranking), "errors_on_train": sel.errors,
-                         "tau": {k: v.tau for k, v in sel.corrections.items()}, "holdout_tau": hcorr.tau}
-            for i in np.flatnonzero(te):
-                per = {k: est[k][i] for k in laws}
-                out["auto"][i] = sel.combine(per, n0[i])[0]
-                out["auto(median)"][i] = med.combine(per, n0[i])[0]
-                p, h = est["power"][i], est["holdout"][i]
-                out["power+tau"][i] = sel.corrections["power"].apply(p, n0[i]) if p > n0[i] else p
-                out["holdout+tau"][i] = hcorr.apply(h, n0[i]) if h > n0[i] else h
-        fit_ms = {k: float(np.mean([r["ms"][k] for _, r in rows])) for k in names}
-        bmin = np.min([est[k] for k in ("power", "arctan", "log", "root")], axis=0)
-        bmax = np.max([est[k] for k in ("power", "arctan", "log", "root")], axis=0)
-        report[str(frac)] = {
-            "curves": len(rows), "points_median": float(np.median([r["m"] for _, r in rows])),
-            "stats": {k: ratio_stats(v, truth, n0) for k, v in out.items()},
-            "fit_ms_per_curve": fit_ms, "selection_by_fold": chosen,
-            "bracket_covers": float(np.mean((bmin <= truth) & (truth <= bmax))),
-            "fit_ms_max_per_law": {k: float(np.max([r["ms"][k] for _, r in rows])) for k in laws}}
+        rows = [e[frac] for e in evals if frac in e]
+        if not rows:
+            continue
+        n0 = np.array([r["n0"] for r in rows])
+        truth = np.array([r["n_star"] for r in rows])
+        names = list(list_laws()) + ["no prior", "power+tau", "default CLI"]
+        stats = {k: ratio_stats([r["est"][k] for r in rows], truth, n0,
+                                [r["status"][k] for r in rows] if k in rows[0]["status"] else None) for k in names}
+        has = [i for i, r in enumerate(rows) if "--past" in r["est"]]
+        sub = lambda k: [rows[i]["est"][k] for i in has]  # noqa: E731
+        stats["--past"] = ratio_stats(sub("--past"), truth[has], n0[has], [rows[i]["status"]["--past"] for i in has])
+        stats["default CLI (same curves as --past)"] = ratio_stats(sub("default CLI"), truth[has], n0[has])
+        stats["power (same curves as --past)"] = ratio_stats(sub("power"), truth[has], n0[has])
+        laws_used = [r["default_law"] for r in rows]
+        report[str(frac)] = {"curves": len(rows), "points_median": float(np.median([r["m"] for r in rows])),
+                             "stats": stats, "default_ms_median": float(np.median([r["default_ms"] for r in rows])),
+                             "default_law_share": {k: laws_used.count(k) / len(rows) for k in sorted(set(laws_used))}}
     return report
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lcdb", help="LCDB accuracy CSV, a folder holding it, or the lcdb sdist .tar.gz")
-    ap.add_argument("--max-curves", type=int, default=600)
-    ap.add_argument("--margin", type=float, default=1.0, help="target = final accuracy minus this (points)")
-    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per LOC plan")
-    ap.add_argument("--loc-risk", type=float, default=0.05, help="LOC's acceptable failure risk ε")
-    ap.add_argument("--loc-risk2", type=float, default=0.2, help="a second ε for calibrated LOC (sensitivity)")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "estimators.json"))
-    ap.add_argument("--md", default=str(ROOT / "bench" / "estimators.md"))
-    args = ap.parse_args(argv)
-    t_start = time.perf_counter()
-    csv = locate_lcdb(args.lcdb)
-    items = load_curves(csv)
-    rng = np.random.default_rng(0)
-    items = [items[i] for i in rng.permutation(len(items))]
-    oids = sorted({oid for oid, _, _ in items})
-    folds = {oid: int(i) for oid, i in zip(oids, rng.permutation(len(oids)) % 2)}
-    usable = [it for it in items if make_task(it[2], fraction=0.1, margin=args.margin) is not None]
-    items = usable[: args.max_curves]
-    print(f"LCDB: {len(oids)} datasets, {len(items)} curves used", file=sys.stderr)
-    report = {"source": str(csv), "args": vars(args), "paper_note": PAPER_NOTE,
-              "fit_ms_20_points": time_20_point_fits(items)}
-    with mp.get_context("fork").Pool(args.jobs) as pool:
-        per_curve = pool.starmap(estimate_curve, [(it, args.margin) for it in items], chunksize=8)
-        report["estimation"] = estimation_tables(per_curve, folds)
-        print(f"  estimated ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-        # simulation: τ / selection / LOC calibration from the 10% estimates of the other fold
-        e10 = {oid: d[0.1] for oid, d in per_curve}
-        pol = {}
-        for f in (0, 1):
-            tr = [(oid, d) for oid, d in per_curve if folds[oid] != f]
-            n0 = np.array([d[0.1]["n0"] for _, d in tr])
-            ns = np.array([d[0.1]["n_star"] for _, d in tr])
-            est = {k: np.array([d[0.1]["est"][k] for _, d in tr]) for k in list_laws()}
-            sel = selection_from_estimates(est, n0, ns)
-            pol[f] = _Policies(sel.corrections["power"], sel, args.n_boot, args.loc_risk, args.loc_risk2)
-        jobs = [(oid, c, args.margin, pol[folds[oid]]) for oid, _, c in items if oid in e10]
-        sims = pool.map(_sim_job, jobs, chunksize=4)
-    report["simulation"] = simulation_tables(sims, pol, args)
-    report["wall_s"] = time.perf_counter() - t_start
-    md = render_markdown(report, argv)
-    print(md)
-    Path(args.md).write_text(md)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=float))
-    return 0
-
-
-def simulation_tables(sims, pol, args):
-    names = list(sims[0][1])
-    by_rounds = {}
-    for T in ROUNDS:
-        by_rounds[str(T)] = {k: summarize([res[k][T] for _, res, _ in sims]) for k in names}
-    plan_ms = [m for _, _, ms in sims for m in ms]
-    return {"curves": len(sims), "tau": {str(f): p.corr.tau for f, p in pol.items()},
-            "auto_ranking": {str(f): list(p.sel.ranking) for f, p in pol.items()},
-            "loc": {"risk": args.loc_risk, "risk2": args.loc_risk2, "n_boot": args.n_boot}, "by_rounds": by_rounds,
-            "plan_ms_per_round_median": float(np.median(plan_ms)) if plan_ms else math.nan}
-
-
-def verdicts(rep) -> list[str]:
-    """The issue's two targets, checked on this run's numbers."""
-    out = ["\n## Targets\n"]
-    for frac, e in rep["estimation"].items():
-        a, p = e["stats"]["auto"]["median_abs_log"], e["stats"]["power"]["median_abs_log"]
-        out.append(f"- {float(frac):.0%}: selected+corrected (auto) median abs log {a:.3f} vs plain power {p:.3f}: "
-                   f"{'met' if a < p else 'not met'}")
-    for T, d in rep["simulation"]["by_rounds"].items():
-        ref = d["power+tau"]
-        for k in ("loc", "loc+tau", "loc+past"):
-            v = d[k]
-            fail_ok = v["failure_rate"] < ref["failure_rate"]
-            cost_ok = v["cost_ratio_median"] <= 1.1 * ref["cost_ratio_median"]
-            out.append(f"- T={T} {k}: failures {v['failure_rate']:.1%} vs power+tau {ref['failure_rate']:.1%}, "
-                       f"median cost ratio {v['cost_ratio_median']:.3f} vs {ref['cost_ratio_median']:.3f} "
-                       f"(limit {1.1 * ref['cost_ratio_median']:.3f}): {'met' if fail_ok and cost_ok else 'not met'}")
+# --------------------------------------------------------------------------------------------- simulation
+def simulate_curve(job):
+    """Every registered policy at every T under both caps on one curve: {cap: {policy: {T: SimResult}}}."""
+    c, prior, margin, n_boot, risk, penalty_x = job
+    t = make_task(c.curve, fraction=0.1, margin=margin)
+    n0, n_max = float(t.n[-1]), float(c.curve.n[-1])
+    cfg = {"correction": prior.correction("power"), "selection": prior.selection, "risk": risk, "n_boot": n_boot}
+    out = {}
+    for cap_name, cap in (("truth", n_max), ("team", TEAM_CAP_X * n0)):
+        out[cap_name] = {}
+        for name in list_policies():
+            out[cap_name][name] = {}
+            for T in ROUNDS:
+                out[cap_name][name][T] = simulate(c.curve, get_policy(name, rounds=T, **cfg), target=t.target, n0=n0,
+                                                  rounds=T, penalty=penalty_x * (n_max - n0), max_total=cap)
     return out
 
 
-def render_markdown(rep, argv) -> str:
-    cmd = "python bench/estimators.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = ["# Data-requirement estimators and LOC on LCDB\n", f"Command: `{cmd}` (wall {rep['wall_s']:.0f} s)\n"]
-    for frac, e in rep["estimation"].items():
-        out.append(f"\n## Estimation, fit on points up to {float(frac):.0%} of the largest size ({e['curves']} curves, "
-                   f"median {e['points_median']:.0f} points)\n")
-        out.append("| estimator | median (n0+n̂)/(n0+n*) | under-estimates | median abs log(n̂/n*) | unreachable | "
-                   "ms/fit |")
-        out.append("|---|---|---|---|---|---|")
-        for k, s in e["stats"].items():
-            ms = e["fit_ms_per_curve"].get(k)
-            out.append(f"| {k} | {s['ratio_median']:.3f} | {s['under_share']:.1%} | {s['median_abs_log']:.3f} | "
-                       f"{s['unreachable_share']:.1%} | {'' if ms is None else f'{ms:.1f}'} |")
-        sel = e["selection_by_fold"]
-        rankings = "; ".join(f"{f}: {v['ranking']}" for f, v in sel.items())
-        out.append(f"\nauto = law ranked best on the other fold's curves after its own τ (fallback to the next law "
-                   f"when unreachable); rankings by fold: {rankings}; "
-                   f"auto(median) = median of the τ-corrected laws; holdout = law chosen on held-back prefix points. "
-                   f"Bracket over the four paper laws covers n* on {e['bracket_covers']:.1%} of curves. "
-                   f"Max ms/fit: {e['fit_ms_max_per_law']}.")
-    t20 = ", ".join(f"{k} {v['mean']:.1f} (max {v['max']:.0f})" for k, v in rep["fit_ms_20_points"].items())
-    out.append(f"\nms per fit on 20-point curves (serial, before the workers start): {t20}.")
-    s = rep["simulation"]
-    out.append(f"\n## Simulated collection ({s['curves']} curves, start at 10%, cap = largest size, cost 1/sample; "
-               f"τ by fold {s['tau']}; LOC risk ε = {s['loc']['risk']}, {s['loc']['n_boot']} bootstrap draws)\n")
-    out.append("| T | policy | failure rate | median cost ratio | mean cost ratio | mean rounds |")
-    out.append("|---|---|---|---|---|---|")
-    for T, d in s["by_rounds"].items():
-        for k, v in d.items():
-            out.append(f"| {T} | {k} | {v['failure_rate']:.1%} | {v['cost_ratio_median']:.3f} | "
-                       f"{v['cost_ratio_mean']:.3f} | {v['rounds_mean']:.2f} |")
-    out.extend(verdicts(rep))
-    out.append(f"\ncost ratio = collected / oracle − 1 on successful runs. loc = the paper's bootstrap + KDE F; "
-               f"loc+tau = bootstrap draws shifted by τ; loc+past = draws × the other fold's past error ratios. "
-               f"LOC plan: {s['plan_ms_per_round_median']:.0f} ms per round (median).\n\n{rep['paper_note']}\n")
-    return "\n".join(out)
+def simulation_tables(sims) -> dict:
+    out = {}
+    for cap in ("truth", "team"):
+        out[cap] = {str(T): {k: summarize([s[cap][k][T] for s in sims]) for k in sims[0][cap]} for T in ROUNDS}
+    return out
+
+
+def time_20_point_fits(curves, k: int = 40) -> dict:
+    """Mean and max ms per fit of each law on the first 20 points of ``k`` curves (serial, in this process)."""
+    cs = [c.curve for c in curves if len(c.curve.n) >= 20 and np.ptp(c.curve.score()[:20]) > 0][:k]
+    out = {}
+    for name in list_laws():
+        ms = []
+        for c in cs:
+            t0 = time.perf_counter()
+            try:
+                get_law(name).fit(c.n[:20], c.score()[:20])
+            except ValueError:
+                pass
+            ms.append(1e3 * (time.perf_counter() - t0))
+        out[name] = {"mean": float(np.mean(ms)) if ms else math.nan, "max": float(np.max(ms)) if ms else math.nan,
+                     "curves": len(ms)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- driver
+def _args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lcdb", help="LCDB accuracy CSV, a folder holding it, or the lcdb-0.1.0 sdist .tar.gz")
+    ap.add_argument("--smoke", action="store_true", help="tiny synthetic run (seconds); writes into a temp dir "
+                                                         "unless --out/--md are given")
+    ap.add_argument("--max-curves", type=int, default=600, help="held-out curves evaluated and simulated")
+    ap.add_argument("--folds", type=int, default=5, help="folds by dataset")
+    ap.add_argument("--margin", type=float, default=1.0, help="target = final accuracy minus this (points)")
+    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (estimates and LOC plans)")
+    ap.add_argument("--loc-risk", type=float, default=0.05, help="LOC's acceptable failure risk ε")
+    ap.add_argument("--penalty-x", type=float, default=1.0, help="failure penalty, in units of the cap reference's "
+                                                                 "cost (truth's largest size − n0)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--out", default=None, help="JSON output (default bench/estimators.json)")
+    ap.add_argument("--md", default=None, help="markdown output (default bench/estimators.md)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="assay-bench-smoke-"))
+        args.out = args.out or str(tmp / "estimators.json")
+        args.md = args.md or str(tmp / "estimators.md")
+        args.max_curves, args.folds, args.n_boot = min(args.max_curves, 6), 2, min(args.n_boot, 20)
+    else:
+        if not args.lcdb:
+            ap.error("--lcdb PATH is required (pip download --no-deps --no-binary :all: lcdb==0.1.0 -d DIR); "
+                     "or --smoke")
+        args.out = args.out or str(ROOT / "bench" / "estimators.json")
+        args.md = args.md or str(ROOT / "bench" / "estimators.md")
+    return args
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    t_start = time.perf_counter()
+    say = lambda m: print(f"[{time.perf_counter() - t_start:6.0f} s] {m}", file=sys.stderr, flush=True)  # noqa
+    if args.smoke:
+        curves, source = synthetic_curves(), "synthetic (smoke)"
+    else:
+        curves = read_lcdb(args.lcdb, cache=CACHE / "lcdb" / "accuracy-curves-v2.parquet")
+        source = f"LCDB 0.1.0 ({Path(args.lcdb).name})"
+    folds = dataset_folds(curves, args.folds, seed=0)
+    say(f"{len(curves)} curves on {len(folds)} datasets; per-law prefix estimates for the fold priors ...")
+    rows = prefix_estimates(curves, args, None if args.smoke else CACHE / "bench-estimators-rows.json")
+    prior_dir = Path(tempfile.mkdtemp(prefix="assay-fold-priors-"))
+    priors = fold_priors(curves, rows, folds, args.folds, args.margin, prior_dir, source)
+    pasts = past_selections(curves, rows)
+    order = np.random.default_rng(0).permutation(len(curves))
+    pick = [int(i) for i in order if rows[i] is not None][: args.max_curves]
+    say(f"{sum(r is not None for r in rows)} usable curves; evaluating {len(pick)} held-out curves ...")
+    jobs = [(curves[i], priors[folds[curves[i].openmlid]], pasts[i], args.margin, args.n_boot) for i in pick]
+    evals = _pmap(evaluate_curve, jobs, args.jobs)
+    report = {"source": source, "args": vars(args), "paper_note": PAPER_NOTE,
+              "data": {"curves": len(curves), "datasets": len(folds), "usable_10pct": sum(r is not None for r in rows),
+                       "evaluated": len(pick)},
+              "fold_priors": {str(f): {"ranking": list(p.selection.ranking), "n_curves": p.provenance["n_curves"],
+                                       "tau": {k: p.correction(k).tau for k in p.selection.ranking}}
+                              for f, p in priors.items()},
+              "fit_ms_20_points": time_20_point_fits(curves, k=5 if args.smoke else 40),
+              "estimation": estimation_tables(evals)}
+    say("simulating collection campaigns ...")
+    sim_jobs = [(curves[i], priors[folds[curves[i].openmlid]], args.margin, args.n_boot, args.loc_risk,
+                 args.penalty_x) for i in pick]
+    sims = _pmap(simulate_curve, sim_jobs, args.jobs, chunksize=2)
+    report["simulation"] = {"curves": len(sims), "rounds": list(ROUNDS), "team_cap_x": TEAM_CAP_X,
+                            "loc_risk": args.loc_risk, "penalty_x": args.penalty_x,
+                            "by_cap": simulation_tables(sims)}
+    report["wall_s"] = time.perf_counter() - t_start
+    report["targets"] = verdicts(report)
+    md = render_markdown(report, argv if argv is not None else sys.argv[1:])
+    print(md)
+    for path, text in ((args.md, md), (args.out, json.dumps(report, indent=1, default=float))):
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(p)
+    say(f"wrote {args.out} and {args.md}")
+    return 0
 
 
 if __name__ == "__main__":

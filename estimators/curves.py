@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from estimators.errors import EstimatorInputError
+
 Direction = Literal["higher", "lower"]
 Scale = Literal["percent", "fraction"]
 
@@ -25,7 +27,7 @@ MIN_SIZES = 3
 SCALE_MAX = {"percent": 100.0, "fraction": 1.0}
 
 
-class CurveError(ValueError):
+class CurveError(EstimatorInputError):
     """A learning curve that cannot be fitted (too few sizes, NaN, duplicates, out-of-range values, ...)."""
 
 

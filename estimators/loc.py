@@ -27,6 +27,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from estimators.curves import LearningCurve
+from estimators.errors import EstimatorInputError
 from estimators.requirement import Correction, bootstrap_required_n
 
 
@@ -92,7 +93,7 @@ def calibrate_draws(draws, n0: float, correction: Correction, *, mode: str = "pa
         Corrected draws (finite ones first is not guaranteed; inf draws are kept).
     """
     if mode not in ("tau", "past"):
-        raise ValueError(f"calibrate mode must be 'tau' or 'past', got {mode!r}")
+        raise EstimatorInputError(f"calibrate mode must be 'tau' or 'past', got {mode!r}")
     d = np.asarray(draws, float)
     fin = np.isfinite(d) & (d > n0)
     extra = d[fin] - n0
@@ -279,15 +280,15 @@ class LOCPlanner:
 
     def _validate(self) -> None:
         if (self.penalty is None) == (self.risk is None):
-            raise ValueError("give exactly one of penalty (cost of failure) and risk (acceptable failure rate)")
+            raise EstimatorInputError("give exactly one of penalty (cost of failure) and risk (acceptable failure rate)")
         if not (self.cost > 0 and math.isfinite(self.cost)):
-            raise ValueError(f"cost must be a positive number, got {self.cost}")
+            raise EstimatorInputError(f"cost must be a positive number, got {self.cost}")
         if self.penalty is not None and not self.penalty >= 0:
-            raise ValueError(f"penalty must be >= 0, got {self.penalty}")
+            raise EstimatorInputError(f"penalty must be >= 0, got {self.penalty}")
         if self.risk is not None and not 0 < self.risk < 1:
-            raise ValueError(f"risk must be in (0, 1), got {self.risk}")
+            raise EstimatorInputError(f"risk must be in (0, 1), got {self.risk}")
         if int(self.rounds) != self.rounds or self.rounds < 1:
-            raise ValueError(f"rounds must be an integer >= 1, got {self.rounds}")
+            raise EstimatorInputError(f"rounds must be an integer >= 1, got {self.rounds}")
 
     def fit(self, n, y, target: float, *, spread=None, rounds: int | None = None):
         """Learn F from ``(n, y)`` (score percent, shape (m,)) and plan ``rounds`` (default ``self.rounds``).
@@ -298,7 +299,7 @@ class LOCPlanner:
         n0 = float(np.max(n))
         cap = self.max_total if self.max_total is not None else 100.0 * n0
         if cap < n0:
-            raise ValueError(f"max_total {cap:g} is below the current size {n0:g}")
+            raise EstimatorInputError(f"max_total {cap:g} is below the current size {n0:g}")
         self.distribution_ = learn_distribution(n, y, target, law=self.law, n_boot=self.n_boot, method=self.method,
                                                 spread=spread, seed=self.seed, correction=self.correction,
                                                 calibrate=self.calibrate)
@@ -343,10 +344,10 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
     """
     t = curve.score_target(target)
     if not 0 <= t <= 100:
-        raise ValueError(f"target {target:g} is outside the {curve.scale} range of curve {curve.name!r}")
+        raise EstimatorInputError(f"target {target:g} is outside the {curve.scale} range of curve {curve.name!r}")
     y = curve.score()
     if y[-1] >= t:
-        raise ValueError(f"curve {curve.name!r} already reaches target {target:g} at n={curve.n[-1]:g}")
+        raise EstimatorInputError(f"curve {curve.name!r} already reaches target {target:g} at n={curve.n[-1]:g}")
     spread = curve.spread / np.sqrt(np.maximum(curve.n_seeds, 1)) if np.any(curve.spread > 0) else None
     planner = LOCPlanner(cost=cost, penalty=penalty, risk=risk, rounds=rounds, max_total=max_total, law=law,
                          n_boot=n_boot, seed=seed, sources=sources, correction=correction,
