@@ -16,12 +16,13 @@ def curve_chart(points: pd.DataFrame, lines: pd.DataFrame, band: pd.DataFrame, t
     layers = []
     if len(band):
         layers.append(alt.Chart(band).mark_area(opacity=0.2, color="#4c78a8").encode(
-            x=x, y=alt.Y("lo:Q", title=metric), y2="hi:Q"))
+            x=x, y=alt.Y("lo:Q", title=metric, scale=alt.Scale(zero=False)), y2="hi:Q"))
     if len(lines):
-        layers.append(alt.Chart(lines).mark_line().encode(x=x, y=alt.Y("value:Q", title=metric),
-                                                          color=alt.Color("law:N", title="law")))
+        layers.append(alt.Chart(lines).mark_line().encode(
+            x=x, y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+            color=alt.Color("law:N", title="law", scale=alt.Scale(scheme="category10"))))
     layers.append(alt.Chart(points).mark_circle(size=70, color="black").encode(
-        x=x, y=alt.Y("value:Q", title=metric), tooltip=["n", "value"]))
+        x=x, y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)), tooltip=["n", "value"]))
     layers.append(alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(strokeDash=[6, 4], color="#e45756")
                   .encode(y="target:Q"))
     if required is not None and math.isfinite(required):

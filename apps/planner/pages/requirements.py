@@ -58,10 +58,10 @@ def render() -> None:
     st.altair_chart(charts.curve_chart(points, lines, band, float(target), req if req is not None else math.inf),
                     width="stretch")
     st.caption("Black: measured points. Lines: each law's fit. Shaded: the bootstrap band of the chosen law. "
-               "Dashed: the target; solid vertical: the recommended size.")
+               "Dashed: the target; solid vertical: the recommended size (after τ).")
 
     st.subheader("Required n per law")
-    rows = [{"law": p["law"], "required n": fmt_n(p["required_n"]),
+    rows = [{"law": p["law"], "required n (fit, before τ)": fmt_n(p["required_n"]),
              "fit rmse": None if p["rmse"] is None or not math.isfinite(p["rmse"]) else round(p["rmse"], 4),
              "selection error": res["selection_error"].get(p["law"]), "note": p["reason"] or ""}
             for p in res["per_law"]]
