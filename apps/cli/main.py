@@ -4,8 +4,10 @@ Commands are grouped in small modules, each with a ``register(app)`` that adds i
 (flat commands: ``assay world``, ``assay ingest``, ``assay estimate`` …). Each command parses, calls one library
 function and prints through :mod:`apps.cli.output`.
 
-User errors (bad input files, bad arguments, missing workspace state) end with a one-line ``error: …`` on stderr
-and exit code 2; set ``ASSAY_DEBUG=1`` to see the traceback instead.
+User errors — Assay's own types only: :class:`actors.core.errors.UserError` (and its subclasses such as
+``WorkspaceError``) and :class:`estimators.errors.EstimatorInputError` — end with a one-line ``error: …`` on stderr
+and exit code 2; set ``ASSAY_DEBUG=1`` to see the traceback instead. Any other exception is a bug: its traceback is
+printed and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 import typer
 
-from actors.core.workspace import WorkspaceError
+from actors.core.errors import UserError
 from apps.cli.output import error
+from estimators.errors import EstimatorInputError
 
 app = typer.Typer(
     name="assay",
@@ -36,10 +40,13 @@ COMMAND_MODULES = (
     "apps.cli.learn",
     "apps.cli.demo",
     "apps.cli.app",
+    "apps.cli.jobs",
+    "apps.cli.cluster",
+    "apps.cli.schedule",
 )
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
-                                                 PermissionError, WorkspaceError)
+# only Assay's own user-error types; a bare ValueError/OSError from anywhere else is a bug and shows its traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 
 
 def _register_all() -> None:
@@ -94,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except _click_errors() as e:  # usage errors (unknown option, extra argument…): click's one-line message
         e.show()
         return e.exit_code
+    except Exception:  # noqa: BLE001 - a bug: the full traceback, exit 1
+        traceback.print_exc()
+        return 1
     return 0
 
 
