@@ -7,6 +7,9 @@ chunks so 10M vectors never sit in memory at once. For each size: build time (tr
 
     python bench/index_scale.py                 # 1M and 10M
     python bench/index_scale.py --sizes 1000000 --nq 200
+    python bench/index_scale.py --smoke --out /tmp/index_scale.json   # seconds: 5k vectors, IVF16,PQ8x4
+
+Build and QPS are timings: noisy when other jobs share the machine; recall is not.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ def exact_topk(c: np.ndarray, xq: np.ndarray, n: int, k: int) -> np.ndarray:
     return I_all
 
 
-def bench_size(n: int, nq: int, k: int, nprobes: tuple[int, ...]) -> dict:
+def bench_size(n: int, nq: int, k: int, nprobes: tuple[int, ...], factory: str | None = None) -> dict:
+    """Build (train + add), size, QPS and recall@k of the index for n vectors (``factory``: choose_factory's)."""
     c = centres()
-    factory = choose_factory(n, DIM)
+    factory = factory or choose_factory(n, DIM)
     index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
     t0 = time.perf_counter()
     nlist = faiss.extract_index_ivf(index).nlist
@@ -85,19 +89,28 @@ def main() -> None:
     ap.add_argument("--nq", type=int, default=500)
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--threads", type=int, default=0, help="FAISS threads (0: FAISS default)")
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    ap.add_argument("--factory", default=None, help="FAISS factory for every size (default: choose_factory)")
+    ap.add_argument("--smoke", action="store_true", help="5k vectors, IVF16,PQ8x4, 50 queries, 1 thread (seconds)")
+    ap.add_argument("--out", default=None, help="JSON path (default bench/index_scale.json; required with --smoke)")
     args = ap.parse_args()
+    if args.smoke:
+        if not args.out:
+            ap.error("--smoke needs --out (smoke figures never overwrite the committed JSON)")
+        args.sizes, args.nq, args.nprobe = [5_000], 50, [4]
+        args.factory, args.threads = args.factory or "IVF16,PQ8x4", args.threads or 1
+    args.out = args.out or str(Path(__file__).with_suffix(".json"))
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     results = []
     for n in args.sizes:
-        r = bench_size(n, args.nq, 10, tuple(args.nprobe))
+        r = bench_size(n, args.nq, 10, tuple(args.nprobe), args.factory)
         results.append(r)
         print(f"n={n:,} {r['factory']}: build {r['build_s']:.1f}s (train {r['train_s']:.1f}s on "
               f"{r['trained_on']:,}), {r['bytes_per_vector']:.1f} B/vector, {r['index_mb']:.0f} MiB")
         for p in r["by_nprobe"]:
             print(f"   nprobe={p['nprobe']:4d}  QPS {p['qps']:9.0f}  recall@10 {p['recall_at_10']:.3f}", flush=True)
-        Path(args.out).write_text(json.dumps({"threads": faiss.omp_get_max_threads(), "results": results}, indent=2))
+        Path(args.out).write_text(json.dumps({"threads": faiss.omp_get_max_threads(), "smoke": args.smoke,
+                                              "results": results}, indent=2))
         print(f"wrote {args.out}", flush=True)
 
 

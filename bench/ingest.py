@@ -7,7 +7,10 @@ Cases, each in a fresh subprocess so peak RSS (``ru_maxrss``) is its own:
 * ``world``: ``make_world`` of ``--images`` 512x384 images (default 2,000; its time is the world-speed figure),
   then the world's ``images/`` folder ingested with header checks on into a fresh workspace.
 
-Usage: ``python bench/ingest.py [--rows N] [--images N] [--workers N]``; prints a table, writes bench/ingest.json.
+Usage: ``python bench/ingest.py [--rows N] [--images N] [--workers N] [--only manifest|world]``; prints a table
+and writes bench/ingest.json. ``--only`` re-measures one case and keeps the other case's stored result (each
+result records its own arguments). ``--smoke``: 2,000 rows and 16 images of 128x96, JSON to ``--out`` (seconds).
+Timings are noisy when other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -62,11 +65,11 @@ def case_manifest(rows: int, tmp: Path) -> dict:
             "baseline": "stream+hash+write floor", "baseline_rows_per_s": rows / floor}
 
 
-def case_world(images: int, workers: int, tmp: Path) -> dict:
+def case_world(images: int, workers: int, tmp: Path, size: tuple[int, int] = (512, 384)) -> dict:
     from actors.catalog.ingest import ingest
     from actors.catalog.world import make_world
 
-    s = make_world(tmp / "world", n_images=images, workers=workers)
+    s = make_world(tmp / "world", n_images=images, workers=workers, size=size)
     t0 = time.perf_counter()
     rep = ingest(tmp / "world" / "images", tmp / "ws", check_headers=True, progress=False)
     dt = time.perf_counter() - t0
@@ -82,6 +85,7 @@ def case_world(images: int, workers: int, tmp: Path) -> dict:
     return {"case": f"world folder {images:,} images, headers on", "rows": rep.added, "seconds": dt,
             "rows_per_s": rep.added / dt, "peak_rss_mib": _peak_mib(), "world_seconds": s.seconds,
             "world_images_per_s": images / s.seconds, "world_ingest_coco_seconds": s.ingest_seconds,
+            "world_images": images, "world_size": list(size),
             "world_workers": workers, "errors": rep.errors,
             "baseline": "sequential PIL header loop", "baseline_rows_per_s": len(files) / floor}
 
@@ -96,15 +100,34 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--case", choices=["manifest", "world"])
+    p.add_argument("--case", choices=["manifest", "world"], help=argparse.SUPPRESS)  # one case, in this process
+    p.add_argument("--size", default="512x384", help="world image size WxH")
+    p.add_argument("--only", choices=["manifest", "world"], help="re-measure this case only")
+    p.add_argument("--smoke", action="store_true", help="2,000 rows, 16 images of 128x96 (seconds); needs --out")
+    p.add_argument("--out", default=None, help="JSON path (default bench/ingest.json)")
     a = p.parse_args()
+    size = tuple(int(v) for v in a.size.lower().split("x"))
     if a.case:
         with tempfile.TemporaryDirectory() as tmp:
-            r = case_manifest(a.rows, Path(tmp)) if a.case == "manifest" else case_world(a.images, a.workers, Path(tmp))
+            r = (case_manifest(a.rows, Path(tmp)) if a.case == "manifest"
+                 else case_world(a.images, a.workers, Path(tmp), size))
         print(json.dumps(r))
         return
-    results = [_run_case(["--case", "manifest", "--rows", str(a.rows)]),
-               _run_case(["--case", "world", "--images", str(a.images), "--workers", str(a.workers)])]
+    if a.smoke:
+        if not a.out:
+            p.error("--smoke needs --out (smoke figures never overwrite the committed JSON)")
+        a.rows, a.images, a.size, a.workers = 2000, 16, "128x96", 1
+    out = Path(a.out) if a.out else ROOT / "bench" / "ingest.json"
+    stored = json.loads(out.read_text()) if a.only and out.exists() else {}
+    old = {("manifest" if r["case"].startswith("manifest") else "world"): r for r in stored.get("results", [])}
+    results = []
+    for case in ("manifest", "world"):
+        if a.only and case != a.only and case in old:
+            results.append(old[case])
+            continue
+        args = ["--case", case, "--rows", str(a.rows)] if case == "manifest" else \
+            ["--case", case, "--images", str(a.images), "--workers", str(a.workers), "--size", a.size]
+        results.append({**_run_case(args), "command": "python bench/ingest.py " + " ".join(args[2:])})
     from apps.cli.output import console, table
 
     console.print(table("ingest", ["case", "rows", "seconds", "rows/s", "baseline", "baseline rows/s",
@@ -113,10 +136,13 @@ def main() -> None:
                           r["baseline_rows_per_s"], r["rows_per_s"] / r["baseline_rows_per_s"], r["peak_rss_mib"])
                          for r in results]))
     w = results[1]
-    console.print(f"make_world: {a.images:,} images 512x384 in {w['world_seconds']:.1f}s "
-                  f"({w['world_images_per_s']:.1f} img/s, {a.workers} workers), COCO->catalog "
+    console.print(f"make_world: {w['world_images']:,} images in {w['world_seconds']:.1f}s "
+                  f"({w['world_images_per_s']:.1f} img/s, {w['world_workers']} workers), COCO->catalog "
                   f"{w['world_ingest_coco_seconds']:.1f}s")
-    (ROOT / "bench" / "ingest.json").write_text(json.dumps({"results": results, "args": vars(a)}, indent=2) + "\n")
+    for r in results:
+        r["ratio"] = r["rows_per_s"] / r["baseline_rows_per_s"]
+    out.write_text(json.dumps({"results": results, "smoke": a.smoke,
+                               "notes": "timings on a shared 2-core machine: noisy"}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
