@@ -80,11 +80,22 @@ def synthetic_curves(n_datasets: int = 4, per_dataset: int = 4, seed: int = 0) -
     return out
 
 
-def _pmap(fn, items, jobs: int, chunksize: int = 4):
+def _pmap(fn, items, jobs: int, chunksize: int = 4, label: str = ""):
+    """``map`` in ``jobs`` processes, printing progress every 50 items when ``label`` is given."""
+    out = []
     if jobs <= 1:
-        return [fn(x) for x in items]
-    with mp.get_context("fork").Pool(jobs) as pool:
-        return pool.map(fn, items, chunksize=chunksize)
+        it = map(fn, items)
+    else:
+        pool = mp.get_context("fork").Pool(jobs)
+        it = pool.imap(fn, items, chunksize=chunksize)
+    for i, r in enumerate(it):
+        out.append(r)
+        if label and (i + 1) % 50 == 0:
+            print(f"  {label}: {i + 1}/{len(items)}", file=sys.stderr, flush=True)
+    if jobs > 1:
+        pool.close()
+        pool.join()
+    return out
 
 
 def _task_job(args):
@@ -319,7 +330,7 @@ def main(argv=None) -> int:
     pick = [int(i) for i in order if rows[i] is not None][: args.max_curves]
     say(f"{sum(r is not None for r in rows)} usable curves; evaluating {len(pick)} held-out curves ...")
     jobs = [(curves[i], priors[folds[curves[i].openmlid]], pasts[i], args.margin, args.n_boot) for i in pick]
-    evals = _pmap(evaluate_curve, jobs, args.jobs)
+    evals = _pmap(evaluate_curve, jobs, args.jobs, label="evaluated")
     report = {"source": source, "args": vars(args), "paper_note": PAPER_NOTE,
               "data": {"curves": len(curves), "datasets": len(folds), "usable_10pct": sum(r is not None for r in rows),
                        "evaluated": len(pick)},
@@ -331,7 +342,7 @@ def main(argv=None) -> int:
     say("simulating collection campaigns ...")
     sim_jobs = [(curves[i], priors[folds[curves[i].openmlid]], args.margin, args.n_boot, args.loc_risk,
                  args.penalty_x) for i in pick]
-    sims = _pmap(simulate_curve, sim_jobs, args.jobs, chunksize=2)
+    sims = _pmap(simulate_curve, sim_jobs, args.jobs, chunksize=2, label="simulated")
     report["simulation"] = {"curves": len(sims), "rounds": list(ROUNDS), "team_cap_x": TEAM_CAP_X,
                             "loc_risk": args.loc_risk, "penalty_x": args.penalty_x,
                             "by_cap": simulation_tables(sims)}

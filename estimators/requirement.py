@@ -164,8 +164,7 @@ def _fit_laws(n, y, t: float) -> tuple[list[dict], dict[str, str]]:
                    "point reaches it; not used")
         elif why is None and n_req <= n[-1]:
             why = f"{name} puts the target within the measured sizes although the largest (n={n[-1]:g}) misses it"
-        rows.append({"law": name, "required_n": n_req, "reason": why, "rmse": est.rmse_, "params": est.params_,
-                     "rising": bool(est.predict(n[-1]) > est.predict(n[0]))})
+        rows.append({"law": name, "required_n": n_req, "reason": why, "rmse": est.rmse_, "params": est.params_})
     return rows, failed
 
 
@@ -178,10 +177,14 @@ def _worse_message(curve: LearningCurve) -> str:
             f"pass --direction {other}")
 
 
-def _gets_worse(y, rows) -> bool:
-    """The measured curve ends below where it starts and every law that fits it falls over the measured range."""
-    fits = [r for r in rows if "rising" in r]
-    return bool(y[-1] < y[0] and fits and not any(r["rising"] for r in fits))
+def _gets_worse(n, y) -> bool:
+    """The measured curve falls with more data: it ends below where it starts and its rank correlation with n is
+    below −0.5 (for 3 points: strictly falling)."""
+    if y[-1] >= y[0]:
+        return False
+    rn = np.argsort(np.argsort(n)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    return float(np.corrcoef(rn, ry)[0, 1]) < -0.5
 
 
 def _choose_law(law, selection, n, y, rows, failed) -> tuple[str, dict, str | None]:
@@ -253,7 +256,7 @@ def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "aut
         return RequirementResult(required_n=hit, interval=(hit, hit), additional_n=0.0, status="reached",
                                  reason=f"target already reached within the measured sizes (first at n ≈ {hit:,.0f})",
                                  **base)
-    if _gets_worse(y, rows):
+    if _gets_worse(n, y):
         return RequirementResult(required_n=math.inf, interval=(math.inf, math.inf), additional_n=math.inf,
                                  status="worse", reason=_worse_message(curve), **base)
     point = next(r["required_n"] for r in rows if r["law"] == law)
@@ -286,7 +289,8 @@ def _answer(point, draws, n0, corr, level, law, t) -> tuple[float, tuple[float, 
     req = fix(float(np.median(fin)))
     if math.isfinite(hi_c):
         return req, (lo_c, max(hi_c, req)), "estimate", (
-            f"the {law} fit itself gives no size above the current one; estimate = the median of its bootstrap fits")
+            f"the {law} fit puts the target at or below the current size although the largest measured point misses "
+            f"it (a noisy curve near the target); estimate = the median of its bootstrap fits, at least n0")
     return req, (lo_c, math.inf), "open", (
         f"the {law} fit does not reach {t:.4g} above the current size, but {len(fin) / len(draws):.0%} of its "
         f"bootstrap fits do: estimate (their median) with an open upper bound")
