@@ -15,6 +15,10 @@ Run::
     python bench/backbone_quality.py --world /tmp/bq_world --tag after
 
 Prints a table of every tag stored so far and writes ``bench/backbone_quality.json`` (results keyed by tag).
+``--n-images N`` generates the world first when ``--world`` holds none (``--world-seed``). ``--smoke``: a 40-image
+world of 192x144 in a temporary folder, 3 s of training, JSON to ``--out`` (seconds; checks the pipeline only).
+Training stops at ``--max-minutes`` of wall time, so on a loaded machine it takes fewer steps: the JSON records
+the epochs it ran.
 """
 
 from __future__ import annotations
@@ -147,6 +151,11 @@ def chance(labels: np.ndarray) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ driver
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
+    if not os.path.exists(os.path.join(args.world, "workspace", "catalog", "images.parquet")):
+        from actors.catalog.world import make_world
+
+        make_world(args.world, seed=args.world_seed, n_images=args.n_images, workers=2,
+                   size=(192, 144) if args.smoke else (512, 384))
     ws = Workspace(os.path.join(args.world, "workspace"))
     if args.load and ws.exists(SMALL_CHECKPOINT):
         ckpt = torch.load(ws.path(SMALL_CHECKPOINT), map_location="cpu", weights_only=True)
@@ -193,7 +202,10 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--world", required=True, help="a world made by `assay world` (holds workspace/)")
+    p.add_argument("--world", help="a world made by `assay world` (holds workspace/)")
+    p.add_argument("--n-images", type=int, default=1000, help="world size when --world holds none yet")
+    p.add_argument("--world-seed", type=int, default=0, help="world seed when --world holds none yet")
+    p.add_argument("--smoke", action="store_true", help="tiny world, 3 s of training (seconds); needs --out")
     p.add_argument("--tag", default="current", help="name of this run in the JSON / table")
     p.add_argument("--load", action="store_true", help="use the workspace's existing assay-small checkpoint")
     p.add_argument("--max-minutes", type=float, default=2.5)
@@ -202,9 +214,19 @@ def main(argv=None) -> None:
     p.add_argument("--max-images", type=int, default=200, help="val images used by the retrieval proxy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=os.path.join(HERE, "backbone_quality.json"))
+    p.add_argument("--out", default=None, help="JSON path (default bench/backbone_quality.json)")
     args = p.parse_args(argv)
+    if args.smoke:
+        if not args.out:
+            p.error("--smoke needs --out (smoke figures never overwrite the committed JSON)")
+        args.world = args.world or os.path.join(os.path.dirname(os.path.abspath(args.out)), "bq-smoke-world")
+        args.n_images, args.max_minutes, args.max_images, args.epochs = 40, 0.05, 8, args.epochs or 1
+    if not args.world:
+        p.error("--world is required")
+    args.out = args.out or os.path.join(HERE, "backbone_quality.json")
     result = run(args)
+    result["command"] = "python bench/backbone_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["smoke"] = args.smoke
     stored = {}
     if os.path.exists(args.out):
         with open(args.out) as fh:
