@@ -87,7 +87,7 @@ _register_all()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
     try:
-        app(args=argv, prog_name="assay", standalone_mode=False)
+        rc = app(args=argv, prog_name="assay", standalone_mode=False)  # typer.Exit(code) comes back as code
     except USER_ERRORS as e:
         if os.environ.get("ASSAY_DEBUG"):
             raise
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - a bug: the full traceback, exit 1
         traceback.print_exc()
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
