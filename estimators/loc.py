@@ -28,7 +28,7 @@ from scipy.special import ndtr
 
 from estimators.curves import LearningCurve
 from estimators.errors import EstimatorInputError
-from estimators.requirement import Correction, bootstrap_required_n
+from estimators.requirement import Correction, bootstrap_required_n, gets_worse, worse_message
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,8 @@ class CollectionPlan:
     note: str | None = None
     curve: str = "curve"
     target: float = math.nan
+    status: str = "plan"
+    prior: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -335,12 +337,15 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
     Returns
     -------
     CollectionPlan
-        Amount per round, expected cost, risk of failure (``1 − F(q_T)``).
+        Amount per round, expected cost, risk of failure (``1 − F(q_T)``); ``status`` is ``"plan"``, ``"open"``
+        (some bootstrap fits never reach the target: the requirement may exceed the plan) or ``"unreachable"``
+        (fewer than 10% of them reach it).
 
     Raises
     ------
-    ValueError
-        Invalid cost/penalty/risk/rounds/max_total, a target outside the metric's range, or a target already met.
+    EstimatorInputError
+        Invalid cost/penalty/risk/rounds/max_total, a target outside the metric's range, a target already met, or a
+        curve that gets worse with more data (the message suggests the other ``--direction``).
     """
     t = curve.score_target(target)
     if not 0 <= t <= 100:
@@ -348,10 +353,19 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
     y = curve.score()
     if y[-1] >= t:
         raise EstimatorInputError(f"curve {curve.name!r} already reaches target {target:g} at n={curve.n[-1]:g}")
+    if gets_worse(curve.n, y):
+        raise EstimatorInputError(worse_message(curve))
     spread = curve.spread / np.sqrt(np.maximum(curve.n_seeds, 1)) if np.any(curve.spread > 0) else None
     planner = LOCPlanner(cost=cost, penalty=penalty, risk=risk, rounds=rounds, max_total=max_total, law=law,
                          n_boot=n_boot, seed=seed, sources=sources, correction=correction,
                          calibrate=calibrate).fit(curve.n, y, t, spread=spread)
     plan = planner.plan_
     plan.curve, plan.target = curve.name, float(target)
+    p = planner.distribution_.p_finite
+    if p < 0.1:  # as for estimates: the central 80% of bootstrap fits excludes the target
+        plan.status = "unreachable"
+    elif p < 1.0:
+        plan.status = "open"
+        plan.note = "; ".join(v for v in (plan.note, f"{1 - p:.0%} of the bootstrap fits never reach the target: "
+                                          "the requirement may be far larger than planned (open upper bound)") if v)
     return plan

@@ -168,7 +168,8 @@ def _fit_laws(n, y, t: float) -> tuple[list[dict], dict[str, str]]:
     return rows, failed
 
 
-def _worse_message(curve: LearningCurve) -> str:
+def worse_message(curve: LearningCurve) -> str:
+    """The message for a curve that gets worse with more data, with the ``--direction`` that would fit."""
     other = "lower" if curve.direction == "higher" else "higher"
     kind = "an error or a loss" if other == "lower" else "a score such as accuracy or mAP"
     return (f"curve {curve.name!r} gets worse with more data under --direction {curve.direction} "
@@ -177,7 +178,7 @@ def _worse_message(curve: LearningCurve) -> str:
             f"pass --direction {other}")
 
 
-def _gets_worse(n, y) -> bool:
+def gets_worse(n, y) -> bool:
     """The measured curve falls with more data: it ends below where it starts and its rank correlation with n is
     below −0.5 (for 3 points: strictly falling)."""
     if y[-1] >= y[0]:
@@ -256,9 +257,9 @@ def estimate_requirement(curve: LearningCurve, target: float, *, law: str = "aut
         return RequirementResult(required_n=hit, interval=(hit, hit), additional_n=0.0, status="reached",
                                  reason=f"target already reached within the measured sizes (first at n ≈ {hit:,.0f})",
                                  **base)
-    if _gets_worse(n, y):
+    if gets_worse(n, y):
         return RequirementResult(required_n=math.inf, interval=(math.inf, math.inf), additional_n=math.inf,
-                                 status="worse", reason=_worse_message(curve), **base)
+                                 status="worse", reason=worse_message(curve), **base)
     point = next(r["required_n"] for r in rows if r["law"] == law)
     spread = curve.spread / np.sqrt(np.maximum(curve.n_seeds, 1)) if np.any(curve.spread > 0) else None
     draws = bootstrap_required_n(n, y, t, law=law, n_boot=n_boot, method=method, spread=spread, seed=seed)

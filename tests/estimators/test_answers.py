@@ -79,8 +79,12 @@ def test_target_outside_the_range_is_a_user_error():
 def test_loc_plans_for_open_and_unreachable_curves():
     open_plan = plan_collection(PLATEAU, 80.3, risk=0.1, rounds=3, n_boot=100, max_total=1e6)
     assert len(open_plan.totals) == 3 and open_plan.totals[-1] <= 1e6
+    assert open_plan.status == "open" and "open upper bound" in open_plan.note
+    assert plan_collection(PLATEAU, 79.0, risk=0.1, n_boot=100).status == "plan"
     far = plan_collection(PLATEAU, 99.0, risk=0.1, rounds=3, n_boot=100)
-    assert far.note and "unreachable" in far.note
+    assert far.status == "unreachable" and "unreachable" in far.note
+    with pytest.raises(EstimatorInputError, match="--direction lower"):
+        plan_collection(make_curve([10, 20, 40, 80], [80, 70, 60, 50]), 90, risk=0.1, n_boot=20)
 
 
 def test_log_profile_recovers_an_exact_log_law_and_its_bootstrap_collapses():
