@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from actors import runtime
+from actors.core import runtime
+from actors.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -38,10 +39,10 @@ def test_this_environment_has_exactly_one_faiss():
 
 def test_two_faiss_wheels_are_refused(monkeypatch):
     monkeypatch.setattr(runtime, "faiss_distributions", lambda: ["faiss-cpu", "faiss-gpu-cu12"])
-    with pytest.raises(RuntimeError, match="clash"):
+    with pytest.raises(UserError, match="clash"):
         runtime.check_faiss_install()
     monkeypatch.setattr(runtime, "faiss_distributions", lambda: [])
-    with pytest.raises(RuntimeError, match="not installed"):
+    with pytest.raises(UserError, match="not installed"):
         runtime.check_faiss_install()
 
 

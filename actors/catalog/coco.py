@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from actors.catalog.schema import LABEL_SCHEMA, conform_labels, image_id, normalize_uri
+from actors.core.errors import UserError
 
 
 def _coco_base(path: Path, images: list[dict]) -> str:
@@ -51,11 +52,11 @@ def _coco_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise ValueError(f"{path}: not a COCO file (no 'images' list)")
+        raise UserError(f"{path}: not a COCO file (no 'images' list)")
     if not doc["images"]:
-        raise ValueError(f"{path}: COCO file has no images")
+        raise UserError(f"{path}: COCO file has no images")
     return doc
 
 
@@ -63,9 +64,9 @@ def _coco_images(path: Path, doc: dict[str, Any]) -> dict[Any, dict[str, Any]]:
     by_id: dict[Any, dict[str, Any]] = {}
     for im in doc["images"]:
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise ValueError(f"{path}: image entry without 'id' and 'file_name': {im!r:.80}")
+            raise UserError(f"{path}: image entry without 'id' and 'file_name': {im!r:.80}")
         if im["id"] in by_id:
-            raise ValueError(f"{path}: duplicate image id {im['id']} "
+            raise UserError(f"{path}: duplicate image id {im['id']} "
                              f"({by_id[im['id']]['file_name']} and {im['file_name']})")
         by_id[im["id"]] = im
     return by_id
@@ -82,10 +83,10 @@ def read_coco(path: Path) -> tuple[pa.Table, pa.Table, list[tuple[str, str]]]:
     for k, ann in enumerate(doc.get("annotations") or []):
         im = by_id.get(ann.get("image_id"))
         if im is None:
-            raise ValueError(f"{path}: annotation {ann.get('id', k)} refers to unknown image id {ann.get('image_id')}")
+            raise UserError(f"{path}: annotation {ann.get('id', k)} refers to unknown image id {ann.get('image_id')}")
         box_id = int(ann.get("id", k))
         if box_id in seen:
-            raise ValueError(f"{path}: duplicate annotation id {box_id}")
+            raise UserError(f"{path}: duplicate annotation id {box_id}")
         seen.add(box_id)
         xyxy, reason = _box_error(ann.get("bbox"), im.get("width"), im.get("height"))
         category = cats.get(ann.get("category_id"))

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from actors.catalog.schema import (IMAGE_EXTS, IMAGE_SCHEMA, IMAGES, LABEL_SCHEMA, LABELS, RESERVED, conform_labels,
                                    normalize_uri)
+from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 
 MAX_EXAMPLES = 50  # failed rows listed by name in a report (all are counted)
@@ -159,14 +160,14 @@ def _truncated(f, fmt: str | None) -> bool:
 def detect_kind(path: Path) -> str:
     """``folder``, ``parquet``, ``csv`` or ``coco`` from the path (raises when it is none of them)."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder")
     if path.is_dir():
         return "folder"
     name = path.name.lower()
     for kind, exts in (("parquet", (".parquet", ".pq")), ("csv", (".csv", ".csv.gz")), ("coco", (".json",))):
         if name.endswith(exts):
             return kind
-    raise ValueError(f"{path}: unknown source kind; give a folder, a .parquet/.csv manifest or a COCO .json")
+    raise UserError(f"{path}: unknown source kind; give a folder, a .parquet/.csv manifest or a COCO .json")
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
@@ -178,7 +179,7 @@ def _folder(path: Path, batch_size: int) -> tuple[int, Iterator[pa.Table]]:
     files = sorted(str(Path(d) / f) for d, _, fs in os.walk(path) for f in fs
                    if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
     if not files:
-        raise ValueError(f"{path}: empty folder (no {'/'.join(e[1:] for e in IMAGE_EXTS)} files)")
+        raise UserError(f"{path}: empty folder (no {'/'.join(e[1:] for e in IMAGE_EXTS)} files)")
     return len(files), (pa.table({"uri": [normalize_uri(f) for f in c]}) for c in _chunks(files, batch_size))
 
 
@@ -195,7 +196,7 @@ def _to_int32(a: pa.ChunkedArray | pa.Array) -> pa.Array:
 def _manifest_batch(t: pa.Table, base: str, path: Path) -> pa.Table:
     """Normalise one manifest batch: uri resolved, width/height int32, split/extras as strings."""
     if "uri" not in t.column_names:
-        raise ValueError(f"{path}: manifest has no 'uri' column (columns: {', '.join(t.column_names)})")
+        raise UserError(f"{path}: manifest has no 'uri' column (columns: {', '.join(t.column_names)})")
     cols: dict[str, Any] = {"uri": [normalize_uri(u or "", base) for u in t["uri"].to_pylist()]}
     for name in ("width", "height"):
         if name in t.column_names:
@@ -224,9 +225,9 @@ def _manifest(path: Path, kind: str, batch_size: int) -> tuple[int | None, list[
         opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
         raw, total = _rebatch(pacsv.open_csv(path, convert_options=opts), batch_size), None
     if "uri" not in names:
-        raise ValueError(f"{path}: manifest has no 'uri' column (columns: {', '.join(names)})")
+        raise UserError(f"{path}: manifest has no 'uri' column (columns: {', '.join(names)})")
     if total == 0:
-        raise ValueError(f"{path}: manifest has no rows")
+        raise UserError(f"{path}: manifest has no rows")
     extras = [n if n not in RESERVED else f"manifest_{n}" for n in names
               if n not in ("uri", "width", "height", "split")]
     return total, extras, (_manifest_batch(pa.table(b), base, path) for b in raw)

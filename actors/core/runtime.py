@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -190,9 +192,9 @@ def check_faiss_install() -> str:
     """
     found = faiss_distributions()
     if not found:
-        raise RuntimeError('FAISS is not installed: pip install -e ".[cpu]" (or ".[gpu]" on a CUDA machine)')
+        raise UserError('FAISS is not installed: pip install -e ".[cpu]" (or ".[gpu]" on a CUDA machine)')
     if len(found) > 1:
-        raise RuntimeError(
+        raise UserError(
             f"several FAISS wheels are installed ({', '.join(found)}); they provide the same module and clash. "
             f'Run: pip uninstall -y {" ".join(found)} && pip install -e ".[gpu]"  (or ".[cpu]")'
         )

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actors.core.errors import UserError
 from actors.core.workspace import Workspace, WorkspaceError
 
 MANIFEST = "_manifest.json"
@@ -73,12 +74,12 @@ class ShardedDataset:
         dataset exists, otherwise ``ValueError`` is raised, since mixing outputs of two settings is never wanted.
         """
         if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+            raise UserError(f"shard_size must be >= 1, got {shard_size}")
         manifest = self.manifest()
         meta = dict(meta or {})
         saved_meta = manifest.get("meta") or {}
         if manifest["shards"] and saved_meta and meta and saved_meta != meta:
-            raise ValueError(
+            raise UserError(
                 f"{self.ws.path(self.rel)}: existing shards were made with {saved_meta}, not {meta}; "
                 "use another output folder or delete it"
             )

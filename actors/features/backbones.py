@@ -27,6 +27,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from actors.core.errors import UserError
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,7 +148,7 @@ def get_backbone(name: str, **cfg: Any) -> FeatureExtractor:
     base, path = parse_spec(name)
     _load_builders()
     if base not in _BACKBONES:
-        raise ValueError(f"unknown backbone {base!r}; known: {', '.join(list_backbones())}")
+        raise UserError(f"unknown backbone {base!r}; known: {', '.join(list_backbones())}")
     if path:
         cfg["path" if base == "torchscript" else "checkpoint"] = path
     return _BACKBONES[base](**cfg).eval()
@@ -165,7 +167,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
+        raise UserError(f"backbone checkpoint {path} does not exist")
     with open(path, "rb") as f:
         data = f.read()
     return _state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path), _weights_id(data)
@@ -178,7 +180,7 @@ def _state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{where}: not a state_dict (nor a dict with 'model'/'state_dict')")
+        raise UserError(f"{where}: not a state_dict (nor a dict with 'model'/'state_dict')")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -199,7 +201,7 @@ def _stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [("stem", model.stem)] + [(f"trunk_output.{n}", m) for n, m in model.trunk_output.named_children()]
     if hasattr(model, "features"):  # mobilenet, efficientnet, convnext, vgg …
         return [(f"features.{n}", m) for n, m in model.features.named_children()]
-    raise ValueError(f"{type(model).__name__}: cannot find its convolutional stages")
+    raise UserError(f"{type(model).__name__}: cannot find its convolutional stages")
 
 
 @torch.no_grad()
@@ -209,7 +211,7 @@ def _cut(stages: list[tuple[str, nn.Module]], layer: str | None, stride: int) ->
     if layer is not None:
         matches = [i for i, n in enumerate(names) if n == layer or n.split(".")[-1] == layer]
         if not matches:
-            raise ValueError(f"layer {layer!r} not found; stages are {names}")
+            raise UserError(f"layer {layer!r} not found; stages are {names}")
         return matches[0] + 1
     x, keep = torch.zeros(1, 3, _DRY_SIDE, _DRY_SIDE), 0
     for i, (_, m) in enumerate(stages):
@@ -218,7 +220,7 @@ def _cut(stages: list[tuple[str, nn.Module]], layer: str | None, stride: int) ->
             break
         keep = i + 1
     if keep == 0:
-        raise ValueError(f"no stage has stride <= {stride}")
+        raise UserError(f"no stage has stride <= {stride}")
     return keep
 
 
@@ -233,7 +235,7 @@ def _torchvision_backbone(arch: str, *, checkpoint: str | None = None, random_in
         if checkpoint is None:
             checkpoint = hub_weights_path(arch)
             if not os.path.isfile(checkpoint):
-                raise FileNotFoundError(
+                raise UserError(
                     f"no weights for {arch}: {checkpoint} is not in the torch hub cache and Assay never downloads; "
                     f"pass a local checkpoint as '{arch}:/path/to/ckpt.pt' or put the file there")
         sd, weights_id = read_checkpoint(checkpoint)
@@ -244,7 +246,7 @@ def _torchvision_backbone(arch: str, *, checkpoint: str | None = None, random_in
         kept = tuple(f"{n}." for n, _ in stages[:keep])
         lost = [k for k in missing if k.startswith(kept)]
         if lost:
-            raise ValueError(f"{checkpoint}: checkpoint does not fit {arch}; missing e.g. {lost[:3]}")
+            raise UserError(f"{checkpoint}: checkpoint does not fit {arch}; missing e.g. {lost[:3]}")
     body = nn.Sequential(*[m for _, m in stages[:keep]])
     return FeatureExtractor(body, name=arch, normalize=normalize, weights_id=weights_id)
 
@@ -258,7 +260,7 @@ def _torchscript_backbone(*, path: str | None = None, checkpoint: str | None = N
                           **_: Any) -> FeatureExtractor:
     path = path or checkpoint
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"TorchScript backbone file {path!r} does not exist (use 'torchscript:/path.pt')")
+        raise UserError(f"TorchScript backbone file {path!r} does not exist (use 'torchscript:/path.pt')")
     with open(path, "rb") as f:
         data = f.read()
     body = torch.jit.load(io.BytesIO(data), map_location="cpu")

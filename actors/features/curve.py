@@ -15,6 +15,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
+from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 
 CURVE_SCHEMA = pa.schema([("round", pa.int32()), ("n_labeled", pa.int64()), ("metric", pa.string()),
@@ -51,7 +52,7 @@ def measure_backbone_curve(ws: Workspace, *, fractions: Sequence[float] = (0.125
 
     fr = [float(f) for f in fractions]
     if not fr or any(not 0 < f <= 1 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
-        raise ValueError(f"fractions must be strictly increasing in (0, 1], got {list(fractions)}")
+        raise UserError(f"fractions must be strictly increasing in (0, 1], got {list(fractions)}")
     # train_backbone takes labelled images in a fixed order until max_windows // 2 images: cap by the data we have
     n_images = len(set(load_labels(ws, split="train").column("image_id").to_pylist()))
     budget = min(max_windows, 2 * n_images)

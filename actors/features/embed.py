@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import torch
 
 from actors.catalog.schema import IMAGES
+from actors.core.errors import UserError
 from actors.core.images import decode_batch
 from actors.core.runtime import Resources, init_ray
 from actors.core.shards import Shard, ShardedDataset
@@ -121,7 +122,7 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
     ds = ShardedDataset(ws, features_dir(name))
     manifest = ds.manifest()
     if manifest["shards"] and manifest["meta"] and manifest["meta"] != meta:
-        raise ValueError(f"{ws.path(features_dir(name))}: existing features were made with {manifest['meta']}, "
+        raise UserError(f"{ws.path(features_dir(name))}: existing features were made with {manifest['meta']}, "
                          f"not {meta}; pass another name or delete the folder")
     if rel and not (manifest["shards"] and ws.exists(rel)):
         enc = RegionEncoder(ext, pool=pool, max_side=max_side, device="cpu")
@@ -129,7 +130,7 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
         dec = decode_batch({"image_id": np.array(sample, object), "uri": np.array([uris[i] for i in sample], object)})
         fms = enc.encode_batch([im for im, e in zip(dec["image"], dec["error"]) if not e])
         if not fms:
-            raise ValueError("cannot fit the PCA: none of the first 32 images is readable")
+            raise UserError("cannot fit the PCA: none of the first 32 images is readable")
         cells = np.concatenate([f.fmap.reshape(f.fmap.shape[0], -1).T for f in fms])  # N×C
         cells = cells[np.random.default_rng(0).permutation(len(cells))[:50000]]
         _save_pca(ws, rel, *fit_pca(cells, pca_dim))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actors.core.errors import UserError
 from actors.core.runtime import device as auto_device
 from actors.core.workspace import Workspace, WorkspaceError
 from actors.features.backbones import FeatureExtractor, get_backbone, parse_spec
@@ -131,7 +132,7 @@ def _backbone(ws: Workspace, spec: str, checkpoint: str | None, cfg: dict[str, A
 def fit_pca(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """N×C vectors -> (mean C, components C×dim), the top principal axes, signs fixed (largest |entry| > 0)."""
     if dim > x.shape[1]:
-        raise ValueError(f"pca_dim={dim} exceeds the backbone's {x.shape[1]} channels")
+        raise UserError(f"pca_dim={dim} exceeds the backbone's {x.shape[1]} channels")
     x = x.astype(np.float64)
     mean = x.mean(0)
     vals, vecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))  # ascending

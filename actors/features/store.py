@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from actors.core.errors import UserError
 from actors.core.shards import Shard, ShardedDataset
 from actors.core.workspace import Workspace, WorkspaceError
 
@@ -47,7 +48,7 @@ FEATURE_SCHEMA = pa.schema([
 def features_dir(model: str) -> str:
     """Workspace-relative folder of a model's feature shards."""
     if not model or "/" in model or model.startswith("."):
-        raise ValueError(f"model name must be a plain name, got {model!r}")
+        raise UserError(f"model name must be a plain name, got {model!r}")
     return f"features/{model}"
 
 

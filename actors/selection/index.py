@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors.core.errors import UserError
 from actors.features.store import FeatureMap, feature_meta, feature_rows, features_dir, iter_feature_maps
 from actors.core.workspace import Workspace, WorkspaceError
 
@@ -73,7 +74,7 @@ class IndexManifest:
 def index_dir(model: str, kind: str = "region") -> str:
     """Workspace-relative folder of a model's index (``kind`` = "region" or "global")."""
     if kind not in KINDS:
-        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+        raise UserError(f"index kind must be one of {KINDS}, got {kind!r}")
     features_dir(model)  # validates the name
     return f"index/{model}" if kind == "region" else f"index/{model}-global"
 
@@ -138,7 +139,7 @@ def pool_center(fmaps: Iterable[FeatureMap]) -> np.ndarray:
         total = x.sum(1, dtype=np.float64) if total is None else total + x.sum(1, dtype=np.float64)
         n += x.shape[1]
     if total is None:
-        raise ValueError("no feature maps to compute the pool's mean cell vector from")
+        raise UserError("no feature maps to compute the pool's mean cell vector from")
     return (total / n).astype(np.float32)
 
 
@@ -172,11 +173,11 @@ class LoadedIndex:
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Inner-product search of unit query vectors ``xq`` (nq×d): D, I of shape nq×k (I = -1 when short)."""
         if self.ntotal == 0:
-            raise ValueError(f"the {self.manifest.kind} index of model {self.manifest.model!r} is empty; "
+            raise UserError(f"the {self.manifest.kind} index of model {self.manifest.model!r} is empty; "
                              "embed some images and run `assay index`")
         xq = normalize(np.atleast_2d(xq))
         if xq.shape[1] != self.manifest.dim:
-            raise ValueError(f"expected query vectors of dim {self.manifest.dim}, got {xq.shape[1]}")
+            raise UserError(f"expected query vectors of dim {self.manifest.dim}, got {xq.shape[1]}")
         return self.index.search(xq, min(int(k), self.ntotal))
 
     def query_vectors(self, x: np.ndarray) -> np.ndarray:
@@ -218,13 +219,13 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
     IndexManifest. Raises ``WorkspaceError`` when the model has no features, ``ValueError`` when none are ok.
     """
     if cell_pool < 1:
-        raise ValueError(f"cell_pool must be >= 1, got {cell_pool}")
+        raise UserError(f"cell_pool must be >= 1, got {cell_pool}")
     cell_pool = cell_pool if kind == "region" else 1
     meta = feature_meta(ws, model)
     counts = _cell_counts(ws, model, cell_pool)
     n = sum(counts.values()) if kind == "region" else len(counts)
     if n == 0:
-        raise ValueError(f"model {model!r} has no ok feature maps to index")
+        raise UserError(f"model {model!r} has no ok feature maps to index")
     dim = int(meta.get("dim") or _first_dim(ws, model))
     factory = factory or choose_factory(n, dim)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -360,7 +361,7 @@ def _cell_counts(ws: Workspace, model: str, cell_pool: int = 1) -> dict[str, int
 def _first_dim(ws: Workspace, model: str) -> int:
     for fm in iter_feature_maps(ws, model):
         return int(fm.fmap.shape[0])
-    raise ValueError(f"model {model!r} has no ok feature maps to index")
+    raise UserError(f"model {model!r} has no ok feature maps to index")
 
 
 def _save(ws: Workspace, man: IndexManifest, index: faiss.Index, ids: pa.Table,

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from actors.core.errors import UserError
 from actors.features.store import FeatureMap
 
 SCALES = (0.7, 1.0, 1.4)
@@ -61,17 +62,17 @@ class Hit:
 def check_box(box: Sequence[float], image_size: tuple[float, float]) -> tuple[float, float, float, float]:
     """Validate an ``(x0, y0, x1, y1)`` pixel box against ``image_size = (width, height)``; returns it clipped.
 
-    Raises ``ValueError`` naming the box and the image size when it is malformed, empty or outside the image
+    Raises ``UserError`` naming the box and the image size when it is malformed, empty or outside the image
     (a tolerance of one pixel is clipped away).
     """
     if len(box) != 4:
-        raise ValueError(f"expected a box (x0, y0, x1, y1), got {tuple(box)}")
+        raise UserError(f"expected a box (x0, y0, x1, y1), got {tuple(box)}")
     x0, y0, x1, y1 = (float(v) for v in box)
     w, h = image_size
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"box {(x0, y0, x1, y1)} is empty: need x1 > x0 and y1 > y0")
+        raise UserError(f"box {(x0, y0, x1, y1)} is empty: need x1 > x0 and y1 > y0")
     if x0 < -1 or y0 < -1 or x1 > w + 1 or y1 > h + 1:
-        raise ValueError(f"box {(x0, y0, x1, y1)} is outside the image of size {w:g}x{h:g} (width x height)")
+        raise UserError(f"box {(x0, y0, x1, y1)} is outside the image of size {w:g}x{h:g} (width x height)")
     return max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
 
 
@@ -161,7 +162,7 @@ def window_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """
     H, W = x.shape[-2:]
     if h > H or w > W:
-        raise ValueError(f"window {h}x{w} is larger than the map {H}x{W}")
+        raise UserError(f"window {h}x{w} is larger than the map {H}x{W}")
     if h > 1:
         s = x[..., 0:H - h + 1, :].clone()
         for k in range(1, h):
@@ -195,7 +196,7 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
     """
     x = fmaps.float()  # B×C×H×W
     if t.vector.shape[0] != x.shape[1]:
-        raise ValueError(f"template has {t.vector.shape[0]} channels, feature maps {x.shape[1]}")
+        raise UserError(f"template has {t.vector.shape[0]} channels, feature maps {x.shape[1]}")
     if t.center is not None:
         x = x - t.center.view(1, -1, 1, 1)
     b, c, gh, gw = x.shape
@@ -241,10 +242,10 @@ def ncc_match(templates: torch.Tensor, fmaps: torch.Tensor) -> torch.Tensor:
     t = t.to(device=fmaps.device, dtype=torch.float32)
     x = fmaps.float()  # B×C×H×W
     if t.shape[1] != x.shape[1]:
-        raise ValueError(f"template has {t.shape[1]} channels, feature maps {x.shape[1]}")
+        raise UserError(f"template has {t.shape[1]} channels, feature maps {x.shape[1]}")
     _, c, h, w = t.shape
     if h > x.shape[2] or w > x.shape[3]:
-        raise ValueError(f"template {h}x{w} cells is larger than the feature maps {x.shape[2]}x{x.shape[3]}")
+        raise UserError(f"template {h}x{w} cells is larger than the feature maps {x.shape[2]}x{x.shape[3]}")
     n = c * h * w
     t = t - t.mean(dim=(1, 2, 3), keepdim=True)
     t = t / t.flatten(1).norm(dim=1).clamp_min(EPS)[:, None, None, None]  # zero-mean, unit-norm
@@ -296,7 +297,7 @@ def match_objects(objects: Sequence[Sequence[torch.Tensor] | BoxTemplate], fmaps
     Returns scores B and boxes B×n_obj×4 in cells.
     """
     if combine not in COMBINE:
-        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+        raise UserError(f"combine must be one of {COMBINE}, got {combine!r}")
     per = [best_match(ts, fmaps) for ts in objects]
     scores = torch.stack([s for s, _ in per], dim=1)  # B×n_obj
     boxes = torch.stack([bx for _, bx in per], dim=1)  # B×n_obj×4

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from actors.catalog.schema import IMAGES
+from actors.core.errors import UserError
 from actors.features.store import FeatureMap, iter_feature_maps
 from actors.selection.index import LoadedIndex, cell_vectors, load_index, normalize
 from actors.selection.match import COMBINE, SCALES, BoxTemplate, Hit, box_template
@@ -226,15 +227,15 @@ def _image_sizes(ws: Workspace, model: str, image_ids: Sequence[str]) -> dict[st
 # ----------------------------------------------------------------------------------------------- query plumbing
 def _check_query(q: Query) -> None:
     if q.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {q.method!r}")
+        raise UserError(f"method must be one of {METHODS}, got {q.method!r}")
     if q.combine not in COMBINE:
-        raise ValueError(f"combine must be one of {COMBINE}, got {q.combine!r}")
+        raise UserError(f"combine must be one of {COMBINE}, got {q.combine!r}")
     if q.top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {q.top_k}")
+        raise UserError(f"top_k must be >= 1, got {q.top_k}")
     if q.method == "template" and not q.boxes:
-        raise ValueError("template matching needs at least one --box x0,y0,x1,y1")
+        raise UserError("template matching needs at least one --box x0,y0,x1,y1")
     if q.fmap is None and not q.image:
-        raise ValueError("a query needs an image")
+        raise UserError("a query needs an image")
 
 
 def _query_features(ws: Workspace, q: Query) -> tuple[FeatureMap, tuple[float, float] | None]:
@@ -246,7 +247,7 @@ def _query_features(ws: Workspace, q: Query) -> tuple[FeatureMap, tuple[float, f
         return stored, q.image_size or _image_sizes(ws, q.model, [q.image])[q.image]
     path = Path(q.image)
     if not path.is_file():
-        raise FileNotFoundError(f"query image {q.image}: no such file (nor an embedded pool image id)")
+        raise UserError(f"query image {q.image}: no such file (nor an embedded pool image id)")
     from actors.features.encoder import load_region_encoder
     from actors.core.images import load_image
 
@@ -284,7 +285,7 @@ def _start_actors(ws: Workspace, queries: Sequence[Query], workers: int) -> list
     res = Resources.auto()
     models = {q.model for q in queries}
     if len(models) != 1:
-        raise ValueError(f"a batch with workers runs one model at a time, got {sorted(models)}")
+        raise UserError(f"a batch with workers runs one model at a time, got {sorted(models)}")
     return [MatchActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(ws, models.pop())
             for _ in range(workers)]
 
@@ -295,14 +296,14 @@ def load_queries(path: str) -> list[Query]:
     try:
         items = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise UserError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of queries")
+        raise UserError(f"{path}: expected a JSON list of queries")
     fields = {"image", "boxes", "top_k", "model", "method", "combine"}
     out = []
     for n, it in enumerate(items):
         if not isinstance(it, dict) or "image" not in it or set(it) - fields:
-            raise ValueError(f"{path}: query {n} must be an object with keys among {sorted(fields)} incl. image")
+            raise UserError(f"{path}: query {n} must be an object with keys among {sorted(fields)} incl. image")
         it = dict(it, boxes=[tuple(map(float, b)) for b in it.get("boxes", [])])
         out.append(Query(**it))
     return out

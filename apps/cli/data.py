@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, SeedOpt, WorkspaceOpt
 from apps.cli.output import console, emit, table
 
@@ -16,7 +17,7 @@ def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size must look like 512x384, got {text!r}") from None
+        raise UserError(f"--size must look like 512x384, got {text!r}") from None
     return w, h
 
 

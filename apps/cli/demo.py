@@ -16,19 +16,20 @@ from typing import Annotated
 
 import typer
 
+from actors.core.errors import UserError
 from apps.cli.options import JsonOpt, SeedOpt
-from apps.cli.output import console, emit, fmt, table
+from apps.cli.output import console, emit, fmt, styled, table
 
 DEMO_DIR = "./assay-demo"
 
 
 def _step(title: str) -> float:
-    console.rule(f"[bold]{title}")
+    console.rule(styled((title, "bold")))
     return time.perf_counter()
 
 
 def _done(t0: float, what: str) -> None:
-    console.print(f"[dim]{what} in {time.perf_counter() - t0:.1f}s[/]")
+    console.print(styled((f"{what} in {time.perf_counter() - t0:.1f}s", "dim")))
 
 
 def _world(root: Path, n_images: int, seed: int):
@@ -91,7 +92,7 @@ def _query(ws):
     imgs = load_images(ws, split="queries").to_pylist()
     labels = load_labels(ws, split="queries").to_pylist()
     if not imgs or not labels:
-        raise ValueError("the demo world has no query images with labels; use more --images")
+        raise UserError("the demo world has no query images with labels; use more --images")
     by_id = {r["image_id"]: r for r in imgs}
     lab = min((r for r in labels if r["image_id"] in by_id),
               key=lambda r: (r["image_id"] != imgs[0]["image_id"], (r["x1"] - r["x0"]) * (r["y1"] - r["y0"])))

@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from actors.core.errors import UserError
 from apps.cli.options import JsonOpt, SeedOpt
-from apps.cli.output import console, emit, table
+from apps.cli.output import console, emit, styled, table
 
 CurveArg = Annotated[str, typer.Argument(help="Learning-curve file (.csv/.parquet/.json: n, value[, seed, curve]).")]
 TargetOpt = Annotated[float, typer.Option("--target", help="Target metric value, in the file's units.")]
@@ -23,8 +24,12 @@ PastMarginOpt = Annotated[float, typer.Option("--past-margin", help="Past target
 
 
 def _read(path: str, direction: str, scale: str):
+    from pathlib import Path
+
     from estimators.curves import read_curves
 
+    if "://" not in path and not Path(path).exists():
+        raise UserError(f"{path}: no such curve file")
     return read_curves(path, direction=direction, scale=scale)
 
 
@@ -36,7 +41,7 @@ def _past_selection(path: str | None, direction: str, scale: str, fraction: floa
 
     tasks = [t for c in _read(path, direction, scale) if (t := make_task(c, fraction=fraction, margin=margin))]
     if not tasks:
-        raise ValueError(f"--past: no curve in {path} has >= 3 points within {fraction:.0%} of its largest size "
+        raise UserError(f"--past: no curve in {path} has >= 3 points within {fraction:.0%} of its largest size "
                          f"and a target {margin:g} points below its final value")
     return learn_selection(tasks)
 
@@ -57,9 +62,9 @@ def estimate(curve: CurveArg, target: TargetOpt,
     from estimators.requirement import Correction, estimate_requirement
 
     if law not in ("auto", "holdout") and law not in list_laws():
-        raise ValueError(f"--law: unknown law {law!r}; choose from auto, holdout, {', '.join(list_laws())}")
+        raise UserError(f"--law: unknown law {law!r}; choose from auto, holdout, {', '.join(list_laws())}")
     if not 0 < level < 1:
-        raise ValueError(f"--level must be in (0, 1), got {level}")
+        raise UserError(f"--level must be in (0, 1), got {level}")
     selection = _past_selection(past, direction, scale, past_fraction, past_margin)
     corr = None if tau is None and selection is not None else Correction(tau=1.0 if tau is None else tau)
     results = [estimate_requirement(c, target, law=law, n_boot=n_boot, level=level, correction=corr, seed=seed,
@@ -71,8 +76,9 @@ def _render_estimates(results: list[dict]) -> None:
     for r in results:
         lo, hi = r["interval"]
         req = "unreachable" if r["required_n"] is None else f"{r['required_n']:,.0f}"
-        console.print(f"[bold]{r['curve']}[/]: target {r['target']:g} -> n = {req} "
-                      f"({r['level']:.0%} interval {_n(lo)} - {_n(hi)}), law {r['law']}, now {r['current_n']:,.0f}")
+        console.print(styled((str(r["curve"]), "bold"), f": target {r['target']:g} -> n = {req} "
+                             f"({r['level']:.0%} interval {_n(lo)} - {_n(hi)}), law {r['law']}, "
+                             f"now {r['current_n']:,.0f}"))
         if r["reason"]:
             console.print(f"  note: {r['reason']}")
         rows = [(p["law"], _n(p["required_n"]), p["rmse"], _err(r["selection_error"], p["law"]), p["reason"] or "")
@@ -111,9 +117,9 @@ def plan(curve: CurveArg, target: TargetOpt,
     from estimators.loc import plan_collection
 
     if (penalty is None) == (risk is None):
-        raise ValueError("give exactly one of --penalty and --risk")
+        raise UserError("give exactly one of --penalty and --risk")
     if law not in list_laws():
-        raise ValueError(f"--law: unknown law {law!r}; choose from {', '.join(list_laws())}")
+        raise UserError(f"--law: unknown law {law!r}; choose from {', '.join(list_laws())}")
     selection = _past_selection(past, direction, scale, past_fraction, past_margin)
     corr = selection.corrections[law] if selection is not None else None
     plans = [plan_collection(c, target, cost, penalty, rounds, risk=risk, max_total=max_total, law=law,
@@ -124,8 +130,8 @@ def plan(curve: CurveArg, target: TargetOpt,
 
 def _render_plans(plans: list[dict]) -> None:
     for p in plans:
-        console.print(f"[bold]{p['curve']}[/]: target {p['target']:g}, now {p['n0']:,.0f}, expected cost "
-                      f"{p['expected_cost']:,.4g}, risk of failure {p['risk']:.1%}")
+        console.print(styled((str(p["curve"]), "bold"), f": target {p['target']:g}, now {p['n0']:,.0f}, "
+                             f"expected cost {p['expected_cost']:,.4g}, risk of failure {p['risk']:.1%}"))
         if p["note"]:
             console.print(f"  note: {p['note']}")
         rows = [(i + 1, a, t) for i, (a, t) in enumerate(zip(p["amounts"], p["totals"]))]

@@ -9,9 +9,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: results and messages hold user text (file names, categories, "[...]"), printed as it is; styling is
+# done with rich.text.Text (see styled), never with inline markup
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -62,5 +65,11 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(result)
 
 
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line from plain strings and ``(text, style)`` pairs; the text is never read as markup."""
+    return Text.assemble(*parts)
+
+
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    """Print ``error: message`` on stderr; the message is printed literally (``[x]`` and ``[/x]`` survive)."""
+    err_console.print(styled(("error:", "bold red"), " ", str(message)))

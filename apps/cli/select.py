@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from actors.catalog.schema import IMAGES
+from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
 
 # Mirrors actors.selection.mine (kept here so `assay --help` does not import torch; tests check they agree).
@@ -24,7 +25,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         box = ()
     if len(box) != 4:
-        raise ValueError(f"--box expects x0,y0,x1,y1 in pixels, got {text!r}")
+        raise UserError(f"--box expects x0,y0,x1,y1 in pixels, got {text!r}")
     return box  # type: ignore[return-value]
 
 
@@ -84,9 +85,9 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     elif image:
         qs = [Query(image, [parse_box(b) for b in box or []], top_k, model, method, combine)]
     else:
-        raise ValueError("give --image (with --box) or --queries FILE.json")
+        raise UserError("give --image (with --box) or --queries FILE.json")
     if candidates is not None and candidates < 1:
-        raise ValueError(f"--candidates must be >= 1, got {candidates}")
+        raise UserError(f"--candidates must be >= 1, got {candidates}")
     sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
     uris = _uris(ws)
     result = [{"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from actors.core.errors import UserError
 from actors.catalog.schema import IMAGES, LABELS, catalog_summary, image_id, load_images, load_labels, normalize_uri
 
 from actors.catalog.ingest import check_image, ingest
@@ -68,7 +69,7 @@ def test_reingest_is_idempotent_and_appends_only_new(folder, workspace):
 
 def test_empty_folder_is_an_error_and_writes_nothing(tmp_path, workspace):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(ValueError, match="empty folder"):
+    with pytest.raises(UserError, match="empty folder"):
         ingest(tmp_path / "empty", workspace, progress=False)
     assert not workspace.exists("catalog")
 
@@ -125,7 +126,7 @@ def test_small_batches_give_the_same_catalog(tmp_path):
 
 def test_manifest_without_uri_column(tmp_path, workspace):
     (tmp_path / "m.csv").write_text("path,split\na.jpg,train\n")
-    with pytest.raises(ValueError, match=r"m\.csv: manifest has no 'uri' column"):
+    with pytest.raises(UserError, match=r"m\.csv: manifest has no 'uri' column"):
         ingest(tmp_path / "m.csv", workspace, progress=False)
     assert not workspace.exists(IMAGES)
 
@@ -160,7 +161,7 @@ def test_coco_box_outside_the_image_is_an_error_row(tmp_path, workspace):
 def test_coco_duplicate_image_id_aborts_and_writes_nothing(tmp_path, workspace):
     images = [{"id": 1, "file_name": "a.jpg", "width": 32, "height": 24},
               {"id": 1, "file_name": "b.jpg", "width": 32, "height": 24}]
-    with pytest.raises(ValueError, match=r"ann\.json: duplicate image id 1 \(a\.jpg and b\.jpg\)"):
+    with pytest.raises(UserError, match=r"ann\.json: duplicate image id 1 \(a\.jpg and b\.jpg\)"):
         ingest(_coco(tmp_path, images, []), workspace, progress=False)
     assert not workspace.exists("catalog")
 

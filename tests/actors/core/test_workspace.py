@@ -5,6 +5,7 @@ import os
 import pyarrow as pa
 import pytest
 
+from actors.core.errors import UserError
 from actors.core.shards import ShardedDataset
 from actors.core.workspace import Workspace, WorkspaceError
 
@@ -72,5 +73,5 @@ def test_shards_resume_and_incremental_plan(workspace):
 def test_shards_refuse_mixed_settings(workspace):
     ds = ShardedDataset(workspace, "features/m")
     ds.plan(["a"], 4, meta={"model": "m", "grid": 8})
-    with pytest.raises(ValueError, match="existing shards were made with"):
+    with pytest.raises(UserError, match="existing shards were made with"):
         ds.plan(["b"], 4, meta={"model": "m", "grid": 16})

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw
 
+from actors.core.errors import UserError
 from actors.catalog.schema import IMAGES, LABELS
 from actors.features.backbones import FeatureExtractor, get_backbone, list_backbones, probe, read_checkpoint
 from actors.features.small import ncc_normalize, roi_vectors, train_backbone
@@ -114,19 +115,19 @@ def test_checkpoint_forms_load_with_weights_only(tmp_path):
 
 def test_missing_weights_give_clear_errors(tmp_path, monkeypatch, workspace):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(UserError, match="never downloads"):
         get_backbone("resnet18")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         get_backbone(f"resnet18:{tmp_path / 'nope.pt'}")
-    with pytest.raises(FileNotFoundError, match="assay backbone train"):
+    with pytest.raises(UserError, match="assay backbone train"):
         get_backbone("assay-small", workspace=workspace)
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(UserError, match="unknown backbone"):
         get_backbone("alexnet-9000")
 
 
 def test_wrong_architecture_checkpoint_is_refused(tmp_path):
     torch.save(get_backbone("assay-small", random_init=True).body.state_dict(), tmp_path / "small.pt")
-    with pytest.raises(ValueError, match="does not fit resnet18"):
+    with pytest.raises(UserError, match="does not fit resnet18"):
         get_backbone(f"resnet18:{tmp_path / 'small.pt'}")
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import actors.features.embed as embed
+from actors.core.errors import UserError
 from actors.catalog.schema import IMAGES
 from actors.features.backbones import FeatureExtractor, get_backbone
 from actors.features.small import SmallConfig, save_small_checkpoint, small_trunk
@@ -75,7 +76,7 @@ def test_fit_pca_gives_orthonormal_top_axes():
     mean, comp = fit_pca(x, 2)
     np.testing.assert_allclose(comp.T @ comp, np.eye(2), atol=1e-5)
     assert abs(comp[0, 0]) > 0.99 and abs(comp[1, 1]) > 0.99
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(UserError, match="exceeds"):
         fit_pca(x, 7)
 
 
@@ -97,7 +98,7 @@ def test_local_embed_records_bad_images_and_query_encoder_matches_store(toy):
 
 def test_store_refuses_other_settings_and_changed_weights(toy):
     embed_pool(toy, local=True, resources=RES, shard_size=4, progress=False)
-    with pytest.raises(ValueError, match="existing features"):
+    with pytest.raises(UserError, match="existing features"):
         embed_pool(toy, local=True, resources=RES, shard_size=4, pca_dim=8, progress=False)
     save_small_checkpoint(toy, small_trunk(SmallConfig()), SmallConfig())  # "retrained" weights
     with pytest.raises(WorkspaceError, match="re-embed"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from actors.core.errors import UserError
 from actors.features.backbones import get_backbone, list_backbones
 from actors.features.lite0 import lite0_classifier
 
@@ -56,7 +57,7 @@ def test_registered_with_stride_and_layer_options(cfg, dim, stride):
 
 
 def test_bad_options_are_errors():
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(UserError, match="stride"):
         get_backbone("efficientnet-lite0", stride=4, random_init=True)
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(UserError, match="layer"):
         get_backbone("efficientnet-lite0", layer=99, random_init=True)

@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
+from actors.core.errors import UserError
 from actors.features.store import FeatureMap, encode_rows
 from actors.selection.index import (IDS_SCHEMA, IndexManifest, LoadedIndex, add_to_index, block_mean, build_index, cell_vectors,
                           choose_factory, load_index)
@@ -88,13 +89,13 @@ def test_missing_index_is_a_clear_error(workspace):
 def test_query_on_an_empty_index_is_a_clear_error():
     man = IndexManifest("toy", "region", "Flat", "inner_product", 0, 8, 0, 0)
     idx = LoadedIndex(man, faiss.IndexFlatIP(8), IDS_SCHEMA.empty_table())
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         idx.search(np.ones((1, 8), np.float32), 3)
 
 
 def test_no_ok_features_is_a_clear_error(workspace):
     write(workspace, [], extra=[("x", "corrupt")])
-    with pytest.raises(ValueError, match="no ok feature maps"):
+    with pytest.raises(UserError, match="no ok feature maps"):
         build_index(workspace, "toy", progress=False)
 
 
@@ -140,5 +141,5 @@ def test_cell_pooled_index_has_k_squared_fewer_vectors_and_keeps_its_pool_when_a
     added = add_to_index(workspace, "toy", progress=False)
     assert (added.n, added.cell_pool) == (5 * 9, 2)
     assert build_index(workspace, "toy", kind="global", cell_pool=2, progress=False).cell_pool == 1
-    with pytest.raises(ValueError, match="cell_pool must be >= 1"):
+    with pytest.raises(UserError, match="cell_pool must be >= 1"):
         build_index(workspace, "toy", cell_pool=0, progress=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from actors.core.errors import UserError
 from actors.features.store import FeatureMap, encode_rows
 from actors.selection.actor import MatchActor
 from actors.selection.matcher import Matcher
@@ -52,9 +53,9 @@ def test_roi_template_scales_give_distinct_sizes_and_at_least_one_cell():
 
 @pytest.mark.parametrize("box", [(70, 0, 90, 10), (-20, -20, -5, -5), (10, 10, 5, 20)])
 def test_box_outside_the_image_is_a_clear_error(box):
-    with pytest.raises(ValueError, match="box"):
+    with pytest.raises(UserError, match="box"):
         roi_template(coord_map(), box, 8, 8, image_size=(64, 48))
-    with pytest.raises(ValueError, match="64x48"):
+    with pytest.raises(UserError, match="64x48"):
         roi_template(coord_map(), (70, 0, 90, 10), 8, 8, image_size=(64, 48))
 
 
@@ -209,7 +210,7 @@ def test_mine_rejects_a_box_outside_the_query_image(workspace):
 
     _, q, _ = _pool(workspace, n=6)
     build_index(workspace, "toy", progress=False)
-    with pytest.raises(ValueError, match="outside the image of size 512x384"):
+    with pytest.raises(UserError, match="outside the image of size 512x384"):
         mine(workspace, fmap=q, boxes=[(500, 300, 600, 400)], top_k=2, model="toy", image_size=(512, 384))
 
 
@@ -286,7 +287,7 @@ def test_window_sums_match_avg_pool():
     for h, w in ((1, 1), (1, 4), (3, 1), (4, 5), (9, 11)):
         want = torch.nn.functional.avg_pool2d(x, (h, w), stride=1) * (h * w)
         assert torch.allclose(window_sums(x, h, w), want, atol=1e-5)
-    with pytest.raises(ValueError, match="larger than the map"):
+    with pytest.raises(UserError, match="larger than the map"):
         window_sums(x, 10, 2)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+from actors.core.errors import UserError
 from apps.cli.main import app, main
 
 runner = CliRunner()
@@ -51,7 +52,7 @@ def test_bad_sources_give_one_line_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     ws = str(tmp_path / "ws")
     res = runner.invoke(app, ["ingest", str(tmp_path / "empty"), "-w", ws])
-    assert res.exit_code != 0 and isinstance(res.exception, ValueError)
+    assert res.exit_code != 0 and isinstance(res.exception, UserError)
     assert main(["ingest", str(tmp_path / "empty"), "-w", ws]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "empty folder" in err and str(tmp_path / "empty") in err
