@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "apps.cli.jobs",
     "apps.cli.cluster",
     "apps.cli.schedule",
+    "apps.cli.compress",
 )
 
 # only Assay's own user-error types; a bare ValueError/OSError from anywhere else is a bug and shows its traceback

@@ -1,0 +1,223 @@
+"""``assay compress``: a workspace run's detector in, a smaller faster one out, with the measured proof.
+
+:func:`compress_run` loads the run's detector checkpoint (``runs/<run>/models/*.pt``, read by
+``actors.detection``), builds its tensor module (:mod:`~actors.compression.net`), and then:
+
+1. measures (or reads from the workspace cache) the per-layer latency LUT on this device at the validation size;
+2. prunes to ``latency`` × the LUT latency with the knapsack (:mod:`~actors.compression.prune`), importance from
+   Taylor scores on training images (magnitude when there are none), and fine-tunes the pruned network
+   (:mod:`~actors.compression.finetune`);
+3. folds BN (:mod:`~actors.compression.fold`), exports ONNX + the weights-only state dict
+   (:mod:`~actors.compression.export`), and with ``int8`` the ONNX Runtime static int8 model calibrated on
+   training images (:mod:`~actors.compression.quantize`);
+4. measures original and compressed in the *same* harness and process: ONNX Runtime CPU, batch 1, at the
+   validation size, ``threads`` intra-op threads, alternating rounds of ``timing_runs`` calls; accuracy on the
+   validation split through the same decoding; params, FLOPs (Torch-Pruning's counter, multiply-accumulates)
+   and file sizes;
+5. writes ``model.onnx`` (+ ``model.int8.onnx``), ``model.pt``, ``report.json`` and ``summary.md`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from actors.core.errors import UserError
+
+
+@dataclass
+class CompressConfig:
+    """What ``assay compress`` does; ``get_default_config()`` gives the shipped defaults."""
+
+    latency: float = 0.5
+    int8: bool = False
+    importance: str = "taylor"
+    finetune_epochs: int = 2
+    finetune_lr: float = 5e-4
+    calib_images: int = 32
+    taylor_images: int = 16
+    threads: int = 1
+    timing_runs: int = 20
+    timing_rounds: int = 3
+    round_to: int = 8
+    max_val_images: int | None = None
+    max_train_images: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def get_default_config(cls) -> "CompressConfig":
+        return cls()
+
+
+def find_checkpoint(ws: Any, run: str) -> str:
+    """Workspace-relative path of run ``run``'s detector checkpoint (``detector.pt``, else the last ``*.pt``)."""
+    base = f"runs/{run}/models"
+    if ws.exists(f"{base}/detector.pt"):
+        return f"{base}/detector.pt"
+    names = sorted(ws.listdir(base, ".pt")) if ws.exists(base) else []
+    if not names:
+        raise UserError(f"{ws.path(base)}: no detector checkpoint (*.pt) for run {run!r}; train one with `assay learn`")
+    return f"{base}/{names[-1]}"
+
+
+def count(net: torch.nn.Module, hw: tuple[int, int]) -> dict[str, float]:
+    """Parameters and multiply-accumulates (Torch-Pruning's op counter) at input H×W."""
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(net, torch.rand(1, 3, *hw))
+    return {"params": int(params), "macs": int(macs)}
+
+
+def timed(sessions: dict[str, Any], x: np.ndarray, runs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Alternating rounds of batch-1 ONNX Runtime calls; p50/p95 over all calls and the spread of round p50s."""
+    from actors.compression.latency import measure_latency
+
+    per: dict[str, list[dict]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            name = s.get_inputs()[0].name
+            per[k].append(measure_latency(lambda s=s, name=name: s.run(None, {name: x}), warmup=2, runs=runs))
+    out = {}
+    for k, ms in per.items():
+        p50s = [m["p50"] for m in ms]
+        out[k] = {"p50": float(np.median(p50s)), "p95": float(np.median([m["p95"] for m in ms])),
+                  "p50_rounds": p50s, "spread": float(max(p50s) - min(p50s)), "runs": runs * rounds}
+    return out
+
+
+def _taylor_loss(train: Any, n: int) -> Callable[[torch.nn.Module], torch.Tensor] | None:
+    from actors.compression.finetune import detection_loss
+
+    idx = [i for i in range(len(train)) if len(train.labels[i])][:n]
+    if not idx:
+        return None
+
+    def loss(net: torch.nn.Module) -> torch.Tensor:
+        return sum(detection_loss(net, train.images[i], torch.from_numpy(np.asarray(train.boxes[i], np.float32)),
+                                  torch.from_numpy(np.asarray(train.labels[i], np.int64))) for i in idx) / len(idx)
+    return loss
+
+
+def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None, *,
+                 checkpoint: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Compress run ``run``'s detector into ``out``; returns the report (also written to ``out/report.json``)."""
+    from actors.compression.export import export_onnx, onnx_session, save_compressed
+    from actors.compression.finetune import FinetuneConfig, evaluate_outputs, finetune, load_split, onnx_runner
+    from actors.compression.fold import fold_batchnorm
+    from actors.compression.latency import build_lut, device_key, load_cached, save_cached
+    from actors.compression.net import final_layers, tensor_module
+    from actors.compression.prune import latency_aware_prune
+    from actors.compression.quantize import quantize_static
+    from actors.detection.train import load_detector
+
+    cfg = cfg or CompressConfig()
+    if cfg.importance not in ("taylor", "magnitude"):
+        raise UserError(f"--importance must be taylor or magnitude, got {cfg.importance!r}")
+    if not 0 < cfg.latency <= 1:
+        raise UserError(f"--latency must be in (0, 1] (a fraction of the original latency), got {cfg.latency}")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rel = checkpoint or find_checkpoint(ws, run)
+    det = load_detector(ws, rel)
+    classes = list(det.classes)
+    val = load_split(ws, "val", classes, cfg.max_val_images)
+    train = load_split(ws, "train", classes, cfg.max_train_images)
+    if not len(val):
+        raise UserError(f"{ws.path('catalog')}: no readable images in split 'val' to measure accuracy on")
+    hw = val.hw()
+    os.makedirs(out, exist_ok=True)
+    log(f"detector {det.config.get('name')} from {rel}; {len(val)} val / {len(train)} train images at {hw[1]}x{hw[0]}")
+
+    base = tensor_module(det)
+    example = torch.rand(1, 3, *hw)
+    key = device_key("cpu")
+    lut = build_lut(base, hw, cache=load_cached(ws, key))
+    lut_rel = save_cached(ws, lut)
+    log(f"latency LUT {lut.device}: {len(lut.entries)} layer signatures ({lut_rel})")
+
+    pruned = copy.deepcopy(base)
+    importance = cfg.importance if train and cfg.importance == "taylor" else "magnitude"
+    loss = _taylor_loss(train, cfg.taylor_images) if importance == "taylor" else None
+    importance = importance if loss is not None or importance == "magnitude" else "magnitude"
+    plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=final_layers(pruned),
+                               importance=importance, loss_fn=loss, round_to=cfg.round_to)
+    log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f}); fine-tuning")
+    ft = finetune(pruned, train, FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed),
+                  teacher=base)
+
+    folded_base = copy.deepcopy(base)
+    fold_base = fold_batchnorm(folded_base, example)
+    fold_pruned = fold_batchnorm(pruned, example)
+    paths = {"original": export_onnx(folded_base, os.path.join(out, ".original.onnx"), hw),
+             "compressed": export_onnx(pruned, os.path.join(out, "model.onnx"), hw)}
+    save_compressed(pruned, det, os.path.join(out, "model.pt"),
+                    extra={"source_checkpoint": str(ws.path(rel)), "plan": plan.to_dict()})
+    if cfg.int8:  # calibrated on training images (validation only when there are none)
+        calib = [x.numpy() for x in (train.images or val.images)[:cfg.calib_images]]
+        paths["compressed_int8"] = quantize_static(paths["compressed"], os.path.join(out, "model.int8.onnx"), calib)
+    sessions = {k: onnx_session(p, cfg.threads) for k, p in paths.items()}
+    log("measuring latency (ONNX Runtime, batch 1) and accuracy")
+    lat = timed(sessions, val.images[0].numpy(), cfg.timing_runs, cfg.timing_rounds)
+    acc = {k: evaluate_outputs(onnx_runner(s), det.head if k == "original" else pruned.head, val, classes)
+           for k, s in sessions.items()}
+    counts = {"original": count(folded_base, hw), "compressed": count(pruned, hw)}
+    counts["compressed_int8"] = counts["compressed"]
+    report = {
+        "run": run, "checkpoint": str(ws.path(rel)), "detector": det.config.get("name"), "classes": classes,
+        "device": key, "runtime": "onnxruntime CPUExecutionProvider", "threads": cfg.threads,
+        "input_hw": list(hw), "config": asdict(cfg), "importance": importance,
+        "fold": {"original": fold_base.to_dict(), "compressed": fold_pruned.to_dict()},
+        "plan": plan.to_dict(), "finetune": ft, "lut": lut_rel,
+        "models": {k: {"latency_ms": lat[k], "accuracy": acc[k], **counts[k],
+                       "file_bytes": os.path.getsize(p), "file": os.path.basename(p)} for k, p in paths.items()},
+        "decoding": "outside the graph: sigmoid scores, centre -/+ ltrb boxes on the stride grid, NMS "
+                    "(actors.compression.net.decode / DenseHead.decode)",
+    }
+    os.remove(paths["original"])
+    report["models"]["original"]["file"] = os.path.basename(rel)
+    report["models"]["original"]["file_bytes"] = len(ws.read_bytes(rel))
+    _write(os.path.join(out, "report.json"), json.dumps(report, indent=1))
+    _write(os.path.join(out, "summary.md"), summary(report))
+    return report
+
+
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The human-readable table of a report (Markdown)."""
+    m = report["models"]
+    o = m["original"]
+    lines = [f"# Compressed {report['detector']} (run {report['run']})", "",
+             f"Device `{report['device']}`, {report['runtime']}, {report['threads']} thread(s), batch 1, input "
+             f"{report['input_hw'][1]}x{report['input_hw'][0]}; accuracy on {o['accuracy']['n_images']} val images.",
+             "", "| model | params | GMACs | file MB | p50 ms | p95 ms | speed-up | mAP@.5 | mAP@[.5:.95] |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for k, r in m.items():
+        lines.append(f"| {k} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e9:.2f} | {r['file_bytes'] / 1e6:.2f} | "
+                     f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
+                     f"{o['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x | {100 * r['accuracy']['map50']:.1f} | "
+                     f"{100 * r['accuracy']['map']:.1f} |")
+    p = report["plan"]
+    lines += ["", f"Pruning plan ({report['importance']} importance): LUT latency {p['full_ms']:.1f} -> "
+              f"{p['predicted_ms']:.1f} ms (target {p['target_ms']:.1f}); kept importance {p['kept_importance']:.2f}.",
+              "", "| layer | in | in kept | out | out kept |", "|---|---|---|---|---|"]
+    for name, l in p["layers"].items():
+        lines.append(f"| {name} | {l['in']} | {l['in_kept']} | {l['out']} | {l['out_kept']} |")
+    f = report["fold"]["compressed"]
+    lines += ["", f"BN folding: {len(f['folded'])} folds, max abs output difference {f['max_abs_diff']:.2e}.",
+              "", "Box decoding and NMS run outside the exported graph: " + report["decoding"] + "."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["CompressConfig", "find_checkpoint", "count", "timed", "compress_run", "summary"]

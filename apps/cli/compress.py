@@ -1,0 +1,49 @@
+"""``assay compress``: a run's detector -> a pruned (and optionally int8) model, with a measured report."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, SeedOpt, WorkspaceOpt
+
+
+def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+                 run: Annotated[str, typer.Option("--run", help="Run id whose detector (runs/RUN/models/*.pt) "
+                                                  "is compressed.")] = ...,
+                 latency: Annotated[float, typer.Option(
+                     "--latency", help="Latency budget as a fraction of the original (0.5 = half).")] = 0.5,
+                 int8: Annotated[bool, typer.Option("--int8", help="Also write the ONNX Runtime static int8 "
+                                                    "model (calibrated on training images).")] = False,
+                 out: Annotated[str, typer.Option("--out", help="Output folder (model.onnx, model.pt, "
+                                                  "report.json, summary.md).")] = ...,
+                 importance: Annotated[str, typer.Option("--importance", help="taylor | magnitude")] = "taylor",
+                 epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after pruning.")] = 2,
+                 threads: Annotated[int, typer.Option(
+                     "--threads", help="CPU threads for timing (1 is stable on shared machines).")] = 1,
+                 checkpoint: Annotated[Optional[str], typer.Option(
+                     "--checkpoint", help="Workspace-relative checkpoint instead of the run's.")] = None,
+                 max_val: Annotated[Optional[int], typer.Option("--max-val", help="Use at most N val images.")]
+                 = None,
+                 seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+    """Prune to a latency budget (device LUT + knapsack), fine-tune, fold BN, export ONNX + state dict, report."""
+    from actors.compression.report import CompressConfig, compress_run
+    from actors.core.workspace import Workspace
+    from apps.cli.output import console, emit
+
+    cfg = CompressConfig(latency=latency, int8=int8, importance=importance, finetune_epochs=epochs,
+                         threads=threads, max_val_images=max_val, seed=seed)
+    log = (lambda s: None) if as_json else (lambda s: console.print(s))
+    rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
+
+    def render(r: dict) -> None:
+        from actors.compression.report import summary
+
+        console.print(summary(r).split("\n\nPruning plan")[0])
+        console.print(f"wrote {out}/model.onnx, model.pt{', model.int8.onnx' if int8 else ''}, report.json, summary.md")
+    emit(rep, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compress")(compress_cmd)
