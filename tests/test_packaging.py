@@ -67,3 +67,14 @@ def test_gpu_extra_resolves_without_faiss_cpu(tmp_path):
     installed = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
     assert "faiss-gpu-cu12" in installed
     assert "faiss-cpu" not in installed
+
+
+def test_requires_python_covers_tomllib_which_the_tests_import():
+    spec = PYPROJECT["project"]["requires-python"]
+    assert spec.replace(" ", "") == ">=3.11", f"tests import tomllib (Python 3.11+), but requires-python is {spec}"
+    assert "Python 3.11+" in (ROOT / "README.md").read_text()
+
+
+def test_ray_floor_is_the_first_version_with_token_auth():
+    ray_req = next(r for r in PYPROJECT["project"]["dependencies"] if r.startswith("ray"))
+    assert ray_req.split(">=")[1].split(",")[0].strip() == "2.52", ray_req
