@@ -109,7 +109,9 @@ def _new_query(ws, models: list[str]) -> None:
     rel_written = None  # an uploaded image is kept only when its query succeeds (or it was already there)
     if kind == "upload":
         rel, existed = sd.upload_rel(image, ref)
-        rel_written = None if existed(ws) else rel
+        # what to delete if the query fails: the file, or the first folder on its path this upload created
+        rel_written = None if existed(ws) else next(
+            (d for d in ("queries", "queries/images") if not ws.exists(d)), rel)
         image_arg = sd.save_upload(ws, rel, image, ref)
     else:
         image_arg = ref
