@@ -286,7 +286,8 @@ def _args(argv):
     ap.add_argument("--lcdb", help="LCDB accuracy CSV, a folder holding it, or the lcdb-0.1.0 sdist .tar.gz")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic run (seconds); writes into a temp dir "
                                                          "unless --out/--md are given")
-    ap.add_argument("--max-curves", type=int, default=600, help="held-out curves evaluated and simulated")
+    ap.add_argument("--max-curves", type=int, default=600, help="held-out curves evaluated")
+    ap.add_argument("--sim-curves", type=int, default=200, help="of those, how many are simulated")
     ap.add_argument("--folds", type=int, default=5, help="folds by dataset")
     ap.add_argument("--margin", type=float, default=1.0, help="target = final accuracy minus this (points)")
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (estimates and LOC plans)")
@@ -302,6 +303,7 @@ def _args(argv):
         args.out = args.out or str(tmp / "estimators.json")
         args.md = args.md or str(tmp / "estimators.md")
         args.max_curves, args.folds, args.n_boot = min(args.max_curves, 6), 2, min(args.n_boot, 20)
+        args.sim_curves = min(args.sim_curves, 6)
     else:
         if not args.lcdb:
             ap.error("--lcdb PATH is required (pip download --no-deps --no-binary :all: lcdb==0.1.0 -d DIR); "
@@ -341,7 +343,7 @@ def main(argv=None) -> int:
               "estimation": estimation_tables(evals)}
     say("simulating collection campaigns ...")
     sim_jobs = [(curves[i], priors[folds[curves[i].openmlid]], args.margin, args.n_boot, args.loc_risk,
-                 args.penalty_x) for i in pick]
+                 args.penalty_x) for i in pick[: args.sim_curves]]
     sims = _pmap(simulate_curve, sim_jobs, args.jobs, chunksize=2, label="simulated")
     report["simulation"] = {"curves": len(sims), "rounds": list(ROUNDS), "team_cap_x": TEAM_CAP_X,
                             "loc_risk": args.loc_risk, "penalty_x": args.penalty_x,

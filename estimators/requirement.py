@@ -148,7 +148,23 @@ class RequirementResult:
 
 
 def _fit_laws(n, y, t: float) -> tuple[list[dict], dict[str, str]]:
-    """Every registered law fitted to ``(n, y)`` and solved for ``t``: per-law rows and the laws that cannot fit."""
+    """Every registered law fitted to ``(n, y)`` and solved for ``t``: per-law rows and the laws that cannot fit.
+
+    The last few answers are kept (the fits are deterministic), so asking the same curve again — with another
+    selection, level or seed — does not refit every law."""
+    key = (np.asarray(n, float).tobytes(), np.asarray(y, float).tobytes(), float(t), tuple(list_laws()))
+    if key not in _FITS:
+        if len(_FITS) >= 16:
+            _FITS.pop(next(iter(_FITS)))
+        _FITS[key] = _fit_laws_uncached(n, y, t)
+    rows, failed = _FITS[key]
+    return [{**r, "params": dict(r["params"])} for r in rows], dict(failed)
+
+
+_FITS: dict = {}
+
+
+def _fit_laws_uncached(n, y, t: float) -> tuple[list[dict], dict[str, str]]:
     rows, failed = [], {}
     for name in list_laws():
         try:
