@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from actors.core.workspace import open_uri
+
 if TYPE_CHECKING:  # torch is imported lazily: decoding in Ray tasks does not need it
     import torch
 
@@ -27,8 +29,12 @@ PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 
 
 def load_image(uri: str) -> np.ndarray:
-    """Decode an image file to uint8 H×W×3 RGB; raises ``OSError``/``ValueError`` when unreadable."""
-    with Image.open(uri) as im:
+    """Decode an image file to uint8 H×W×3 RGB; raises ``OSError``/``ValueError`` when unreadable.
+
+    ``uri`` is a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``, ``hdfs://``): bytes are read
+    through the same filesystem layer as the workspace (:func:`actors.core.workspace.open_uri`).
+    """
+    with (open_uri(uri) if "://" in uri else open(uri, "rb")) as f, Image.open(f) as im:
         im.load()
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # H×W×3
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -108,41 +114,6 @@ def _clear(boxes: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> boo
     ih = np.clip(np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0), 0, None)
     area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
     return bool(np.all(iw * ih / area <= 0.1))
-
-
-def augment_windows(x: "torch.Tensor", scale: "torch.Tensor", out: int, g: "torch.Generator | None" = None,
-                    train: bool = True) -> "torch.Tensor":
-    """Resample uint8 windows B×S×S×3 to float B×3×out×out in [0, 1], centred, covering ``scale`` of the window.
-
-    With ``train`` the scale is jittered (×e^U(-0.3, 0.3)), the centre shifted by up to a quarter of ``out``,
-    half the samples flipped left-right, and brightness / per-channel gain / contrast jittered; 20% go grey.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    b, side = x.shape[0], x.shape[1]
-    img = x.permute(0, 3, 1, 2).float() / 255  # B×3×S×S
-    a = scale.float().clone()
-    tx, ty, sx = torch.zeros(b), torch.zeros(b), torch.ones(b)
-    if train:
-        u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g)  # noqa: E731
-        a = a * torch.exp(u(-0.3, 0.3))
-        shift = 0.25 * out / (side / 2)
-        tx, ty = u(-shift, shift), u(-shift, shift)
-        sx = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
-    a = a.clamp(max=1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = a * sx, a, tx, ty
-    grid = F.affine_grid(theta, [b, 3, out, out], align_corners=False)  # B×out×out×2
-    y = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # B×3×out×out
-    if train:
-        gain = u(0.7, 1.3).view(b, 1, 1, 1) * (0.85 + 0.3 * torch.rand(b, 3, generator=g)).view(b, 3, 1, 1)
-        mean = y.mean(dim=(1, 2, 3), keepdim=True)  # B×1×1×1
-        y = (y - mean) * u(0.7, 1.3).view(b, 1, 1, 1) + mean
-        y = y * gain
-        grey = (torch.rand(b, generator=g) < 0.2).view(b, 1, 1, 1)
-        y = torch.where(grey, y.mean(dim=1, keepdim=True).expand_as(y), y)
-    return y.clamp(0, 1)
 
 
 def object_mask(x: "torch.Tensor", wh: "torch.Tensor", thresh: float = 40.0) -> "torch.Tensor":

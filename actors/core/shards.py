@@ -101,9 +101,6 @@ class ShardedDataset:
         return [Shard(s["index"], list(s["keys"])) for s in self.manifest()["shards"]]
 
     # ------------------------------------------------------------ progress
-    def is_done(self, shard: Shard) -> bool:
-        return self.ws.exists(posixpath.join(self.rel, shard.name))
-
     def pending(self, shards: Sequence[Shard] | None = None) -> list[Shard]:
         """Shards whose output file does not exist yet."""
         done = set(self.ws.listdir(self.rel, ".parquet"))

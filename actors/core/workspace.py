@@ -17,13 +17,14 @@ Contract
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 import os
 import posixpath
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -163,6 +164,34 @@ class Workspace:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 
 
+# ------------------------------------------------------------------------------------ single files at any URI
+@functools.lru_cache(maxsize=64)
+def _filesystem(scheme: str, netloc: str, query: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of one bucket/host (built once per process: building an S3 one may ask for its region)."""
+    root = f"{scheme}://{netloc}/" + (f"?{query}" if query else "")
+    fs, path = pafs.FileSystem.from_uri(root)
+    return fs, path.rstrip("/")
+
+
+def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` of a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``, ``hdfs://``).
+
+    Raises :class:`pyarrow.ArrowInvalid` for a scheme ``pyarrow.fs`` does not know (``http://``).
+    """
+    uri = os.fspath(uri)
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    parts = urlsplit(uri)
+    fs, base = _filesystem(parts.scheme, parts.netloc, parts.query)
+    return fs, base + unquote(parts.path)
+
+
+def open_uri(uri: str) -> "pa.NativeFile":
+    """A seekable binary file for reading a local path or a ``pyarrow.fs`` URI; ``FileNotFoundError`` if missing."""
+    fs, path = resolve_uri(uri)
+    return fs.open_input_file(path)
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 
@@ -176,9 +205,3 @@ def _json_default(o: Any) -> Any:
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
-
-def table_to_bytes(table: pa.Table) -> bytes:
-    """Serialize a table as Parquet bytes (for shipping through Ray without a filesystem)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
