@@ -8,7 +8,7 @@ import ray
 from actors.selection.matcher import Matcher
 
 
-@ray.remote
+@ray.remote(max_restarts=3, max_task_retries=3)  # re-ranking is read-only: a retried call is safe
 class MatchActor(Matcher):
     """:class:`Matcher` as a Ray actor: owns a device and a feature-map cache across queries.
 
