@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, WorkspaceOpt
 
 APP = Path(__file__).resolve().parents[1] / "planner" / "app.py"
@@ -43,10 +44,10 @@ def app_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     from actors.core.workspace import Workspace
 
     if not 0 < port < 65536:
-        raise ValueError(f"--port must be in 1-65535, got {port}")
+        raise UserError(f"--port must be in 1-65535, got {port}")
     ws = Workspace(workspace)  # validates the URI
     if ws.is_local and Path(ws.uri).exists() and not Path(ws.uri).is_dir():
-        raise NotADirectoryError(f"--workspace {ws.uri}: not a directory")
+        raise UserError(f"--workspace {ws.uri}: not a directory")
     env = dict(os.environ, ASSAY_WORKSPACE=ws.uri)
     cmd = streamlit_command(port, host or "127.0.0.1", headless=not browser)
     print(f"Assay planner on http://{host or '127.0.0.1'}:{port} (workspace {ws.uri}); Ctrl+C stops it.",

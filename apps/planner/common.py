@@ -17,8 +17,8 @@ from actors.core.errors import UserError
 from estimators.errors import EstimatorInputError
 
 WORKSPACE_ENV = "ASSAY_WORKSPACE"
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError, ValueError, FileNotFoundError,
-                                                 NotADirectoryError, PermissionError)
+# Assay's own user-error types, as in the CLI (apps/cli/main.py); anything else is a bug
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 
 
 def workspace_uri() -> str:

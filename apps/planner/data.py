@@ -141,7 +141,7 @@ def run_curve(ws, run_id: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _run_curve(uri: str, rel: str, run_id: str, _stamp1, _stamp2) -> pd.DataFrame:
+def _run_curve(uri: str, rel: str, run_id: str, stamp1, stamp2) -> pd.DataFrame:
     from actors.core.workspace import Workspace
 
     ws = Workspace(uri)
@@ -184,7 +184,7 @@ def run_report(ws, run_id: str) -> dict | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _report(uri: str, rel: str, _stamp=None):
+def _report(uri: str, rel: str, stamp=None):
     from actors.core.workspace import Workspace
 
     ws = Workspace(uri)

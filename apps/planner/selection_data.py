@@ -46,14 +46,14 @@ def catalog(ws) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _catalog(uri: str, _stamp) -> pd.DataFrame:
+def _catalog(uri: str, stamp) -> pd.DataFrame:
     from actors.catalog.schema import load_images
 
     return load_images(uri, columns=["image_id", "uri", "width", "height", "split"]).to_pandas()
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def indexed_images(uri: str, model: str, _stamp) -> frozenset[str]:
+def indexed_images(uri: str, model: str, stamp) -> frozenset[str]:
     """Image ids in ``model``'s region index (their stored features can serve as a query)."""
     from actors.core.workspace import Workspace
     from actors.selection.index import load_index
@@ -135,7 +135,7 @@ def load_selection(ws, query_id: str) -> tuple[pd.DataFrame, dict]:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _selection(uri: str, rel: str, _stamp) -> pd.DataFrame:
+def _selection(uri: str, rel: str, stamp) -> pd.DataFrame:
     from actors.core.workspace import Workspace
 
     cols = ["image_id", "rank", "score", "x0", "y0", "x1", "y1"]
@@ -143,7 +143,7 @@ def _selection(uri: str, rel: str, _stamp) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def thumbnail(uri: str, box: tuple[float, float, float, float], _mtime=None) -> bytes | None:
+def thumbnail(uri: str, box: tuple[float, float, float, float], mtime=None) -> bytes | None:
     """PNG bytes of the image at ``uri`` with ``box`` drawn, at most :data:`THUMB` px; None when unreadable."""
     from PIL import Image, ImageDraw
 

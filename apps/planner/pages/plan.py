@@ -8,6 +8,8 @@ import math
 import pandas as pd
 import streamlit as st
 
+from actors.core.errors import UserError
+
 from apps.planner import charts, data
 from apps.planner.common import fmt_n, run_page
 from apps.planner.widgets import default_target, pick_curve
@@ -26,18 +28,18 @@ def _sources(table: pd.DataFrame) -> tuple[tuple[str, float, float, float], ...]
             avail = r.get("available")
             avail = math.inf if avail is None or avail != avail else float(avail)
         except (TypeError, ValueError):
-            raise ValueError(f"sources row {i} ({name!r}): cost, value and available must be numbers") from None
+            raise UserError(f"sources row {i} ({name!r}): cost, value and available must be numbers") from None
         if not (cost > 0 and math.isfinite(cost)):
-            raise ValueError(f"sources row {i} ({name!r}): 'cost per sample' must be > 0, got {cost:g}")
+            raise UserError(f"sources row {i} ({name!r}): 'cost per sample' must be > 0, got {cost:g}")
         if not value > 0:
-            raise ValueError(f"sources row {i} ({name!r}): 'value' must be > 0, got {value:g}")
+            raise UserError(f"sources row {i} ({name!r}): 'value' must be > 0, got {value:g}")
         if not avail > 0:
-            raise ValueError(f"sources row {i} ({name!r}): 'available' must be > 0 (empty: unlimited), got {avail:g}")
+            raise UserError(f"sources row {i} ({name!r}): 'available' must be > 0 (empty: unlimited), got {avail:g}")
         out.append((name, cost, value, avail))
     if not out:
-        raise ValueError("add at least one source with a cost per sample")
+        raise UserError("add at least one source with a cost per sample")
     if len({n for n, *_ in out}) != len(out):
-        raise ValueError("sources: every source needs a distinct name")
+        raise UserError("sources: every source needs a distinct name")
     return tuple(out)
 
 
@@ -73,7 +75,7 @@ def render() -> None:
                            width="stretch")
     sources = _sources(table)
     if max_total < n0:
-        raise ValueError(f"the cap on the total ({max_total:,.0f}) is below the current size ({n0:,.0f})")
+        raise UserError(f"the cap on the total ({max_total:,.0f}) is below the current size ({n0:,.0f})")
     out = data.collection_plan(pts, float(target), sources, penalty, risk, rounds, float(max_total))
     loc, naive = out["loc"], out["naive"]
 

@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 
+from actors.core.errors import UserError
 from apps.planner import data
 from estimators.loc import plan_collection
 from tests.apps.planner.helpers import CURVE_CSV, charts, files, metric, number, ok, page, upload_curve
@@ -80,9 +81,9 @@ def test_sources_are_validated_row_by_row():
                      ({"value": 0.0}, "'value' must be > 0"), ({"available": -5.0}, "'available' must be > 0"),
                      ({"cost per sample": "x"}, "must be numbers")):
         row = {"source": "labeled", "cost per sample": 1.0, "value": 1.0, "available": None} | bad
-        with pytest.raises(ValueError, match="sources row 1"):
+        with pytest.raises(UserError, match="sources row 1"):
             plan_page._sources(pd.DataFrame([row]))
-        with pytest.raises(ValueError, match=msg.replace("(", r"\(")):
+        with pytest.raises(UserError, match=msg.replace("(", r"\(")):
             plan_page._sources(pd.DataFrame([row]))
 
 

@@ -1,0 +1,92 @@
+"""Active-learning and compression pages: say what is missing and which command makes it; render runs' files."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from apps.planner import data
+from tests.apps.planner.helpers import charts, files, ok, page
+
+
+def _curve(ws_dir, run_id, values, strategy=None, n=(100, 200, 400, 800)):
+    d = ws_dir / "runs" / run_id
+    d.mkdir(parents=True, exist_ok=True)
+    cols = {"round": list(range(len(n))), "n_labeled": list(n), "metric": ["map"] * len(n), "value": values}
+    if strategy:
+        cols["strategy"] = [strategy] * len(n)
+    pq.write_table(pa.table(cols), d / "curve.parquet")
+
+
+def test_active_learning_page_names_the_command_when_there_is_no_run(ws_dir):
+    at = ok(page("active"))
+    text = " ".join(i.value for i in at.info)
+    assert "assay learn --workspace" in text and "curve.parquet" in text
+    assert files(ws_dir) == []
+
+
+def test_active_learning_page_shows_curves_per_strategy_and_rounds(ws_dir):
+    _curve(ws_dir, "r1", [0.20, 0.28, 0.33, 0.36], strategy="entropy")
+    _curve(ws_dir, "r2", [0.20, 0.25, 0.29, 0.31], strategy="random")
+    (ws_dir / "runs" / "r3").mkdir()
+    (ws_dir / "runs" / "r3" / "curve.parquet").write_bytes(b"garbage")  # one unreadable run
+    at = ok(page("active"))
+    assert "runs/r3/curve.parquet" in " ".join(w.value for w in at.warning)
+    (spec,) = charts(at)
+    assert spec["encoding"]["color"]["field"] == "strategy"
+    summary = at.dataframe[0].value
+    assert list(summary["run_id"]) == ["r1", "r2"] and list(summary["strategy"]) == ["entropy", "random"]
+    assert list(summary["rounds"]) == [4, 4] and list(summary["best"]) == [0.36, 0.31]
+    at.selectbox(key="al_round_run").set_value("r2")
+    ok(at.run())
+    assert list(at.dataframe[1].value["value"]) == [0.20, 0.25, 0.29, 0.31]
+
+
+def test_run_curve_reader_is_tolerant_and_documented(tmp_path):
+    from actors.core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    d = tmp_path / "ws" / "runs" / "plain"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"n": [10, 20, 40], "value": [1.0, 2.0, 3.0]}), d / "curve.parquet")
+    (d / "report.json").write_text(json.dumps({"strategy": "margin"}))
+    df = data.run_curve(ws, "plain")
+    assert list(df["round"]) == [0, 1, 2] and set(df["metric"]) == {"metric"} and set(df["strategy"]) == {"margin"}
+    pq.write_table(pa.table({"size": [1, 2, 3]}), d / "curve.parquet")
+    try:
+        data.run_curve(ws, "plain")
+    except Exception as e:  # noqa: BLE001
+        assert "needs columns 'n_labeled' (or 'n') and 'value'" in str(e)
+    else:
+        raise AssertionError("a curve without n_labeled/value must be refused")
+
+
+REPORT = {"kind": "compression", "strategy": "prune+int8",
+          "variants": [{"name": "fp32", "latency_ms": 12.0, "map": 0.41},
+                       {"name": "pruned-30%", "latency_ms": 8.1, "map": 0.40},
+                       {"name": "int8", "latency_ms": 4.9, "map": 0.385}, {"name": "broken"}],
+          "layers": [{"layer": "backbone.0", "keep": 1.0}, {"layer": "backbone.1", "keep": 0.7}]}
+
+
+def test_compression_page_names_the_command_when_there_is_no_report(ws_dir):
+    (ws_dir / "runs" / "al").mkdir(parents=True)
+    (ws_dir / "runs" / "al" / "report.json").write_text(json.dumps({"strategy": "entropy"}))  # not compression
+    at = ok(page("compression"))
+    assert "assay compress --workspace" in " ".join(i.value for i in at.info)
+
+
+def test_compression_page_charts_latency_against_map_and_the_layer_plan(ws_dir):
+    (ws_dir / "runs" / "c1").mkdir(parents=True)
+    (ws_dir / "runs" / "c1" / "report.json").write_text(json.dumps(REPORT))
+    (ws_dir / "runs" / "c2").mkdir(parents=True)
+    (ws_dir / "runs" / "c2" / "report.json").write_text("{not json")
+    at = ok(page("compression"))
+    assert "runs/c2/report.json: not valid JSON" in " ".join(w.value for w in at.warning)
+    (spec,) = charts(at)
+    assert len(spec["layer"]) == 2
+    variants, layers = at.dataframe[0].value, at.dataframe[1].value
+    assert list(variants["name"]) == ["fp32", "pruned-30%", "int8"]  # the variant without numbers is left out
+    assert list(variants["map"]) == [0.41, 0.40, 0.385]
+    assert list(layers["layer"]) == ["backbone.0", "backbone.1"]
