@@ -255,10 +255,11 @@ def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish,
     got: dict[int, list[pa.Table]] = defaultdict(list)
     count: dict[int, int] = defaultdict(int)
     data = (ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, res.batch_size)))
-            .map_batches(decode_batch, batch_size=res.batch_size, num_cpus=decode_cpus, max_retries=3)
-            # a dead actor (node lost, OOM kill) is restarted and its batch re-run; rows reach a shard once
+            .map_batches(decode_batch, batch_size=res.batch_size, num_cpus=decode_cpus)
+            # fault tolerance is Ray Data's default (Ray 2.60: tasks max_retries=-1, pool actors max_restarts=-1 and
+            # max_task_retries=-1; passing them is deprecated): a dead actor (node lost, OOM kill) is restarted and
+            # its batch re-run, and rows reach a shard once (tests/e2e/test_multinode.py kills one mid-step)
             .map_batches(EmbedActor, compute=ray.data.ActorPoolStrategy(size=res.pool_size),
-                         max_restarts=3, max_task_retries=3,
                          batch_size=res.batch_size, num_gpus=res.num_gpus, num_cpus=res.num_cpus,
                          fn_constructor_kwargs={"workspace": ws.base if ws.is_local else ws.uri, "model": name, "device": device,
                                                 "threads": threads, "batch_size": res.batch_size}))
