@@ -1,0 +1,193 @@
+"""Fault tolerance and more than one node, on tiny worlds.
+
+* An embedding actor is killed (SIGKILL to its worker process) after the first shard was written: the step
+  finishes, every catalog image is in the store exactly once, and the features equal an in-process run's.
+* A local multi-node cluster (``ray.cluster_utils.Cluster``: a head with no CPUs and two worker nodes) runs embed
+  and mine with every actor on the worker nodes; one worker node is removed mid-embed; the features and the
+  selections equal a single-process run's.
+
+Each scenario runs in its own Python process, so its Ray instance never meets the session's ``ray_cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.apps.test_jobs import ROOT, make_images, make_query, random_backbone
+
+pytestmark = pytest.mark.slow
+
+COMMON = r"""
+import json, os, signal, sys, threading, time
+from pathlib import Path
+ws = sys.argv[1]
+parts = Path(ws) / "features" / "assay-small"
+
+def n_parts():
+    return len(list(parts.glob("part-*.parquet"))) if parts.exists() else 0
+
+def worker_pids(tag):
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::") and tag in cmd and int(p.name) != os.getpid():
+                out.append(int(p.name))
+    return out
+
+def when_first_shard(action):
+    def watch():
+        while n_parts() < 1:
+            time.sleep(0.02)
+        action()
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    return th
+"""
+
+KILL = COMMON + r"""
+from actors.core.runtime import Resources, init_ray
+from actors.features.embed import embed_pool
+
+init_ray(num_cpus=2, object_store_memory=200 * 2**20)
+killed = {}
+
+def kill():
+    pids = worker_pids("EmbedActor")
+    killed.update(pids=pids, parts_at_kill=n_parts())
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+th = when_first_shard(kill)
+rep = embed_pool(ws, resources=Resources(pool_size=1, num_cpus=0.5, batch_size=1), shard_size=2, progress=False)
+th.join(5)
+print(json.dumps({"killed": killed, "n_embedded": rep.n_embedded, "shards_written": rep.shards_written,
+                  "shards_total": rep.shards_total}))
+"""
+
+MULTINODE = COMMON + r"""
+import ray
+from ray.cluster_utils import Cluster
+from actors.core.runtime import Resources, init_ray
+from actors.features.embed import embed_pool
+from actors.selection.mine import Query, mine_batch
+from apps.jobs import index_step
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 120 * 2**20,
+                                                       "include_dashboard": False})
+workers = [cluster.add_node(num_cpus=2, object_store_memory=120 * 2**20) for _ in range(2)]
+cluster.wait_for_nodes()
+init_ray(address=cluster.address)
+head_id = cluster.head_node.node_id
+removed = {}
+
+def remove():
+    removed.update(node=workers[1].node_id, parts_at_removal=n_parts())
+    cluster.remove_node(workers[1], allow_graceful=False)
+
+th = when_first_shard(remove)
+rep = embed_pool(ws, resources=Resources(pool_size=2, num_cpus=0.5, batch_size=1), shard_size=2, progress=False)
+th.join(5)
+index_step(ws)
+qs = [Query(q["image"], [tuple(q["box"])], top_k=4) for q in json.loads(sys.argv[2])]
+sels = mine_batch(ws, qs, workers=2)
+actors = [a for a in ray._private.state.actors().values()]
+placed = sorted({(a["ActorClassName"], a["Address"]["NodeID"]) for a in actors})
+print(json.dumps({"n_embedded": rep.n_embedded, "shards_written": rep.shards_written, "removed": removed,
+                  "head": head_id, "workers": [w.node_id for w in workers], "placed": placed,
+                  "selections": [[(h.image_id, h.score) for h in s.hits] for s in sels]}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def _script(code: str, *args: str, timeout: float = 420) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _world(tmp_path: Path, name: str, n: int, size=(128, 96)) -> str:
+    from apps.jobs import ingest_step
+
+    ws = str(tmp_path / name)
+    make_images(tmp_path / "images", n, size=size)
+    random_backbone(ws)  # seeded: every workspace gets the same weights
+    ingest_step(ws, str(tmp_path / "images"), split="pool")
+    return ws
+
+
+def _features(ws: str) -> dict[str, np.ndarray]:
+    from actors.core.workspace import Workspace
+    from actors.features.store import iter_feature_maps
+
+    return {fm.image_id: np.asarray(fm.fmap, np.float32) for fm in iter_feature_maps(Workspace(ws), "assay-small")}
+
+
+def _stored_ids(ws: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [i for p in sorted((Path(ws) / "features" / "assay-small").glob("part-*.parquet"))
+            for i in pq.read_table(p, columns=["image_id"])["image_id"].to_pylist()]
+
+
+def _same_features(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-3, rtol=1e-2)
+
+
+def test_killing_an_embedding_actor_mid_step_loses_and_duplicates_nothing(tmp_path):
+    from apps.jobs import embed_step
+
+    ws = _world(tmp_path, "ray", 16, size=(320, 240))
+    ref = _world(tmp_path, "local", 16, size=(320, 240))
+    embed_step(ref, local=True, shard_size=2)
+    out = _script(KILL, ws)
+    assert out["killed"]["pids"], "no embedding actor process was found to kill"
+    assert out["killed"]["parts_at_kill"] < out["shards_total"] == 8  # killed mid-step, not after it
+    assert out["n_embedded"] == 16 and out["shards_written"] == 8
+    ids = _stored_ids(ws)
+    assert len(ids) == len(set(ids)) == 16  # nothing lost, nothing twice
+    _same_features(_features(ws), _features(ref))
+
+
+def test_two_worker_nodes_one_removed_mid_run_give_the_single_node_results(tmp_path):
+    from actors.core.workspace import Workspace
+    from actors.selection.mine import Query, mine_batch
+    from apps.jobs import embed_step, index_step
+
+    ws = _world(tmp_path, "cluster", 12)
+    ref = _world(tmp_path, "local", 12)
+    q, box = make_query(tmp_path / "q.png")
+    embed_step(ref, local=True, shard_size=2)
+    index_step(ref)
+    ref_hits = [[(h.image_id, h.score) for h in s.hits]
+                for s in mine_batch(Workspace(ref), [Query(q, [box], top_k=4)])]
+
+    out = _script(MULTINODE, ws, json.dumps([{"image": q, "box": box}]))
+    assert out["removed"]["parts_at_removal"] < 6  # removed mid-embed
+    assert out["n_embedded"] == 12 and out["shards_written"] == 6
+    ids = _stored_ids(ws)
+    assert len(ids) == len(set(ids)) == 12
+    _same_features(_features(ws), _features(ref))
+    placed = {tuple(p) for p in out["placed"]}
+    assert placed and all(node in out["workers"] for _, node in placed)  # nothing ran on the CPU-less head
+    assert any("MatchActor" == cls for cls, _ in placed) and any("EmbedActor" in cls or "MapWorker" in cls
+                                                                  for cls, _ in placed)
+    got = out["selections"]
+    assert [[i for i, _ in s] for s in got] == [[i for i, _ in s] for s in ref_hits]
+    np.testing.assert_allclose([[v for _, v in s] for s in got], [[v for _, v in s] for s in ref_hits], atol=1e-3)
