@@ -339,13 +339,13 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
     CollectionPlan
         Amount per round, expected cost, risk of failure (``1 − F(q_T)``); ``status`` is ``"plan"``, ``"open"``
         (some bootstrap fits never reach the target: the requirement may exceed the plan) or ``"unreachable"``
-        (fewer than 10% of them reach it).
+        (fewer than 10% of them reach it) or ``"worse"`` (the curve gets worse with more data: nothing is planned
+        and ``note`` suggests the other ``--direction``).
 
     Raises
     ------
     EstimatorInputError
-        Invalid cost/penalty/risk/rounds/max_total, a target outside the metric's range, a target already met, or a
-        curve that gets worse with more data (the message suggests the other ``--direction``).
+        Invalid cost/penalty/risk/rounds/max_total, a target outside the metric's range, or a target already met.
     """
     t = curve.score_target(target)
     if not 0 <= t <= 100:
@@ -353,8 +353,12 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
     y = curve.score()
     if y[-1] >= t:
         raise EstimatorInputError(f"curve {curve.name!r} already reaches target {target:g} at n={curve.n[-1]:g}")
-    if gets_worse(curve.n, y):
-        raise EstimatorInputError(worse_message(curve))
+    if gets_worse(curve.n, y):  # no law can place the target: plan nothing and say why
+        n0 = float(curve.n[-1])
+        return CollectionPlan(totals=[n0] * int(rounds), amounts=[0.0] * int(rounds), expected_cost=math.nan,
+                              risk=1.0, n0=n0, cost=cost, penalty=penalty, risk_target=risk,
+                              max_total=float(max_total if max_total is not None else 100.0 * n0),
+                              note=worse_message(curve), curve=curve.name, target=float(target), status="worse")
     spread = curve.spread / np.sqrt(np.maximum(curve.n_seeds, 1)) if np.any(curve.spread > 0) else None
     planner = LOCPlanner(cost=cost, penalty=penalty, risk=risk, rounds=rounds, max_total=max_total, law=law,
                          n_boot=n_boot, seed=seed, sources=sources, correction=correction,

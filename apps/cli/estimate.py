@@ -196,7 +196,8 @@ def _render_plans(plans: list[dict]) -> None:
         console.print(styled(("using", "bold"), f" {plans[0]['prior']}"))
     for p in plans:
         kind = {"open": " (open-ended: the requirement may exceed the plan)",
-                "unreachable": " (unreachable: the bootstrap interval excludes the target)"}.get(p["status"], "")
+                "unreachable": " (unreachable: the bootstrap interval excludes the target)",
+                "worse": " (nothing planned: the curve gets worse with more data)"}.get(p["status"], "")
         console.print(styled((str(p["curve"]), "bold"), f": target {p['target']:g}, now {p['n0']:,.0f}, "
                              f"expected cost {p['expected_cost']:,.4g}, risk of failure {p['risk']:.1%}{kind}"))
         if p["note"]:

@@ -83,8 +83,8 @@ def test_loc_plans_for_open_and_unreachable_curves():
     assert plan_collection(PLATEAU, 79.0, risk=0.1, n_boot=100).status == "plan"
     far = plan_collection(PLATEAU, 99.0, risk=0.1, rounds=3, n_boot=100)
     assert far.status == "unreachable" and "unreachable" in far.note
-    with pytest.raises(EstimatorInputError, match="--direction lower"):
-        plan_collection(make_curve([10, 20, 40, 80], [80, 70, 60, 50]), 90, risk=0.1, n_boot=20)
+    falls = plan_collection(make_curve([10, 20, 40, 80], [80, 70, 60, 50]), 90, risk=0.1, n_boot=20)
+    assert falls.status == "worse" and "--direction lower" in falls.note and falls.amounts == [0.0, 0.0, 0.0]
 
 
 def test_log_profile_recovers_an_exact_log_law_and_its_bootstrap_collapses():
