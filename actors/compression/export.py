@@ -36,9 +36,11 @@ def export_onnx(net: nn.Module, path: str, hw: tuple[int, int] = (384, 512), ops
     x = torch.rand(1, 3, *hw)
     tmp = path + ".tmp"
     with torch.no_grad():
-        torch.onnx.export(net, (x,), tmp, input_names=["images"], output_names=OUTPUT_NAMES, opset_version=opset,
+        n = len(net(x)) if isinstance(net(x), (tuple, list)) else 1
+        names = OUTPUT_NAMES if n == len(OUTPUT_NAMES) else [f"out{i}" for i in range(n)]
+        torch.onnx.export(net, (x,), tmp, input_names=["images"], output_names=names, opset_version=opset,
                           dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                        **{n: {0: "batch", 2: "h", 3: "w"} for n in OUTPUT_NAMES}},
+                                        **{n: {0: "batch", 2: "h", 3: "w"} for n in names}},
                           dynamo=False)
     os.replace(tmp, path)
     return path

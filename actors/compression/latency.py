@@ -161,9 +161,14 @@ def _groups(conv: nn.Conv2d, cin: int, cout: int) -> int:
 
 def build_lut(model: nn.Module, hw: tuple[int, int], *, device: str | None = None, cache: dict | None = None,
               fractions: Sequence[float] = FRACTIONS, runs: int = 3,
-              progress: Callable[[int, int], None] | None = None) -> LatencyLUT:
+              progress: Callable[[int, int], None] | None = None,
+              timer: Callable[[nn.Conv2d, int, int, tuple[int, int], bool], float] | None = None) -> LatencyLUT:
     """Time every conv of ``model`` at input ``hw`` over the channel grid (reusing ``cache`` entries, a dict as
-    written by :meth:`LatencyLUT.to_json`, when its device matches)."""
+    written by :meth:`LatencyLUT.to_json`, when its device matches).
+
+    ``timer(conv, cin, cout, hw, depthwise) -> ms`` replaces the measurement (e.g. :func:`macs_timer` for a
+    deterministic, device-free LUT in tests); by default each grid point is timed on the model's device."""
+    timer = timer or (lambda conv, a, b, chw, dw: _time_conv(conv, a, b, chw, dw, runs))
     dev = device or device_key(next(model.parameters()).device)
     lut = LatencyLUT(dev, dict(cache["entries"]) if cache and cache.get("device") == dev else {})
     convs = conv_inputs(model, hw)
@@ -179,14 +184,22 @@ def build_lut(model: nn.Module, hw: tuple[int, int], *, device: str | None = Non
         if dw:
             cs = _grid(conv.out_channels, fractions)
             lut.entries[sig] = {"dw": True, "cin": cs, "cout": cs,
-                                "ms": [[_time_conv(conv, c, c, chw, True, runs) for c in cs]]}
+                                "ms": [[timer(conv, c, c, chw, True) for c in cs]]}
         else:
             ci, co = _grid(conv.in_channels, fractions), _grid(conv.out_channels, fractions)
             lut.entries[sig] = {"cin": ci, "cout": co,
-                                "ms": [[_time_conv(conv, a, b, chw, False, runs) for b in co] for a in ci]}
+                                "ms": [[timer(conv, a, b, chw, False) for b in co] for a in ci]}
         if progress is not None:
             progress(i + 1, len(todo))
     return lut
+
+
+def macs_timer(conv: nn.Conv2d, cin: int, cout: int, hw: tuple[int, int], dw: bool) -> float:
+    """A stand-in 'latency': millions of multiply-accumulates of the conv at these channel counts."""
+    h = (hw[0] + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+    w = (hw[1] + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1
+    per_out = (1 if dw else cin) * conv.kernel_size[0] * conv.kernel_size[1]
+    return h * w * cout * per_out / 1e6
 
 
 def lut_path(key: str) -> str:
@@ -213,4 +226,4 @@ def save_cached(ws: Any, lut: LatencyLUT) -> str:
 
 
 __all__ = ["FRACTIONS", "measure_latency", "torch_latency", "device_key", "conv_signature", "LatencyLUT",
-           "conv_inputs", "build_lut", "lut_path", "load_cached", "save_cached"]
+           "conv_inputs", "build_lut", "macs_timer", "lut_path", "load_cached", "save_cached"]

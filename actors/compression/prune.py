@@ -175,6 +175,7 @@ class PrunePlan:
     full_ms: float
     predicted_ms: float
     kept_importance: float
+    feasible: bool = True
     layers: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,12 +245,13 @@ def plan_pruning(groups: Sequence[Group], lut: LatencyLUT, latency: float, *, ro
         elif exact > target:
             budget -= exact - target
         cur = keep
-    if best is None:  # the narrowest plan; reported with its predicted latency, never silently called on-budget
+    feasible = best is not None
+    if best is None:  # the narrowest plan; reported with its predicted latency and feasible=False
         best = (sum(v[0] for v in values), {g.root: ks[0] for g, ks in zip(groups, options)})
     keep = best[1]
     return PrunePlan(keep=keep, channels={g.root: g.channels for g in groups}, importance=importance,
                      target_ms=target, full_ms=full_ms, predicted_ms=lut.total_ms(layer_widths(groups, keep, lut)),
-                     kept_importance=best[0] / max(1e-12, sum(v[-1] for v in values)))
+                     kept_importance=best[0] / max(1e-12, sum(v[-1] for v in values)), feasible=feasible)
 
 
 def apply_plan(model: nn.Module, groups: list[tuple[Any, Group]], plan: PrunePlan) -> dict[str, dict[str, int]]:
