@@ -1,0 +1,106 @@
+"""Every benchmark's ``--smoke`` runs end to end in a subprocess, writes its JSON into a temporary folder with the
+keys the README and the full run rely on, and never touches the committed ``bench/*.json``.
+
+(``bench/estimators.py`` has its own smoke test in ``test_estimators_smoke.py``.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _digests() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((ROOT / "bench").glob("*.json"))}
+
+
+def _smoke(script: str, *args: str, timeout: int = 600) -> None:
+    before = _digests()
+    r = subprocess.run([sys.executable, f"bench/{script}", "--smoke", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout, env=None)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert _digests() == before, "a --smoke run changed a committed bench JSON"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_ingest_smoke(tmp_path):
+    out = tmp_path / "ingest.json"
+    _smoke("ingest.py", "--out", str(out))
+    rep = json.loads(out.read_text())
+    assert rep["smoke"] is True
+    manifest, world = rep["results"]
+    assert manifest["rows"] == 2000 and manifest["rows_per_s"] > 0 and manifest["baseline_rows_per_s"] > 0
+    assert world["rows"] == 16 and world["errors"] == 0 and world["world_images"] == 16
+    assert world["world_seconds"] > 0 and world["world_images_per_s"] > 0 and world["peak_rss_mib"] > 0
+
+
+@pytest.mark.slow
+def test_index_scale_smoke(tmp_path):
+    out = tmp_path / "index_scale.json"
+    _smoke("index_scale.py", "--out", str(out))
+    rep = json.loads(out.read_text())
+    (r,) = rep["results"]
+    assert r["n"] == 5000 and r["factory"] == "IVF16,PQ8x4" and r["build_s"] > 0
+    assert 0 < r["bytes_per_vector"] < 64 * 4  # compressed below raw fp32
+    (p,) = r["by_nprobe"]
+    assert p["qps"] > 0 and 0 < p["recall_at_10"] <= 1
+
+
+@pytest.mark.slow
+def test_backbone_quality_smoke(tmp_path):
+    out = tmp_path / "bq.json"
+    _smoke("backbone_quality.py", "--out", str(out))
+    rep = json.loads(out.read_text())["current"]
+    assert rep["smoke"] is True and rep["n_objects"] > 0 and rep["n_background"] > 0
+    assert 0 <= rep["train"]["val_accuracy"] <= 1 and 0 < rep["train"]["majority"] <= 1
+    for method in ("assay-small", "random-init", "mean-rgb", "chance"):
+        assert 0 < rep["retrieval"][method]["mAP"] <= 1
+    assert _finite(rep["ratio_vs_random_init"])
+
+
+@pytest.mark.slow
+def test_embed_smoke(tmp_path):
+    out = tmp_path / "embed.json"
+    _smoke("embed.py", "--out", str(out))
+    rep = json.loads(out.read_text())
+    assert rep["smoke"] is True and rep["images"] > 0 and len(rep["runs"]) == 1
+    for side in ("embed_pool_images_per_s", "dataloader_images_per_s", "per_core_images_per_s",
+                 "baseline_images_per_s", "ratio"):
+        s = rep[side]
+        assert _finite(s["median"]) and s["median"] > 0 and s["min"] <= s["median"] <= s["max"]
+    run = rep["runs"][0]
+    assert run["baseline_images_per_s"] == max(run["dataloader_images_per_s"], run["per_core_images_per_s"])
+
+
+@pytest.mark.slow
+def test_targeted_selection_smoke(tmp_path):
+    _smoke("targeted_selection.py", "--out-dir", str(tmp_path))
+    rep = json.loads((tmp_path / "targeted_selection.json").read_text())
+    assert rep["smoke"] is True and rep["tune_seed"] != rep["report_seed"]
+    assert rep["query_instances_held_out"] is True
+    tried = rep["tuning"]["tried"]
+    assert len(tried) >= 2 and rep["tuning"]["chosen"] in [{k: t[k] for k in rep["start"]} for t in tried]
+    r = rep["report"]
+    assert set(r["methods"]) == {"template", "coarse", "global"}
+    n_pool = rep["n_pool"]
+    for name, m in list(r["methods"].items()) + [("chance", r["chance"])]:
+        b = m["bins"]["all"]
+        assert b["n"] == r["n_queries"] > 0
+        for k in (10, 50, 100):
+            assert 0 <= b[f"precision@{k}"] <= 1 and 0 <= b[f"recall@{k}"] <= 1
+            assert (b[f"loc@{k}"] is not None) == (name == "template")
+    assert r["chance"]["bins"]["all"]["recall@10"] == pytest.approx(min(10, n_pool) / n_pool)
+    assert r["store"]["disk_bytes_per_image"] > 0 and r["store"]["index_region"]["n_vectors"] > 0
+    assert (tmp_path / "targeted_selection.md").read_text().count("| chance |") == 5
