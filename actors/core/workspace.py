@@ -135,6 +135,16 @@ class Workspace:
         kwargs.setdefault("compression", "zstd")
         return self._atomic(rel, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs, **kwargs))
 
+    def upload(self, rel: str, local_path: str | os.PathLike) -> str:
+        """Copy a local file to ``rel`` atomically (for files that libraries such as FAISS write themselves)."""
+        src = os.fspath(local_path)
+        return self._atomic(rel, lambda tmp: pafs.copy_files(src, tmp, destination_filesystem=self.fs))
+
+    def download(self, rel: str, local_path: str | os.PathLike) -> None:
+        """Copy ``rel`` to a local file (for libraries such as FAISS that read real files)."""
+        pafs.copy_files(self.path(rel), os.fspath(local_path), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+
     # ---------------------------------------------------------------- reads
     def read_bytes(self, rel: str) -> bytes:
         try:

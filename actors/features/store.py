@@ -267,3 +267,18 @@ def feature_meta(ws: Workspace, model: str) -> dict:
     if not manifest["shards"]:
         raise WorkspaceError(f"{ws.path(features_dir(model))}: no features for model {model!r}; run `assay embed`")
     return manifest["meta"]
+
+
+STORE_KEYS = ("backbone", "weights_id", "stride", "pool", "dim", "pca")
+
+
+def store_fingerprint(ws: Workspace, model: str) -> dict:
+    """What identifies the vectors of a feature store: backbone, weights id, cell stride, pooling, dim and the PCA
+    (its path and the SHA-256 of its file). An index records it; a different one means the index is stale."""
+    import hashlib
+
+    meta = feature_meta(ws, model)
+    out = {k: meta.get(k) for k in STORE_KEYS}
+    out["pca_sha256"] = hashlib.sha256(ws.read_bytes(meta["pca"])).hexdigest()[:16] if meta.get("pca") else None
+    return out
+

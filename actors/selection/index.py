@@ -5,7 +5,7 @@ baseline)::
 
     index-g00003.faiss   the FAISS index (CPU form), generation 3
     ids-g00003.parquet   faiss id (= row number) -> image_id, row, col   (row = col = -1 for global vectors)
-    manifest.json        factory, metric, n, dim, trained_on, images, generation, file names
+    manifest.json        factory, metric, n, dim, trained_on, images, generation, file names, store
 
 Contract
 --------
@@ -21,7 +21,12 @@ Contract
 * ``add_to_index`` adds only images that are not indexed yet (no retraining, no rebuild); an IVF/PQ index keeps the
   quantizers it was trained with, which is fine while the new images look like the old ones.
 * The index type comes from the vector count (:func:`choose_factory`) unless a FAISS factory string is given.
-* GPU FAISS is used for training/adding when ``faiss.get_num_gpus() > 0``; the saved index is always the CPU form.
+* GPU FAISS is used for training/adding when ``faiss.get_num_gpus() > 0``; the saved index is always the CPU form,
+  written and read with FAISS's own file I/O (memory-mapped for search, see :mod:`actors.selection._faiss`).
+* The manifest's ``store`` records the feature store the index was built from (backbone, weights id, stride, pooling,
+  dim, PCA: :func:`~actors.features.store.store_fingerprint`). Loading or adding to an index whose store has
+  changed since (re-embedded with other weights or settings) raises a one-line ``UserError`` that says to rebuild:
+  old vectors and the old centre never mix with new ones silently.
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors.core.errors import UserError
-from actors.features.store import FeatureMap, feature_meta, feature_rows, features_dir, iter_feature_maps
 from actors.core.workspace import Workspace, WorkspaceError
+from actors.features.store import (FeatureMap, feature_meta, feature_rows, features_dir, iter_feature_maps,
+                                   store_fingerprint)
+from actors.selection._faiss import faiss, read_index, write_index
 
 METRIC = "inner_product"
 FLAT_MAX = 1_000_000          # below this many vectors: exact IndexFlatIP
@@ -68,6 +74,7 @@ class IndexManifest:
     nprobe: int = 0
     center: list = field(default_factory=list)  # C floats subtracted before normalising; [] = none
     cell_pool: int = 1  # region vectors = k×k blocks of stored cells, averaged (1: every stored cell)
+    store: dict = field(default_factory=dict)  # store_fingerprint of the features it was built from ({}: unknown)
     extra: dict = field(default_factory=dict)
 
 
@@ -222,6 +229,7 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
         raise UserError(f"cell_pool must be >= 1, got {cell_pool}")
     cell_pool = cell_pool if kind == "region" else 1
     meta = feature_meta(ws, model)
+    store = store_fingerprint(ws, model)
     counts = _cell_counts(ws, model, cell_pool)
     n = sum(counts.values()) if kind == "region" else len(counts)
     if n == 0:
@@ -242,7 +250,8 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
                    cell_pool)
     man = IndexManifest(model=model, kind=kind, factory=factory, metric=METRIC, n=0, dim=dim,
                         trained_on=trained_on, images=0,
-                        nprobe=(nprobe or 32) if "IVF" in factory else 0, center=center.tolist(), cell_pool=cell_pool)
+                        nprobe=(nprobe or 32) if "IVF" in factory else 0, center=center.tolist(), cell_pool=cell_pool,
+                        store=store)
     return _save(ws, man, _to_cpu(index), ids, previous=_read_manifest(ws, model, kind))
 
 
@@ -251,7 +260,7 @@ def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: b
     man = _read_manifest(ws, model, kind)
     if man is None:
         return build_index(ws, model, kind=kind, progress=progress)
-    loaded = load_index(ws, model, kind=kind)
+    loaded = load_index(ws, model, kind=kind, mmap=False)  # it is added to: read it into memory
     done = loaded.indexed_images()
     new = sorted(set(_cell_counts(ws, model)) - done)
     if not new:
@@ -263,19 +272,35 @@ def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: b
     return _save(ws, man, _to_cpu(index), pa.concat_tables([old_ids, ids]), previous=man)
 
 
-def load_index(ws: Workspace, model: str, *, kind: str = "region") -> LoadedIndex:
-    """Load the index of ``model``; ``WorkspaceError`` naming the fix when it has not been built."""
+def load_index(ws: Workspace, model: str, *, kind: str = "region", mmap: bool = True) -> LoadedIndex:
+    """Load the index of ``model`` (memory-mapped read-only with ``mmap``: search only, never add to it).
+
+    Raises ``WorkspaceError`` naming the fix when it has not been built, ``UserError`` when the feature store changed
+    since it was built (:func:`check_store`).
+    """
     man = _read_manifest(ws, model, kind)
     if man is None:
         raise WorkspaceError(f"{ws.path(index_dir(model, kind))}: no {kind} index for model {model!r}; "
                              f"run `assay index --model {model}`")
+    check_store(ws, man)
     rel = index_dir(model, kind)
-    index = faiss.deserialize_index(np.frombuffer(ws.read_bytes(posixpath.join(rel, man.index_file)), np.uint8))
+    index = read_index(ws, posixpath.join(rel, man.index_file), index_type=man.factory, mmap=mmap)
     ids = ws.read_table(posixpath.join(rel, man.ids_file))
     if index.ntotal != len(ids) or index.ntotal != man.n:
         raise WorkspaceError(f"{ws.path(rel)}: index holds {index.ntotal} vectors, id map {len(ids)}, "
                              f"manifest {man.n}; rebuild with `assay index`")
     return LoadedIndex(man, index, ids)
+
+
+def check_store(ws: Workspace, man: IndexManifest) -> None:
+    """Raise a one-line ``UserError`` (saying to rebuild) when ``man`` was built from another feature store."""
+    now = store_fingerprint(ws, man.model)
+    if man.store == now:
+        return
+    what = (", ".join(f"{k} {man.store.get(k)!r} -> {now.get(k)!r}" for k in now if man.store.get(k) != now.get(k))
+            if man.store else "an index that does not record its feature store")
+    raise UserError(f"{ws.path(index_dir(man.model, man.kind))}: the {man.kind} index is stale, features/{man.model} "
+                    f"changed since it was built ({what}); rebuild it: assay index --model {man.model} --rebuild")
 
 
 IDS_SCHEMA = pa.schema([("image_id", pa.string()), ("row", pa.int16()), ("col", pa.int16())])
@@ -372,7 +397,7 @@ def _save(ws: Workspace, man: IndexManifest, index: faiss.Index, ids: pa.Table,
     man.generation, man.n = gen, int(index.ntotal)
     man.images = len(pc.unique(ids.column("image_id")))
     man.index_file, man.ids_file = f"index-g{gen:05d}.faiss", f"ids-g{gen:05d}.parquet"
-    ws.write_bytes(posixpath.join(rel, man.index_file), faiss.serialize_index(index).tobytes())
+    write_index(ws, posixpath.join(rel, man.index_file), index)
     ws.write_table(posixpath.join(rel, man.ids_file), ids)
     ws.write_json(posixpath.join(rel, "manifest.json"), asdict(man))  # commit point
     for name in stale:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -41,9 +42,9 @@ def test_decode_batch_reads_uris_of_a_workspace_written_through_pyarrow_fs(tmp_p
     assert out["image"][1] is PLACEHOLDER
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A local S3 (moto) with one bucket; yields the URI query that points pyarrow at it."""
+@contextlib.contextmanager
+def moto_s3():
+    """A local S3 (moto server on a free port); yields the URI query that points pyarrow at it."""
     import os
 
     from moto.server import ThreadedMotoServer
@@ -62,6 +63,12 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with moto_s3() as query:
+        yield query
 
 
 def test_s3_uri_images_are_decoded_not_only_ingested(s3_endpoint):

@@ -19,10 +19,10 @@ def maps(ids, seed=0, c=8, hw=(3, 4)) -> list[FeatureMap]:
     return [FeatureMap(i, rng.normal(size=(c, *hw)).astype(np.float16), 32.0, 32.0) for i in ids]
 
 
-def write(ws, fms, extra=()):
+def write(ws, fms, extra=(), meta=None):
     ds = ShardedDataset(ws, "features/toy")
     shards = ds.plan([f.image_id for f in fms] + [e[0] for e in extra], shard_size=5,
-                     meta={"model": "toy", "dim": 8})
+                     meta=meta or {"model": "toy", "dim": 8})
     by_id = {f.image_id: f for f in fms}
     errs = dict(extra)
     for s in ds.pending(shards):
@@ -76,8 +76,11 @@ def test_global_index_has_one_vector_per_image(workspace):
     man = build_index(workspace, "toy", kind="global", progress=False)
     assert (man.n, man.images) == (3, 3) and workspace.exists("index/toy-global/manifest.json")
     idx = load_index(workspace, "toy", kind="global")
-    _, I = idx.search(cell_vectors(maps(["b"])[0], "global", idx.center)[0], 1)  # same seed: "a" has b's... any map
-    assert idx.lookup(I)[0][1:] == (-1, -1)
+    fms = maps(["a", "b", "c"])  # the same maps as stored
+    for fm in fms:
+        D, I = idx.search(cell_vectors(fm, "global", idx.center)[0], 3)
+        assert idx.lookup(I[:, :1]) == [(fm.image_id, -1, -1)]  # each image finds itself first
+        assert D[0, 0] == pytest.approx(1.0, abs=1e-5) and D[0, 1] < 0.999
 
 
 def test_missing_index_is_a_clear_error(workspace):
@@ -143,3 +146,112 @@ def test_cell_pooled_index_has_k_squared_fewer_vectors_and_keeps_its_pool_when_a
     assert build_index(workspace, "toy", kind="global", cell_pool=2, progress=False).cell_pool == 1
     with pytest.raises(UserError, match="cell_pool must be >= 1"):
         build_index(workspace, "toy", cell_pool=0, progress=False)
+
+
+# ------------------------------------------------------------------------- the feature store an index was built from
+STORE_A = {"model": "toy", "dim": 8, "backbone": "resnet18", "weights_id": "aaaa", "stride": 8, "pool": 1, "pca": None}
+
+
+def test_index_manifest_records_the_feature_store_weights_stride_pool_and_pca(workspace):
+    write(workspace, maps(["a", "b"]), meta=STORE_A)
+    man = build_index(workspace, "toy", progress=False)
+    saved = workspace.read_json("index/toy/manifest.json")["store"]
+    assert saved == man.store and (saved["weights_id"], saved["stride"], saved["pool"], saved["pca"]) == (
+        "aaaa", 8, 1, None)
+
+
+def test_index_of_a_re_embedded_store_is_refused_by_load_and_add_saying_to_rebuild(workspace):
+    write(workspace, maps(["a", "b"]), meta=STORE_A)
+    build_index(workspace, "toy", progress=False)
+    workspace.delete("features/toy")  # re-embedded with other weights
+    write(workspace, maps(["a", "b"], seed=5), meta={**STORE_A, "weights_id": "bbbb"})
+    for call in (lambda: load_index(workspace, "toy"), lambda: add_to_index(workspace, "toy", progress=False)):
+        with pytest.raises(UserError, match=r"weights_id 'aaaa' -> 'bbbb'.*assay index --model toy --rebuild"):
+            call()
+    build_index(workspace, "toy", progress=False)  # a rebuild takes the new store
+    assert load_index(workspace, "toy").manifest.store["weights_id"] == "bbbb"
+
+
+def test_index_without_a_recorded_store_is_stale(workspace):
+    write(workspace, maps(["a"]), meta=STORE_A)
+    build_index(workspace, "toy", progress=False)
+    man = workspace.read_json("index/toy/manifest.json")
+    workspace.write_json("index/toy/manifest.json", {**man, "store": {}})
+    with pytest.raises(UserError, match="does not record its feature store.*--rebuild"):
+        load_index(workspace, "toy")
+
+
+def test_mine_and_index_commands_refuse_a_stale_index_with_one_line(workspace, capsys):
+    from apps.cli.main import main
+
+    write(workspace, maps(["a", "b"]), meta=STORE_A)
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--json"]) == 0
+    capsys.readouterr()
+    workspace.delete("features/toy")
+    write(workspace, maps(["a", "b"], seed=5), meta={**STORE_A, "stride": 16, "pool": 2})
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "a", "--method", "global"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "stale" in err and "--rebuild" in err and len(err.splitlines()) == 1
+    assert main(["index", "-w", workspace.uri, "--model", "toy"]) == 2
+    assert "--rebuild" in capsys.readouterr().err
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--rebuild", "--json"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ FAISS files and wheels
+def test_index_files_are_faiss_write_index_files_read_back_memory_mapped(workspace, monkeypatch):
+    from actors.selection import _faiss
+
+    def no_copy(*a, **k):
+        raise AssertionError("the index must not be copied through serialize_index / deserialize_index")
+
+    monkeypatch.setattr(faiss, "serialize_index", no_copy)
+    monkeypatch.setattr(faiss, "deserialize_index", no_copy)
+    write(workspace, maps([f"im{k}" for k in range(4)]))
+    man = build_index(workspace, "toy", progress=False, cell_pool=1)
+    path = str(workspace.local_path(f"index/toy/{man.index_file}"))
+    assert faiss.read_index(path).ntotal == man.n  # a plain FAISS index file
+    flags = []
+    real = faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda p, f=0: flags.append(f) or real(p, f))
+    idx = load_index(workspace, "toy")
+    assert flags and flags[-1] == _faiss.mmap_flags("Flat") and flags[-1] & faiss.IO_FLAG_MMAP_IFC
+    assert idx.search(idx.index.reconstruct(5)[None], 1)[1][0, 0] == 5
+    add_to_index(workspace, "toy", progress=False)  # adding reads a private in-memory copy (flags 0)
+    assert flags[-1] == 0
+
+
+def test_ivf_index_is_memory_mapped_too(workspace):
+    from actors.selection import _faiss
+
+    assert _faiss.mmap_flags("IVF4,Flat") & faiss.IO_FLAG_MMAP and _faiss.mmap_flags("IVF4,Flat") & faiss.IO_FLAG_READ_ONLY
+    write(workspace, maps([f"im{k}" for k in range(8)]))
+    build_index(workspace, "toy", factory="IVF2,Flat", progress=False, cell_pool=1)
+    idx = load_index(workspace, "toy")
+    assert idx.search(idx.index.reconstruct_n(0, 1), 1)[0][0, 0] > 0.99
+
+
+def test_index_on_a_remote_workspace_goes_through_a_local_temp_file():
+    from actors.core.workspace import Workspace
+    from tests.actors.core.test_images import moto_s3
+
+    with moto_s3() as query:
+        ws = Workspace(f"s3://idx/ws?{query}&allow_bucket_creation=true")
+        ws.fs.create_dir("idx")
+        write(ws, maps(["a", "b", "c"]))
+        man = build_index(ws, "toy", progress=False, cell_pool=1)
+        assert not ws.is_local and ws.exists(f"index/toy/{man.index_file}")
+        assert load_index(ws, "toy").ntotal == man.n == 36
+
+
+def test_two_faiss_wheels_are_refused_where_faiss_is_first_imported(monkeypatch):
+    import importlib
+
+    from actors.core import runtime
+    from actors.selection import _faiss
+
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "faiss_distributions", lambda: ["faiss-cpu", "faiss-gpu-cu12"])
+        with pytest.raises(UserError, match="clash"):
+            importlib.reload(_faiss)
+    importlib.reload(_faiss)  # the real environment: one wheel
+
