@@ -17,12 +17,12 @@ import typer
 from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, WorkspaceOpt
 
-APP = Path(__file__).resolve().parents[1] / "planner" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "planner" / "app.py"  # run by apps.planner.serve
 
 
 def streamlit_command(port: int = 8501, host: str = "127.0.0.1", *, headless: bool = True) -> list[str]:
     """The ``streamlit run`` command line that serves the planner (the workspace travels in ``ASSAY_WORKSPACE``)."""
-    return [sys.executable, "-m", "streamlit", "run", str(APP),
+    return [sys.executable, "-m", "apps.planner.serve",
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true" if headless else "false",
             "--browser.gatherUsageStats", "false",
@@ -48,9 +48,10 @@ def app_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     ws = Workspace(workspace)  # validates the URI
     if ws.is_local and Path(ws.uri).exists() and not Path(ws.uri).is_dir():
         raise UserError(f"--workspace {ws.uri}: not a directory")
-    env = dict(os.environ, ASSAY_WORKSPACE=ws.uri)
+    uri = str(Path(ws.uri).resolve()) if ws.is_local and "://" not in ws.uri else ws.uri
+    env = dict(os.environ, ASSAY_WORKSPACE=uri)
     cmd = streamlit_command(port, host or "127.0.0.1", headless=not browser)
-    print(f"Assay planner on http://{host or '127.0.0.1'}:{port} (workspace {ws.uri}); Ctrl+C stops it.",
+    print(f"Assay planner on http://{host or '127.0.0.1'}:{port} (workspace {uri}); Ctrl+C stops it.",
           file=sys.stderr, flush=True)
     try:
         code = subprocess.call(cmd, env=env)

@@ -40,7 +40,7 @@ def _pick_box(image, key: str) -> tuple[float, float, float, float]:
                      background_image=image.resize((max(1, round(w * scale)), max(1, round(h * scale)))),
                      drawing_mode="rect", width=max(1, round(w * scale)), height=max(1, round(h * scale)),
                      key=f"sel_canvas_{key}")
-        rects = [o for o in ((res.json_data or {}).get("objects") or []) if o.get("type") == "rect"]
+        rects = [o for o in ((res.json_data or {}).get("objects") or []) if str(o.get("type", "")).lower() == "rect"]
         if not rects:
             st.caption("Drag a rectangle around the object.")
             return (math.nan,) * 4
