@@ -1,0 +1,273 @@
+"""Active-learning rounds: train -> score the pool -> select B -> obtain labels -> retrain -> append to the curve.
+
+Contract
+--------
+* Round 0 trains on the initial labeled set: ``initial`` images drawn (seeded) from ``initial_split``, or every
+  image the run's ``labeled.parquet`` already lists. Each later round predicts on the unlabeled ``pool_split``
+  images and on their mirror images, scores them (:mod:`actors.active.scores`), selects ``budget`` with the
+  strategy (a ``priority`` list first), obtains their labels and retrains from the seed on everything labeled so far
+  (+ this run's pseudo-labels with ``pseudo=True``).
+* Labels come from the oracle: the catalog's human rows of the selected images (on the embedded world, its ground
+  truth). A selected image with no human row waits in ``runs/<run_id>/to_label.json`` until ``assay labels import``
+  brings its labels; training then uses the images that have them.
+* Written under ``runs/<run_id>/``: ``config.json``, ``labeled.parquet`` (image_id, round, reason),
+  ``curve.parquet`` (round, n_labeled, n, metric, value, seconds; mAP@.5 in percent on ``eval_split``: what
+  ``assay estimate`` / ``assay plan`` read), ``metrics.json`` (every COCO metric per round),
+  ``round-<r>/scores.parquet`` and ``models/round-<r>.pt`` (the detector checkpoint, written every epoch).
+* Resumable: a finished round is never redone; a round killed mid-training resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from actors.active.pseudo import DEFAULT_THRESHOLD, add_pseudo_labels, pseudo_boxes, remove_pseudo_labels
+from actors.active.scores import Detections, inconsistency_scores, uncertainty_scores
+from actors.active.strategies import Candidates, select
+from actors.core.errors import UserError
+from actors.core.workspace import Workspace
+from actors.detection.train import TrainConfig
+
+CURVE_METRIC = "val_map50_pct"
+CURVE_SCHEMA = pa.schema([("round", pa.int32()), ("n_labeled", pa.int64()), ("n", pa.int64()),
+                          ("metric", pa.string()), ("value", pa.float64()), ("seconds", pa.float64())])
+LABELED_SCHEMA = pa.schema([("image_id", pa.string()), ("round", pa.int32()), ("reason", pa.string())])
+
+
+@dataclass
+class LearnConfig:
+    """One active-learning run; ``get_default_config()`` gives the shipped defaults."""
+
+    rounds: int = 3
+    budget: int = 20
+    strategy: str = "uncertainty_robustness"
+    pseudo: bool = False
+    pseudo_threshold: float = DEFAULT_THRESHOLD
+    initial: int = 20
+    initial_split: str = "train"
+    pool_split: str = "pool"
+    eval_split: str = "val"
+    max_pool: int | None = None
+    max_eval: int | None = None
+    detector: str = "dense-lite0"
+    backbone: str = "efficientnet-lite0"
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def get_default_config(cls) -> "LearnConfig":
+        return cls()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LearnReport:
+    """What :func:`run_learning` did: the curve (n labeled, mAP@.5 %), seconds per round, where it wrote."""
+
+    run_id: str
+    curve_path: str
+    n_labeled: list[int]
+    map50: list[float]
+    map: list[float]
+    seconds: list[float]
+    selected: list[list[str]]
+    classes: list[str]
+
+
+def _classes(ws: Workspace) -> list[str]:
+    from actors.catalog.schema import load_labels
+
+    cats = sorted({c for c in load_labels(ws, source="human").column("category").to_pylist() if c})
+    if not cats:
+        raise UserError(f"{ws.uri}: the catalog has no human labels; ingest a labeled set or run `assay world`")
+    return cats
+
+
+def _sample(rows: dict, n: int | None, seed: int, salt: int) -> list[str]:
+    ids = sorted(rows)
+    if n is None or n >= len(ids):
+        return ids
+    rng = np.random.default_rng([seed, salt])
+    return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
+
+
+def _dets(p: dict) -> Detections:
+    return Detections(p["boxes"], p["scores"], p["probs"])
+
+
+class _Run:
+    """The run's state in the workspace and the detector plumbing (features cached once)."""
+
+    def __init__(self, ws: Workspace, cfg: LearnConfig, run_id: str, progress: bool) -> None:
+        from actors.detection.data import FeatureCache, catalog_rows
+        from actors.detection.models import get_detector
+
+        self.ws, self.cfg, self.run_id, self.progress = ws, cfg, run_id, progress
+        self.dir = f"runs/{run_id}"
+        self.classes = _classes(ws)
+        self.det = get_detector(cfg.detector, self.classes, backbone=cfg.backbone)
+        self.cache = FeatureCache(ws, self.det) if self.det.cached else None
+        self.rows = catalog_rows(ws)
+        split = lambda s: {i: r for i, r in self.rows.items() if r["split"] == s}  # noqa: E731
+        self.pool = {i: self.rows[i] for i in _sample(split(cfg.pool_split), cfg.max_pool, cfg.seed, 1)}
+        self.eval = {i: self.rows[i] for i in _sample(split(cfg.eval_split), cfg.max_eval, cfg.seed, 2)}
+        if not self.eval:
+            raise UserError(f"{ws.uri}: no images in the evaluation split {cfg.eval_split!r}")
+        self.initial = _sample(split(cfg.initial_split), cfg.initial, cfg.seed, 0)
+
+    # ---------------------------------------------------------------- state
+    def labeled(self) -> list[dict]:
+        rel = f"{self.dir}/labeled.parquet"
+        return self.ws.read_table(rel).to_pylist() if self.ws.exists(rel) else []
+
+    def add_labeled(self, ids: list[str], round_: int, reason: str) -> None:
+        old = self.labeled()
+        seen = {r["image_id"] for r in old}
+        new = [{"image_id": i, "round": round_, "reason": reason} for i in ids if i not in seen]
+        self.ws.write_table(f"{self.dir}/labeled.parquet", pa.Table.from_pylist(old + new, schema=LABELED_SCHEMA))
+
+    def curve(self) -> list[dict]:
+        rel = f"{self.dir}/curve.parquet"
+        return self.ws.read_table(rel).to_pylist() if self.ws.exists(rel) else []
+
+    # ---------------------------------------------------------------- data
+    def data(self, ids: list[str], labels: dict | None = None, mirrored: bool = False):
+        from actors.detection.data import build_data
+
+        return build_data(self.det, [self.rows[i] for i in ids], labels, cache=self.cache, mirrored=mirrored)
+
+    def training_set(self) -> tuple[list[str], dict]:
+        from actors.detection.data import labels_by_image
+
+        ids = [r["image_id"] for r in self.labeled() if r["image_id"] in self.rows]
+        human = labels_by_image(self.ws, ids, self.classes)
+        have = {i for i, (b, _) in human.items() if len(b)}
+        waiting = [i for i in ids if i not in have]
+        if waiting:
+            self.ws.write_json(f"{self.dir}/to_label.json", {"image_ids": waiting})
+        ids = [i for i in ids if i in have]
+        if self.cfg.pseudo:
+            extra = pseudo_boxes(self.ws, self.run_id, self.classes, exclude=set(ids))
+            human.update(extra)
+            ids = ids + sorted(i for i in extra if i in self.rows)
+        return ids, human
+
+    # ---------------------------------------------------------------- steps
+    def train(self, round_: int) -> None:
+        from actors.detection.train import train_detector
+
+        ids, labels = self.training_set()
+        n_human = len([r for r in self.labeled()])
+        train_cfg = TrainConfig(**{**asdict(self.cfg.train), "seed": self.cfg.seed})
+        train_detector(self.det, self.data(ids, labels), train_cfg, ws=self.ws,
+                       ckpt=f"{self.dir}/models/round-{round_}.pt", progress=self.progress)
+        self.n_train = (n_human, len(ids))
+
+    def evaluate(self) -> dict:
+        from actors.detection.data import labels_by_image
+        from actors.detection.evaluate import evaluate_detections
+        from actors.detection.train import predict
+
+        ids = sorted(self.eval)
+        gt = labels_by_image(self.ws, ids, self.classes)
+        p = predict(self.det, self.data(ids))
+        return evaluate_detections(gt, {k: (v["boxes"], v["scores"], v["labels"]) for k, v in p.items()},
+                                   self.classes).to_dict()
+
+    def candidates(self) -> tuple[Candidates, dict]:
+        from actors.detection.train import predict
+
+        done = {r["image_id"] for r in self.labeled()}
+        ids = [i for i in sorted(self.pool) if i not in done]
+        needs_flip = self.cfg.strategy in ("uncertainty_robustness", "weighted")
+        preds = predict(self.det, self.data(ids))
+        flipped = predict(self.det, self.data(ids, mirrored=True), mirrored=True) if needs_flip else {}
+        emb = lab_emb = None
+        if self.cfg.strategy == "coreset":
+            if not self.det.cached:
+                raise UserError("coreset needs a cached-feature detector (dense-lite0) for its embeddings")
+            emb = self.cache.get([self.rows[i] for i in ids]).float().mean((2, 3)).numpy()
+            lab_emb = self.cache.get([self.rows[i] for i in sorted(done)]).float().mean((2, 3)).numpy()
+        c = Candidates(ids, {k: _dets(v) for k, v in preds.items()}, {k: _dets(v) for k, v in flipped.items()},
+                       emb, lab_emb)
+        return c, preds
+
+    def write_scores(self, round_: int, c: Candidates, picked: list[str]) -> None:
+        u = uncertainty_scores(c.preds, c.ids)
+        r = inconsistency_scores(c.preds, c.flipped, c.ids) if c.flipped else np.zeros(len(c.ids))
+        chosen = set(picked)
+        self.ws.write_table(f"{self.dir}/round-{round_}/scores.parquet", pa.table({
+            "image_id": c.ids, "uncertainty": u, "inconsistency": r, "selected": [i in chosen for i in c.ids]}))
+
+
+def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id: str | None = None,
+                 priority: list[str] | None = None, progress: bool = True,
+                 on_round: Callable[[int, dict], None] | None = None) -> LearnReport:
+    """Run (or resume) ``cfg.rounds`` rounds after round 0; see the module contract.
+
+    Raises
+    ------
+    UserError
+        No human labels, no evaluation images, or a run id reused with another configuration.
+    """
+    ws = Workspace(ws) if isinstance(ws, str) else ws
+    cfg = cfg or LearnConfig()
+    run_id = run_id or f"learn-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run = _Run(ws, cfg, run_id, progress)
+    conf_rel = f"runs/{run_id}/config.json"
+    if ws.exists(conf_rel) and ws.read_json(conf_rel) != _jsonable(cfg.to_dict()):
+        raise UserError(f"{ws.path(conf_rel)}: run {run_id!r} exists with another configuration; use a new --run")
+    ws.write_json(conf_rel, cfg.to_dict())
+    if not run.labeled():
+        run.add_labeled(run.initial, 0, "initial")
+    curve = run.curve()
+    metrics = ws.read_json(f"runs/{run_id}/metrics.json") if ws.exists(f"runs/{run_id}/metrics.json") else []
+    selected: list[list[str]] = []
+    rng = np.random.default_rng([cfg.seed, 7])
+    for round_ in range(cfg.rounds + 1):
+        t0 = time.monotonic()
+        if round_ < len(curve):
+            continue  # finished before a restart
+        if round_ > 0 and not any(r["round"] == round_ for r in run.labeled()):
+            c, preds = run.candidates()
+            picked = select(cfg.strategy, c, cfg.budget, np.random.default_rng([cfg.seed, 7, round_]),
+                            priority=priority)
+            run.write_scores(round_, c, picked)
+            run.add_labeled(picked, round_, "priority" if priority and set(picked) & set(priority) else cfg.strategy)
+            if cfg.pseudo:
+                done = {r["image_id"] for r in run.labeled()}
+                add_pseudo_labels(ws, preds, run.classes, run_id, threshold=cfg.pseudo_threshold, exclude=done)
+            selected.append(picked)
+        run.train(round_)
+        m = run.evaluate()
+        n_labeled = len(run.labeled())
+        row = {"round": round_, "n_labeled": n_labeled, "n": n_labeled, "metric": CURVE_METRIC,
+               "value": 100.0 * m["map50"], "seconds": time.monotonic() - t0}
+        curve.append(row)
+        metrics.append({"round": round_, "n_labeled": n_labeled, "n_trained": run.n_train[1], **m})
+        ws.write_json(f"runs/{run_id}/metrics.json", metrics)
+        ws.write_table(f"runs/{run_id}/curve.parquet", pa.Table.from_pylist(curve, schema=CURVE_SCHEMA))
+        if on_round is not None:
+            on_round(round_, row)
+    del rng
+    return LearnReport(run_id=run_id, curve_path=ws.path(f"runs/{run_id}/curve.parquet"),
+                       n_labeled=[int(r["n_labeled"]) for r in curve], map50=[r["value"] for r in curve],
+                       map=[100.0 * m["map"] for m in metrics], seconds=[r["seconds"] for r in curve],
+                       selected=selected, classes=run.classes)
+
+
+def _jsonable(d: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+__all__ = ["LearnConfig", "LearnReport", "run_learning", "CURVE_METRIC", "CURVE_SCHEMA", "remove_pseudo_labels"]
