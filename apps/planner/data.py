@@ -311,7 +311,8 @@ def collection_plan(points: CurvePoints, target: float, sources: tuple[tuple[str
     its risk is ``1 − F(total)`` under the same requirement distribution F that LOC optimizes against
     (:func:`estimators.loc.learn_distribution`, same bootstrap, seed and calibration).
 
-    Returns ``{"loc": plan dict + "risk_after" per round, "naive": {...}, "default": line about the prior}``.
+    Returns ``{"loc": plan dict + "risk_after" per round, "naive": {...}, "default": line about the prior}``;
+    ``naive`` is None when the plan's status is ``"worse"`` (the curve falls with more data: nothing is planned).
     """
     from estimators.loc import Source, _cumulative_cost, learn_distribution, plan_collection
     from estimators.requirement import Correction, estimate_requirement
@@ -324,6 +325,12 @@ def collection_plan(points: CurvePoints, target: float, sources: tuple[tuple[str
     corr = selection.corrections.get(law) if selection is not None else None
     plan = plan_collection(c, target, cost, penalty, rounds, risk=risk, max_total=max_total, law=law,
                            n_boot=n_boot, seed=seed, sources=srcs if multi else None, correction=corr)
+    why_default = why if selection is not None else ("no shipped prior: F is the plain bootstrap + KDE (the CLI "
+                                                     "default without --past)")
+    if getattr(plan, "status", "plan") == "worse":  # nothing is planned; the note says why (e.g. --direction)
+        loc = plan.to_dict()
+        loc["risk_after"] = [1.0] * len(plan.totals)
+        return {"loc": loc, "naive": None, "default": why_default}
     t = c.score_target(target)
     spread = c.spread / np.sqrt(np.maximum(c.n_seeds, 1)) if np.any(c.spread > 0) else None
     dist = learn_distribution(c.n, c.score(), t, law=law, n_boot=n_boot, spread=spread, seed=seed, correction=corr)
@@ -341,5 +348,4 @@ def collection_plan(points: CurvePoints, target: float, sources: tuple[tuple[str
              "total": total, "amount": extra, "collection_cost": spend, "risk": naive_risk,
              "expected_cost": spend + (penalty or 0.0) * naive_risk if penalty is not None else spend,
              "capped": bool(not math.isfinite(naive_n) or naive_n > cap)}
-    return {"loc": loc, "naive": naive, "default": why if selection is not None else
-            "no shipped prior: F is the plain bootstrap + KDE (the CLI default without --past)"}
+    return {"loc": loc, "naive": naive, "default": why_default}

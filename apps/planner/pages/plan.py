@@ -78,6 +78,9 @@ def render() -> None:
         raise UserError(f"the cap on the total ({max_total:,.0f}) is below the current size ({n0:,.0f})")
     out = data.collection_plan(pts, float(target), sources, penalty, risk, rounds, float(max_total))
     loc, naive = out["loc"], out["naive"]
+    if naive is None:
+        st.warning(f"Nothing to plan: {loc['note']}")
+        return
 
     m1, m2, m3 = st.columns(3)
     m1.metric("LOC: total after the last round", fmt_n(loc["totals"][-1]))
@@ -87,8 +90,9 @@ def render() -> None:
     n1.metric("Naive: collect to", fmt_n(naive["total"]), help=f"{naive['law']} estimate, τ = 1")
     n2.metric("Naive: risk of missing", f"{naive['risk']:.1%}")
     n3.metric("Naive: expected cost", f"{naive['expected_cost']:,.4g}")
-    if loc["note"]:
-        st.warning(loc["note"])
+    status = loc.get("status", "plan")
+    if loc["note"] or status != "plan":
+        st.warning(f"Plan status **{status}**" + (f": {loc['note']}" if loc["note"] else ""))
     if naive["capped"]:
         st.caption("The naive estimate is beyond the cap (or unreachable); its plan stops at the cap.")
     st.caption(f"Risks are 1 − F(total) under the requirement distribution F that LOC learns from the curve. "

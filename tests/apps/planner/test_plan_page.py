@@ -92,3 +92,12 @@ def test_plan_json_is_strict_json():
 
     assert json.dumps(_finite({"a": [math.inf, 1.0], "b": {"c": math.nan}}), allow_nan=False) == \
         '{"a": [null, 1.0], "b": {"c": null}}'
+
+
+def test_a_falling_curve_plans_nothing_and_says_why(ws_dir):
+    falling = b"n,value\n250,30\n500,25\n1000,21\n2000,18\n"
+    at = ok(upload_curve(page("plan"), falling))
+    number(at, "Target").set_value(40.0)
+    ok(at.run())
+    assert "Nothing to plan" in " ".join(w.value for w in at.warning) and "--direction" in at.warning[0].value
+    assert not at.metric and files(ws_dir) == []

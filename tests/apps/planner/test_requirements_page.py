@@ -89,3 +89,12 @@ def test_only_csv_and_parquet_names_are_accepted_and_the_name_is_never_opened():
     assert data.upload_kind("../../etc/passwd.csv") == "csv" and data.upload_kind("x.PQ") == "parquet"
     with pytest.raises(Exception, match="upload a .csv or .parquet"):
         data.upload_kind("curve.txt")
+
+
+def test_a_falling_curve_is_explained_not_estimated(ws_dir):
+    at = ok(upload_curve(page("requirements"), b"n,value\n250,30\n500,25\n1000,21\n2000,18\n"))
+    number(at, "Target").set_value(40.0)
+    number(at, "Bootstrap resamples").set_value(50)
+    ok(at.run())
+    assert metric(at, "Required n (recommended)") == "∞"
+    assert "--direction lower" in " ".join(w.value for w in at.warning)
