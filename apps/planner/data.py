@@ -6,14 +6,16 @@ Every number a page shows comes from here, and here from :mod:`estimators` / :mo
 Files the pages read from a workspace (all optional; a page says which command writes what is missing):
 
 ``runs/<run_id>/curve.parquet``
-    A learning curve: ``n_labeled`` (or ``n``) and ``value`` are required; ``round``, ``metric`` (default
-    ``"metric"``), ``strategy`` and ``seed`` are optional. Rows with another metric are separate curves. A run's
-    strategy is the ``strategy`` column, else ``strategy`` in ``runs/<run_id>/report.json``, else the run id.
-``runs/<run_id>/report.json``
-    A JSON object. A compression report is one with ``"kind": "compression"`` or a list of variants under
-    ``variants`` / ``points`` / ``results`` — each an object with a latency (``latency_ms`` or ``latency``) and a
-    quality (``map``, ``mAP``, ``map50``, ``metric`` or ``value``) and optionally ``name``; the per-layer plan is a
-    list of objects under ``layers`` / ``per_layer`` / ``plan`` (shown as a table, whatever its columns).
+    A learning curve (``assay learn`` writes one per run): ``n_labeled`` (or ``n``) and ``value`` are required;
+    ``round``, ``metric`` (default ``"metric"``), ``strategy`` and ``seed`` are optional. Rows with another metric
+    are separate curves. A run's strategy is the ``strategy`` column, else ``strategy`` in
+    ``runs/<run_id>/config.json`` (``assay learn``) or ``report.json``, else the run id.
+``runs/<run_id>/report.json`` or ``runs/<run_id>/<folder>/report.json``
+    A compression report (``assay compress --out WS/runs/<run_id>/compressed`` writes one): ``models`` maps each
+    variant (original, compressed, compressed_int8) to ``latency_ms`` (a number or ``{"p50": …}``) and ``accuracy``
+    (a number or ``{"map50": …}``) plus optional params/macs/file_bytes; the per-layer plan is ``plan.layers``
+    (layer name -> fields). Also read: ``"kind": "compression"`` with a list of variants under ``variants`` /
+    ``points`` / ``results`` (``name``, ``latency_ms``, ``map``) and a list under ``layers``.
 
 Uploaded files are read from memory (bytes); their names never become paths.
 """
@@ -128,16 +130,26 @@ def curve_runs(ws) -> list[str]:
     return [r for r in list_runs(ws) if ws.exists(f"runs/{r}/{CURVE_FILE}")]
 
 
-def report_runs(ws) -> list[str]:
-    """Run ids that have a ``report.json``."""
-    return [r for r in list_runs(ws) if ws.exists(f"runs/{r}/{REPORT_FILE}")]
+def report_files(ws) -> list[str]:
+    """Workspace-relative paths of ``runs/<run_id>/report.json`` and ``runs/<run_id>/<folder>/report.json``."""
+    import pyarrow.fs as pafs
+
+    out = []
+    for r in list_runs(ws):
+        if ws.exists(f"runs/{r}/{REPORT_FILE}"):
+            out.append(f"runs/{r}/{REPORT_FILE}")
+        sel = pafs.FileSelector(ws.path(f"runs/{r}"), allow_not_found=True)
+        for i in ws.fs.get_file_info(sel):
+            if i.type == pafs.FileType.Directory and ws.exists(f"runs/{r}/{i.base_name}/{REPORT_FILE}"):
+                out.append(f"runs/{r}/{i.base_name}/{REPORT_FILE}")
+    return out
 
 
 def run_curve(ws, run_id: str) -> pd.DataFrame:
     """``runs/<run_id>/curve.parquet`` normalized to columns run_id, strategy, metric, round, n_labeled, value
     (+ seed when present). :class:`UserError` naming the file and field when it cannot be read."""
     rel = f"runs/{run_id}/{CURVE_FILE}"
-    return _run_curve(ws.uri, rel, run_id, _stamp(ws, rel), _stamp(ws, f"runs/{run_id}/{REPORT_FILE}")).copy()
+    return _run_curve(ws.uri, rel, run_id, _stamp(ws, rel), _stamp(ws, f"runs/{run_id}/config.json")).copy()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -161,8 +173,15 @@ def _run_curve(uri: str, rel: str, run_id: str, stamp1, stamp2) -> pd.DataFrame:
         out["seed"] = df["seed"]
     strategy = df["strategy"].astype(str) if "strategy" in df.columns else None
     if strategy is None:
-        rep = _report(uri, f"runs/{run_id}/{REPORT_FILE}")
-        strategy = str(rep.get("strategy")) if isinstance(rep, dict) and rep.get("strategy") else run_id
+        strategy = run_id
+        for name in ("config.json", REPORT_FILE):
+            try:
+                rep = _report(uri, f"runs/{run_id}/{name}")
+            except UserError:
+                continue
+            if isinstance(rep, dict) and rep.get("strategy"):
+                strategy = str(rep["strategy"])
+                break
     out.insert(0, "strategy", strategy)
     out.insert(0, "run_id", run_id)
     bad = out["n_labeled"].isna() | out["value"].isna()
@@ -172,9 +191,8 @@ def _run_curve(uri: str, rel: str, run_id: str, stamp1, stamp2) -> pd.DataFrame:
     return out
 
 
-def run_report(ws, run_id: str) -> dict | None:
-    """``runs/<run_id>/report.json`` as a dict, None when absent; :class:`UserError` when not a JSON object."""
-    rel = f"runs/{run_id}/{REPORT_FILE}"
+def read_report(ws, rel: str) -> dict | None:
+    """A workspace JSON report as a dict, None when absent; :class:`UserError` when not a JSON object."""
     if not ws.exists(rel):
         return None
     rep = _report(ws.uri, rel, _stamp(ws, rel))
@@ -196,24 +214,52 @@ def _report(uri: str, rel: str, stamp=None):
         raise UserError(f"{ws.path(rel)}: not valid JSON ({e})") from e
 
 
+def _num(v, key: str):
+    """``v`` if it is a number, ``v[key]`` if ``v`` is a dict holding a number there, else None."""
+    if isinstance(v, dict):
+        v = v.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def compression_view(rep: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """(variants: name, latency_ms, quality; per-layer plan) of a compression report, None if it is not one."""
-    variants = next((rep[k] for k in VARIANT_KEYS if isinstance(rep.get(k), list)), None)
-    if rep.get("kind") != "compression" and variants is None:
-        return None
-    rows = []
-    for i, v in enumerate(variants or []):
-        if not isinstance(v, dict):
-            continue
-        lat = next((v[k] for k in LATENCY_KEYS if isinstance(v.get(k), (int, float))), None)
-        q = next(((k, v[k]) for k in QUALITY_KEYS if isinstance(v.get(k), (int, float))), (None, None))
-        if lat is None or q[1] is None:
-            continue
-        rows.append({"name": str(v.get("name", f"variant {i + 1}")), "latency_ms": float(lat),
-                     "quality": float(q[1]), "quality_field": q[0]})
-    layers = next((rep[k] for k in LAYER_KEYS if isinstance(rep.get(k), list)), [])
-    layer_df = pd.DataFrame([r for r in layers if isinstance(r, dict)])
-    return pd.DataFrame(rows, columns=["name", "latency_ms", "quality", "quality_field"]), layer_df
+    """(variants: name, latency_ms, quality, quality_field [+ params, macs, file_bytes]; per-layer plan) of a
+    compression report, None if ``rep`` is not one (see the module docstring for the formats read)."""
+    rows, layers = [], []
+    if isinstance(rep.get("models"), dict):  # assay compress
+        for name, m in rep["models"].items():
+            if not isinstance(m, dict):
+                continue
+            lat, q = _num(m.get("latency_ms"), "p50"), _num(m.get("accuracy"), "map50")
+            if lat is None or q is None:
+                continue
+            row = {"name": str(name), "latency_ms": lat, "quality": q, "quality_field": "mAP@.5"}
+            row.update({k: m[k] for k in ("params", "macs", "file_bytes") if isinstance(m.get(k), (int, float))})
+            rows.append(row)
+        plan = rep.get("plan") if isinstance(rep.get("plan"), dict) else {}
+        pl = plan.get("layers")
+        if isinstance(pl, dict):
+            layers = [{"layer": k, **v} for k, v in pl.items() if isinstance(v, dict)]
+        elif isinstance(pl, list):
+            layers = [r for r in pl if isinstance(r, dict)]
+    else:
+        variants = next((rep[k] for k in VARIANT_KEYS if isinstance(rep.get(k), list)), None)
+        if rep.get("kind") != "compression" and variants is None:
+            return None
+        for i, v in enumerate(variants or []):
+            if not isinstance(v, dict):
+                continue
+            lat = next((_num(v[k], "p50") for k in LATENCY_KEYS if _num(v.get(k), "p50") is not None), None)
+            q = next(((k, _num(v[k], "map50")) for k in QUALITY_KEYS if _num(v.get(k), "map50") is not None),
+                     (None, None))
+            if lat is None or q[1] is None:
+                continue
+            rows.append({"name": str(v.get("name", f"variant {i + 1}")), "latency_ms": lat, "quality": q[1],
+                         "quality_field": q[0]})
+        layers = next(([r for r in rep[k] if isinstance(r, dict)] for k in LAYER_KEYS
+                       if isinstance(rep.get(k), list)), [])
+    cols = ["name", "latency_ms", "quality", "quality_field"]
+    return pd.DataFrame(rows).reindex(columns=cols + [c for c in ("params", "macs", "file_bytes")
+                                                      if any(c in r for r in rows)]), pd.DataFrame(layers)
 
 
 # ----------------------------------------------------------------------------------------------- estimators

@@ -51,7 +51,7 @@ def test_run_curve_reader_is_tolerant_and_documented(tmp_path):
     d = tmp_path / "ws" / "runs" / "plain"
     d.mkdir(parents=True)
     pq.write_table(pa.table({"n": [10, 20, 40], "value": [1.0, 2.0, 3.0]}), d / "curve.parquet")
-    (d / "report.json").write_text(json.dumps({"strategy": "margin"}))
+    (d / "config.json").write_text(json.dumps({"strategy": "margin", "rounds": 3}))  # as `assay learn` writes
     df = data.run_curve(ws, "plain")
     assert list(df["round"]) == [0, 1, 2] and set(df["metric"]) == {"metric"} and set(df["strategy"]) == {"margin"}
     pq.write_table(pa.table({"size": [1, 2, 3]}), d / "curve.parquet")
@@ -90,3 +90,29 @@ def test_compression_page_charts_latency_against_map_and_the_layer_plan(ws_dir):
     assert list(variants["name"]) == ["fp32", "pruned-30%", "int8"]  # the variant without numbers is left out
     assert list(variants["map"]) == [0.41, 0.40, 0.385]
     assert list(layers["layer"]) == ["backbone.0", "backbone.1"]
+
+
+# the shape `assay compress` writes (actors/compression/report.py), trimmed to what the page reads
+ASSAY_COMPRESS = {
+    "run": "al1", "detector": "dense-lite0",
+    "plan": {"full_ms": 20.0, "predicted_ms": 10.2, "target_ms": 10.0,
+             "layers": {"backbone.conv1": {"in": 3, "in_kept": 3, "out": 32, "out_kept": 16},
+                        "head.cls": {"in": 64, "in_kept": 40, "out": 4, "out_kept": 4}}},
+    "models": {"original": {"latency_ms": {"p50": 21.0, "p95": 23.0}, "accuracy": {"map50": 0.52, "map": 0.3},
+                            "params": 3_400_000, "macs": 1.2e9, "file_bytes": 13_000_000},
+               "compressed": {"latency_ms": {"p50": 10.5, "p95": 11.9}, "accuracy": {"map50": 0.50, "map": 0.29},
+                              "params": 1_500_000, "macs": 0.5e9, "file_bytes": 6_000_000}},
+}
+
+
+def test_compression_page_reads_the_assay_compress_report_in_a_run_subfolder(ws_dir):
+    d = ws_dir / "runs" / "al1" / "compressed"
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps(ASSAY_COMPRESS))
+    at = ok(page("compression"))
+    assert at.selectbox(key="comp_run").value == "runs/al1/compressed/report.json"
+    variants, layers = at.dataframe[0].value, at.dataframe[1].value
+    assert list(variants["name"]) == ["original", "compressed"] and list(variants["latency_ms"]) == [21.0, 10.5]
+    assert list(variants["mAP@.5"]) == [0.52, 0.50] and list(variants["params"]) == [3_400_000, 1_500_000]
+    assert list(layers["layer"]) == ["backbone.conv1", "head.cls"] and list(layers["out_kept"]) == [16, 4]
+    assert [m.value for m in at.metric] == ["10.5 ms"] and "2.00x faster" in at.metric[0].delta
