@@ -3,8 +3,9 @@
 One code path for laptop and cluster (DESIGN.md, Execution):
 
 * ``init_ray()`` connects to ``RAY_ADDRESS`` when it is set, else starts a local instance bound to 127.0.0.1 with
-  the dashboard off unless asked. ``RAY_AUTH_MODE`` defaults to ``token`` (Ray's secure default) and is always set
-  explicitly so head and client agree.
+  the dashboard off unless asked. A local instance runs with ``RAY_AUTH_MODE=token`` (a token is created when none
+  exists); joining a cluster uses the cluster's token (``RAY_AUTH_TOKEN`` or the token file) and never creates one.
+  Ray's own log lines stay out of the terminal unless ``assay --verbose`` (``ASSAY_VERBOSE=1``).
 * ``device()`` is ``cuda`` when torch sees a GPU, else ``cpu``; ``ASSAY_DEVICE`` overrides it.
 * ``Resources`` carries the per-actor asks (``num_gpus``, ``num_cpus``, pool size, batch size) from config or the
   environment, never hard-coded at the call site.
@@ -13,8 +14,10 @@ One code path for laptop and cluster (DESIGN.md, Execution):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +48,9 @@ def device() -> str:
 class Resources:
     """Per-stage resource asks for Ray actor pools.
 
-    ``num_gpus`` defaults to 1 per actor when CUDA is present and 0 otherwise; ``num_cpus`` is fractional by
-    default so that on small machines the read tasks are not starved by the actor pool (DESIGN.md).
+    ``num_gpus`` (from :meth:`auto`) is 1 per actor while there are at least as many GPUs as actors, a fraction when
+    actors share GPUs, and 0 without CUDA; ``num_cpus`` is fractional by default so that on small machines the read
+    tasks are not starved by the actor pool (DESIGN.md).
     """
 
     pool_size: int = 1
@@ -55,11 +59,16 @@ class Resources:
     batch_size: int = 16
 
     @classmethod
-    def auto(cls, **overrides: Any) -> "Resources":
+    def auto(cls, *, cluster_gpus: float | None = None, **overrides: Any) -> "Resources":
         """Asks for this machine: one actor per GPU (batch 64), or on CPU one actor per core up to 8 cores and
         one per two cores above (batch 16): single-threaded torch actors use the cores better than one actor
         with intra-op threads (``bench/embed.py``). ``ASSAY_POOL_SIZE``, ``ASSAY_NUM_GPUS``,
-        ``ASSAY_BATCH_SIZE`` and then ``overrides`` (None = keep) win."""
+        ``ASSAY_BATCH_SIZE`` and then ``overrides`` (None = keep) win.
+
+        The GPU ask per actor is :func:`gpu_share` of the pool size and ``cluster_gpus`` (default: the connected
+        Ray cluster's GPUs, else this machine's): more actors than GPUs share them (fractional asks) instead of
+        waiting forever for a GPU each; an explicit ask that cannot fit raises ``UserError``.
+        """
         gpus = 1.0 if cuda_available() else 0.0
         env = {
             "pool_size": int(os.environ.get("ASSAY_POOL_SIZE", 0)) or None,
@@ -67,11 +76,53 @@ class Resources:
             "batch_size": int(os.environ.get("ASSAY_BATCH_SIZE", 0)) or None,
         }
         cores = cpu_count()
-        kw: dict[str, Any] = {"num_gpus": gpus, "batch_size": 64 if gpus else 16,
+        kw: dict[str, Any] = {"num_gpus": None, "batch_size": 64 if gpus else 16,
                               "pool_size": gpu_count() if gpus else max(1, cores if cores <= 8 else cores // 2)}
         kw.update({k: v for k, v in env.items() if v is not None})
         kw.update({k: v for k, v in overrides.items() if v is not None})
+        total = cluster_gpu_count() if cluster_gpus is None else cluster_gpus
+        kw["num_gpus"] = gpu_share(kw["pool_size"], total, kw["num_gpus"])
         return cls(**kw)
+
+
+def gpu_share(actors: int, cluster_gpus: float, asked: float | None = None) -> float:
+    """GPUs to ask per actor so that ``actors`` actors fit on ``cluster_gpus`` GPUs at once.
+
+    Without an explicit ask: 0 on a cluster without GPUs, else ``min(1, cluster_gpus / actors)`` rounded down to
+    1/10,000 (Ray's granularity), e.g. 3 workers on 1 GPU ask 0.3333 each. An explicit ``asked`` is kept when
+    ``actors × asked`` fits, else ``UserError`` says what would fit (Ray would otherwise wait forever).
+    """
+    if actors < 1:
+        raise UserError(f"need at least one worker, got {actors}")
+    if asked is None:
+        if cluster_gpus <= 0:
+            return 0.0
+        return min(1.0, math.floor(cluster_gpus / actors * 10_000) / 10_000)
+    if asked < 0:
+        raise UserError(f"GPUs per actor must be >= 0, got {asked:g}")
+    if asked > 0 and actors * asked > cluster_gpus + 1e-9:
+        fit = math.floor(cluster_gpus / actors * 10_000) / 10_000
+        hint = (f"ask at most {fit:g} GPU per actor (ASSAY_NUM_GPUS / --num-gpus) or use fewer workers"
+                if fit > 0 else "this cluster has no GPU: ask 0 GPUs (ASSAY_NUM_GPUS=0)")
+        raise UserError(f"{actors} workers x {asked:g} GPU each need {actors * asked:g} GPUs but the cluster has "
+                        f"{cluster_gpus:g}; {hint}")
+    return float(asked)
+
+
+def cluster_gpu_count() -> float:
+    """GPUs of the connected Ray cluster (all nodes), else of this machine (0 without CUDA)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return float(ray.cluster_resources().get("GPU", 0.0))
+    except ImportError:  # pragma: no cover - ray is a hard dependency
+        pass
+    if not cuda_available():
+        return 0.0
+    import torch
+
+    return float(torch.cuda.device_count())
 
 
 def cpu_count() -> int:
@@ -91,17 +142,26 @@ def gpu_count() -> int:
         return 1
 
 
+def auth_token_path() -> Path:
+    """Where Ray reads its auth token from a file: ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def auth_token_available() -> bool:
+    """True when Ray will find a token: ``$RAY_AUTH_TOKEN`` or the token file."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or auth_token_path().exists()
+
+
 def ensure_auth_token() -> None:
-    """Make sure a Ray auth token exists where Ray looks for one (``~/.ray/auth_token`` by default).
+    """Make sure a token exists for a *local* Ray instance that this process starts (never for a cluster it joins).
 
     Ray's gRPC servers listen on every interface even for a "local" instance, so token auth stays on; a new
-    random token (mode 0600) is created when none is configured.
+    random token (mode 0600) is written to :func:`auth_token_path` when none is configured. A cluster joined through
+    ``RAY_ADDRESS`` has its own token, which a fresh random one could never match: see :func:`init_ray`.
     """
-    if os.environ.get("RAY_AUTH_TOKEN"):
+    if auth_token_available():
         return
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if path.exists():
-        return
+    path = auth_token_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -110,18 +170,66 @@ def ensure_auth_token() -> None:
     os.replace(tmp, path)
 
 
+def cluster_token_hint(address: str) -> str:
+    """How to give this process the token of the cluster at ``address``."""
+    return (f"the Ray cluster at {address} uses token auth: give this process the cluster's token, either "
+            f"RAY_AUTH_TOKEN=<token> or the token in {auth_token_path()} (RAY_AUTH_TOKEN_PATH); on the head node "
+            "`ray get-auth-token` prints it")
+
+
 def _refresh_ray_config() -> None:
-    """Make an already-imported Ray see the current ``RAY_AUTH_MODE`` (Ray caches its config at import)."""
+    """Make an already-imported Ray see the current ``RAY_AUTH_MODE`` (Ray caches its config at import).
+
+    Ray has no public API for this; it is a no-op when ``RAY_AUTH_MODE`` was set before Ray was imported.
+    """
     try:
-        from ray._raylet import Config
+        from ray._raylet import Config  # private: no public equivalent exists
 
         Config.initialize("")
     except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
         pass
 
 
+def verbose_requested() -> bool:
+    """``assay --verbose`` (or ``ASSAY_VERBOSE=1``): show Ray's own logs in the terminal."""
+    return os.environ.get("ASSAY_VERBOSE", "").lower() in ("1", "true", "yes")
+
+
+_NATIVE_LOG: Path | None = None
+
+
+def quiet_native_logs() -> Path | None:
+    """Send what Ray's C++ core writes straight to file descriptor 2 (``core_worker.cc … max_restarts > 0`` and
+    the like) to a log file, while Python's ``sys.stderr`` (errors, progress bars) keeps the terminal.
+
+    Only when ``sys.stderr`` is the process's real stderr (not under a test's capture); returns the log path, or
+    None when nothing was changed. Idempotent.
+    """
+    global _NATIVE_LOG
+    if _NATIVE_LOG is not None:
+        return _NATIVE_LOG
+    if sys.stderr is not sys.__stderr__:
+        return None
+    try:
+        if sys.stderr.fileno() != 2:
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"assay-{os.getuid() if hasattr(os, 'getuid') else 0}-ray-native.log"
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    _NATIVE_LOG = path
+    return path
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False,
-             object_store_memory: int | None = None) -> None:
+             object_store_memory: int | None = None, verbose: bool | None = None) -> None:
     """Connect to (or start) Ray once per process; later calls are no-ops.
 
     Parameters
@@ -132,29 +240,41 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
         CPUs for a new local instance (default: all).
     dashboard : bool
         Start the dashboard of a new local instance (bound to 127.0.0.1).
+    verbose : bool, optional
+        Show Ray's own log lines (driver and workers) in the terminal; default :func:`verbose_requested`.
+        Otherwise Ray logs errors only to its log files.
+
+    Raises
+    ------
+    UserError
+        Joining a cluster in token mode without a token: Assay never invents one for a cluster it joins (it could not
+        match); the message says how to provide the cluster's token.
     """
     import ray
 
     if ray.is_initialized():
         return
+    verbose = verbose_requested() if verbose is None else verbose
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        _join(ray, address, verbose)
+        return
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"].lower() == "token":
         ensure_auth_token()
     _refresh_ray_config()
-    address = address or os.environ.get("RAY_ADDRESS")
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
+    if not verbose:
+        quiet_native_logs()
+    logging.getLogger("ray").setLevel(logging.INFO if verbose else logging.ERROR)
     ray.init(
         address="local",
         num_cpus=num_cpus,
         include_dashboard=dashboard,
-        _node_ip_address="127.0.0.1",
+        _node_ip_address="127.0.0.1",  # private, but the only way to keep a local instance on loopback
         dashboard_host="127.0.0.1",
         object_store_memory=object_store_memory,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        log_to_driver=verbose,
         configure_logging=True,
     )
     try:  # quieter progress output for CLI use; Ray Data's own bars are replaced by ours
@@ -165,6 +285,24 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
         ctx.print_on_execution_start = False
     except Exception:  # pragma: no cover - older Ray
         pass
+
+
+def _join(ray: Any, address: str, verbose: bool) -> None:
+    """Join the cluster at ``address``: with its token, never a new one."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not auth_token_available():
+        raise UserError(f"no auth token for RAY_ADDRESS={address}: {cluster_token_hint(address)}")
+    if "RAY_AUTH_MODE" not in os.environ and auth_token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    _refresh_ray_config()
+    if not verbose:
+        quiet_native_logs()
+    logging.getLogger("ray").setLevel(logging.INFO if verbose else logging.ERROR)
+    auth_error = getattr(ray.exceptions, "AuthenticationError", None) or RuntimeError
+    try:
+        ray.init(address=address, logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
+    except auth_error as e:
+        raise UserError(f"cannot join RAY_ADDRESS={address} ({str(e).splitlines()[0]}): "
+                        f"{cluster_token_hint(address)}") from e
 
 
 FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12")

@@ -281,11 +281,11 @@ def _start_actors(ws: Workspace, queries: Sequence[Query], workers: int) -> list
     from actors.selection.actor import MatchActor
     from actors.core.runtime import Resources, init_ray
 
-    init_ray()
-    res = Resources.auto()
     models = {q.model for q in queries}
     if len(models) != 1:
         raise UserError(f"a batch with workers runs one model at a time, got {sorted(models)}")
+    init_ray()
+    res = Resources.auto(pool_size=workers)  # GPU asks shared (fractional) when workers outnumber the GPUs
     return [MatchActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(ws, models.pop())
             for _ in range(workers)]
 

@@ -62,8 +62,10 @@ def _register_all() -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines in the terminal.")) -> None:
     """Assay: targeted selection, data-requirement estimation and model improvement for CV data teams."""
+    if verbose:
+        os.environ["ASSAY_VERBOSE"] = "1"
 
 
 @app.command()
