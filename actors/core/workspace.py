@@ -50,7 +50,7 @@ def _resolve(root: str | os.PathLike) -> tuple[pafs.FileSystem, str, bool]:
 
 
 class Workspace:
-    """Handle on a workspace root; cheap to create, safe to pickle into Ray tasks.
+    """Handle on a workspace root; cheap to create, safe to pickle into Ray tasks (it pickles its absolute ``uri``).
 
     Parameters
     ----------
@@ -59,8 +59,9 @@ class Workspace:
     """
 
     def __init__(self, root: str | os.PathLike = DEFAULT_WORKSPACE) -> None:
-        self.uri = os.fspath(root)
         self.fs, self.base, self.is_local = _resolve(root)
+        # absolute: a relative path is resolved once, here, never again in a Ray worker with another working dir
+        self.uri = self.base if self.is_local else os.fspath(root)
 
     def __repr__(self) -> str:
         return f"Workspace({self.uri!r})"

@@ -75,3 +75,18 @@ def test_shards_refuse_mixed_settings(workspace):
     ds.plan(["a"], 4, meta={"model": "m", "grid": 8})
     with pytest.raises(UserError, match="existing shards were made with"):
         ds.plan(["b"], 4, meta={"model": "m", "grid": 16})
+
+
+def test_relative_workspace_pickles_as_absolute_and_is_not_re_resolved_in_another_cwd(tmp_path, monkeypatch):
+    import pickle
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    ws = Workspace("rel-ws")
+    ws.write_json("x.json", {"a": 1})
+    assert ws.uri == str(tmp_path / "here" / "rel-ws")
+    blob = pickle.dumps(ws)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # an actor's working directory
+    back = pickle.loads(blob)
+    assert back.base == str(tmp_path / "here" / "rel-ws") and back.read_json("x.json") == {"a": 1}
