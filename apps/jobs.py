@@ -10,7 +10,8 @@ ingest     :func:`actors.catalog.ingest.ingest`
 embed      :func:`actors.features.embed.embed_pool` (Ray Data actor pool; finished shards are skipped)
 index      :func:`actors.selection.index.build_index` / :func:`~actors.selection.index.add_to_index`
 mine       :func:`actors.selection.mine.mine_batch`
-learn      :mod:`apps.cli.learn` when that capability is installed (see :data:`OPTIONAL_STEPS`)
+learn      ``assay learn … --json`` (:mod:`apps.cli.learn`: active-learning rounds of detector retraining)
+compress   ``assay compress … --json`` (:mod:`apps.cli.compress`: pruning, int8, export)
 pipeline   the steps of a pipeline spec (``platform/pipelines/*.toml``), incrementally, for one run id
 =========  =========================================================================================
 
@@ -39,7 +40,7 @@ from actors.core.errors import UserError
 from estimators.errors import EstimatorInputError
 
 STEPS = ("ingest", "embed", "index", "mine", "pipeline")
-OPTIONAL_STEPS = {"learn": "apps.cli.learn"}  # joins the job list when its capability is installed
+OPTIONAL_STEPS = {"learn": "apps.cli.learn", "compress": "apps.cli.compress"}  # run through their `assay` command
 # the CLI's user errors (apps/cli/main.py): Assay's own types; anything else is a bug and shows its traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 
@@ -151,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def step(name: str, help: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
-        if name != "pipeline":
+        if name not in ("pipeline", *OPTIONAL_STEPS):
             s.add_argument("-w", "--workspace", default=os.environ.get("ASSAY_WORKSPACE", "./assay-workspace"),
                            help=ws_help)
         return s
@@ -189,8 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduled-at", help="ISO time of the window this run serves (recorded in its report)")
     for name, module in OPTIONAL_STEPS.items():
         if _importable(module):
-            s = step(name, f"{name} (from {module})")
-            s.add_argument("args", nargs=argparse.REMAINDER, help=f"arguments of `assay {name}`")
+            step(name, f"`assay {name} …` as a job (every option passes through)")
     return p
 
 
@@ -246,17 +246,42 @@ def _optional(step: str, args: list[str]) -> dict:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = assay([step, *args, "--json"])
+    sys.stdout.write(buf.getvalue())
     if code:
-        raise SystemExit(code)
-    text = buf.getvalue().strip()
-    return {"step": step, "result": json.loads(text) if text else None}
+        raise _StepExit(code)  # the command already printed its one-line error or traceback
+    return {"step": step, "result": _json_tail(buf.getvalue())}
+
+
+class _StepExit(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _json_tail(text: str) -> Any:
+    """The JSON document that ends ``text`` (a command's --json output after any other lines), else None."""
+    lines = text.rstrip().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(("{", "[")):
+            try:
+                return json.loads("\n".join(lines[i:]))
+            except json.JSONDecodeError:
+                continue
+    return None
 
 
 def main(argv: Sequence[str] | None = None, run: Callable[[argparse.Namespace], dict] = _run) -> int:
     """Parse, run one step, print its JSON as the last stdout line; returns the exit code (see module doc)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.step in OPTIONAL_STEPS:
+        args.args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         result = run(args)
+    except _StepExit as e:
+        return e.code
     except USER_ERRORS as e:
         if os.environ.get("ASSAY_DEBUG"):
             traceback.print_exc()

@@ -120,3 +120,63 @@ def test_module_entrypoint_exit_codes_and_last_line_json(tmp_path):
 def test_bad_run_id_is_a_user_error():
     with pytest.raises(jobs.UserError, match="run-id"):
         jobs._safe("../x")
+
+
+def test_learn_and_compress_run_their_assay_commands_as_jobs(tmp_path, capsys, monkeypatch):
+    ws = str(tmp_path / "ws")
+    assert jobs.main(["learn", "-w", ws]) == 2  # options pass through to `assay learn`; a user error stays 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and ws in err[0]
+    assert jobs.main(["compress", "-w", ws, "--run", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    import apps.cli.main as cli
+
+    monkeypatch.setattr(cli, "main", lambda argv: print("a note\n" + json.dumps({"argv": argv}, indent=2)) or 0)
+    assert jobs.main(["learn", "-w", ws, "--rounds", "1"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == {"step": "learn", "result": {"argv": ["learn", "-w", ws, "--rounds", "1", "--json"]}}
+
+
+def test_unknown_options_of_core_steps_are_usage_errors():
+    with pytest.raises(SystemExit) as e:
+        jobs.main(["index", "-w", "x", "--bogus"])
+    assert e.value.code == 2
+
+
+# ------------------------------------------------------------------------------------------------ submission helpers
+@pytest.fixture
+def no_cluster(tmp_path, monkeypatch):
+    from apps.cli import cluster
+
+    monkeypatch.setenv("ASSAY_CLUSTER_DIR", str(tmp_path / "cluster"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "ASSAY_JOB_PYTHON"):
+        monkeypatch.delenv(k, raising=False)
+    return cluster
+
+
+def test_the_client_finds_a_cluster_and_never_invents_a_token(no_cluster, tmp_path):
+    with pytest.raises(jobs.UserError, match="no cluster"):
+        no_cluster.job_client()
+    with pytest.raises(jobs.UserError, match="no token was found"):
+        no_cluster.job_client("http://127.0.0.1:9")
+    assert not (tmp_path / "home" / ".ray").exists()  # nothing was generated
+
+
+def test_entrypoints_name_the_interpreter_of_the_cluster(no_cluster, tmp_path):
+    import os
+
+    ep = no_cluster.entrypoint(["mine", "--image", "a b.png"], "/opt/py/bin/python")
+    assert ep == "/opt/py/bin/python -m apps.jobs mine --image 'a b.png'"
+    assert no_cluster.entrypoint(["index"]) == "python -m apps.jobs index"  # no local head: the image's python
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "cluster.json").write_text(json.dumps({
+        "pid": os.getpid(), "python": "/venv/bin/python", "dashboard": "http://127.0.0.1:1",
+        "address": "127.0.0.1:2", "auth": True, "token_path": None}))
+    assert no_cluster.entrypoint(["index"]) == "/venv/bin/python -m apps.jobs index"
+    assert no_cluster.resolve_address(None)[0] == "http://127.0.0.1:1"
+    assert no_cluster.resolve_address("127.0.0.1:2")[0] == "http://127.0.0.1:1"
+    assert no_cluster.resolve_address("http://10.0.0.5:8265") == ("http://10.0.0.5:8265", None)
+    env = no_cluster.runtime_env()
+    assert env["working_dir"] == str(ROOT) and ".venv/" in env["excludes"]
