@@ -160,3 +160,16 @@ def test_missing_features_or_index_name_the_command(ws_dir):
     at = ok(page("selection"))
     text = " ".join(i.value for i in at.info)
     assert "assay index --workspace" in text and "--model toy" in text and "assay embed" not in text
+
+
+@pytest.mark.slow
+def test_mining_on_ray_match_actors_gives_the_same_gallery(toy_ws, ray_cluster):
+    from actors.selection.mine import mine
+
+    at = _query_page()
+    at.number_input(key="sel_workers").set_value(1)
+    at.button(key="sel_run").click()
+    ok(at.run())
+    want = mine(toy_ws, image="img003", boxes=[(64, 64, 192, 160)], top_k=5, model="toy", write=False,
+                image_size=(W, H))
+    assert _gallery(at) == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}" for r, h in enumerate(want.hits)]
