@@ -83,6 +83,7 @@ class EmbedReport:
     images_per_s: float
     startup_s: float = math.nan  # from the call until the first embedded rows came back (workers, model load)
     steady_images_per_s: float = math.nan  # images/s after that (what a long run converges to)
+    n_left_catalog: int = 0  # keys of pending shards no longer in the catalog: written as error rows (in n_errors)
 
 
 def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa.Table:
@@ -98,6 +99,9 @@ def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa
         table = table.sort_by("image_id")
     write_feature_shard(ds, shard, table)
     return table
+
+
+LEFT_CATALOG = "left the catalog (removed, or now status 'error') before its shard was embedded"
 
 
 def _catalog(ws: Workspace, splits: Iterable[str] | None) -> dict[str, str]:
@@ -168,49 +172,73 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
     Raises
     ------
     WorkspaceError
-        No catalog. ``ValueError``: the store exists with other settings; ``FileNotFoundError``: no weights.
+        No catalog. ``UserError``: the store exists with other settings, or no weights.
+    RuntimeError
+        Rows of some shards never came back from the Ray pipeline, even after one redo (nothing is dropped silently:
+        those shards are not written, so a re-run redoes them).
+
+    Notes
+    -----
+    A pending shard (planned, not written) is always redone whole: keys that left the catalog since it was planned
+    (removed, or now status "error") become error rows (``n_left_catalog``, counted in ``n_errors``), never a
+    silently skipped shard.
     """
     t0 = time.monotonic()
     ws = Workspace(ws) if isinstance(ws, (str, os.PathLike)) else ws
     res = resources or Resources.auto()
     name = name or store_name(model)
-    uris = _catalog(ws, splits)
-    meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, uris)
+    planned = _catalog(ws, splits)  # this run's splits: the new images to plan
+    uris = _catalog(ws, None)  # every embeddable image: a pending shard is always redone whole
+    meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, planned)
     ds = ShardedDataset(ws, features_dir(name))
-    shards = ds.plan(uris, shard_size, meta)
-    pending = [s for s in ds.pending(shards) if all(k in uris for k in s.keys)]
+    shards = ds.plan(planned, shard_size, meta)
+    pending = ds.pending(shards)
+    gone = {s.index: [k for k in s.keys if k not in uris] for s in pending}  # keys that left the catalog
+    work = [Shard(s.index, [k for k in s.keys if k in uris]) for s in pending if len(gone[s.index]) < len(s.keys)]
     from tqdm.auto import tqdm
 
-    bar = _Progress(tqdm(total=sum(len(s.keys) for s in pending), desc=f"embed {name}", unit="img",
+    bar = _Progress(tqdm(total=sum(len(s.keys) for s in work), desc=f"embed {name}", unit="img",
                          disable=not progress))
-    stats = {"ok": 0, "err": 0, "bytes": 0, "written": 0}
+    stats = {"ok": 0, "err": 0, "bytes": 0, "written": 0, "gone": 0}
 
     def finish(shard: Shard, tables: list[pa.Table]) -> None:
-        t = _write_shard(ds, shard, tables)
+        lost = gone.get(shard.index) or []
+        t = _write_shard(ds, shard, [*tables, encode_rows((k, LEFT_CATALOG) for k in lost)])
         ok = t.filter(pc.equal(t["status"], "ok"))
         stats["ok"] += ok.num_rows
         stats["err"] += t.num_rows - ok.num_rows
+        stats["gone"] += len(lost)
         stats["bytes"] += pc.sum(pc.binary_length(ok["fmap"])).as_py() or 0
         stats["written"] += 1
 
+    for s in pending:  # every key gone: the shard is only error rows
+        if len(gone[s.index]) == len(s.keys):
+            finish(s, [])
     th = threads or max(1, torch.get_num_threads() // max(1, res.pool_size))
     if local:
-        _run_local(ws, name, pending, uris, res, device, finish, bar)
+        _run_local(ws, name, work, uris, res, device, finish, bar)
     else:
-        for i in range(0, len(pending), group_shards):
-            _run_ray(ws, name, pending[i:i + group_shards], uris, res, device, th, decode_cpus, finish, bar)
+        left: list[Shard] = []
+        for i in range(0, len(work), group_shards):
+            left += _run_ray(ws, name, work[i:i + group_shards], uris, res, device, th, decode_cpus, finish, bar)
+        if left:  # rows that never came back: redo those shards once, then refuse to finish silently
+            left = _run_ray(ws, name, left, uris, res, device, th, decode_cpus, finish, bar)
+        if left:
+            raise RuntimeError(f"embedding lost rows of {len(left)} shard(s) ({', '.join(s.name for s in left)}) "
+                               "twice; they were not written, so a re-run redoes them")
     bar.close()
     secs = time.monotonic() - t0
     n = stats["ok"] + stats["err"]
     startup = bar.first_at - t0 if bar.first_at else math.nan
     rest = bar.done_at - bar.first_at if bar.first_at else 0.0
-    return EmbedReport(model=name, backbone=model, mode="local" if local else "ray", n_images=len(uris),
+    return EmbedReport(model=name, backbone=model, mode="local" if local else "ray", n_images=len(planned),
                        n_embedded=stats["ok"], n_errors=stats["err"], shards_total=len(shards),
                        shards_written=stats["written"], shards_skipped=len(shards) - len(pending),
                        dim=meta["dim"], cell_stride=meta["stride"],
                        bytes_per_image=stats["bytes"] / max(1, stats["ok"]), seconds=secs,
                        images_per_s=n / secs if secs > 0 else math.nan, startup_s=startup,
-                       steady_images_per_s=(bar.n - bar.first_n) / rest if rest > 0 else math.nan)
+                       steady_images_per_s=(bar.n - bar.first_n) / rest if rest > 0 else math.nan,
+                       n_left_catalog=stats["gone"])
 
 
 class _Progress:
@@ -245,7 +273,9 @@ def _run_local(ws, name, pending, uris, res, device, finish, bar) -> None:
         finish(shard, tables)
 
 
-def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish, bar) -> None:
+def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish, bar) -> list[Shard]:
+    """Embed ``pending`` shards through Ray Data, finishing each shard as its last row arrives; returns the shards
+    still incomplete when the stream ends (never dropped silently: the caller redoes them or raises)."""
     import ray
 
     init_ray()
@@ -261,7 +291,7 @@ def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish,
             # its batch re-run, and rows reach a shard once (tests/e2e/test_multinode.py kills one mid-step)
             .map_batches(EmbedActor, compute=ray.data.ActorPoolStrategy(size=res.pool_size),
                          batch_size=res.batch_size, num_gpus=res.num_gpus, num_cpus=res.num_cpus,
-                         fn_constructor_kwargs={"workspace": ws.base if ws.is_local else ws.uri, "model": name, "device": device,
+                         fn_constructor_kwargs={"workspace": ws.uri, "model": name, "device": device,  # absolute
                                                 "threads": threads, "batch_size": res.batch_size}))
     for batch in data.iter_batches(batch_size=None, batch_format="pyarrow"):
         for idx in np.unique(batch["shard"].to_numpy()):
@@ -271,3 +301,4 @@ def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish,
             bar.update(part.num_rows)
             if count[int(idx)] == want[int(idx)]:
                 finish(by_index[int(idx)], got.pop(int(idx)))
+    return [by_index[i] for i in sorted(want) if count[i] != want[i]]  # shards whose rows did not all come back

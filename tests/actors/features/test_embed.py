@@ -139,3 +139,48 @@ def test_ray_path_resumes_after_a_crash_and_matches_local(toy, ray_cluster, monk
     assert {pq.read_metadata(p).num_row_groups for p in ds.part_paths()} == {2, 3}  # one image per row group
     again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
     assert again.shards_written == 0 and again.shards_skipped == 3
+
+
+def test_pending_shard_whose_key_left_the_catalog_is_redone_with_an_error_row_not_skipped(toy, monkeypatch):
+    _crash_after_first_shard(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_pool(toy, name="s", local=True, resources=RES, shard_size=3, progress=False)
+    monkeypatch.undo()
+    ds = ShardedDataset(toy, features_dir("s"))
+    pending_keys = [k for s in ds.pending() for k in s.keys]
+    victim = next(k for k in pending_keys if k.startswith("pool-0"))
+    cat = toy.read_table(IMAGES)
+    status = [("error" if i == victim else s) for i, s in zip(cat["image_id"].to_pylist(), cat["status"].to_pylist())]
+    toy.write_table(IMAGES, cat.set_column(cat.schema.get_field_index("status"), "status", [status]))
+    rep = embed_pool(toy, name="s", local=True, resources=RES, shard_size=3, progress=False)
+    assert (rep.shards_total, rep.shards_skipped, rep.shards_written) == (3, 1, 2)  # nothing skipped silently
+    assert rep.n_left_catalog == 1 and ds.pending() == []
+    row = feature_rows(toy, "s").filter(pc.equal(pc.field("image_id"), victim)).to_pylist()
+    assert row[0]["status"] == "error" and "left the catalog" in row[0]["error"]
+    assert rep.n_embedded + rep.n_errors == len(pending_keys)
+
+
+def test_shards_still_incomplete_at_the_end_are_redone_then_raise_never_discarded(toy, monkeypatch):
+    calls = []
+
+    def lossy(ws, name, pending, *a, **k):  # the stream ended before these shards' rows all came back
+        calls.append([s.index for s in pending])
+        return list(pending)
+
+    monkeypatch.setattr(embed, "_run_ray", lossy)
+    with pytest.raises(RuntimeError, match=r"lost rows of 3 shard\(s\).*re-run redoes them"):
+        embed_pool(toy, name="r", resources=RES, shard_size=3, progress=False)
+    assert calls == [[0, 1, 2], [0, 1, 2]]  # redone once before giving up
+    assert ShardedDataset(toy, features_dir("r")).part_paths() == []
+
+    def lossy_once(ws, name, pending, uris, res, device, threads, decode_cpus, finish, bar):
+        if not calls:
+            calls.append("first")
+            return list(pending)
+        embed._run_local(ws, name, pending, uris, res, device, finish, bar)
+        return []
+
+    calls.clear()
+    monkeypatch.setattr(embed, "_run_ray", lossy_once)
+    rep = embed_pool(toy, name="r", resources=RES, shard_size=3, progress=False)
+    assert rep.shards_written == 3 and rep.n_embedded + rep.n_errors == 8
