@@ -96,7 +96,7 @@ def render() -> None:
     if naive["capped"]:
         st.caption("The naive estimate is beyond the cap (or unreachable); its plan stops at the cap.")
     st.caption(f"Risks are 1 − F(total) under the requirement distribution F that LOC learns from the curve. "
-               f"{out['default']}.")
+               f"Default used: {out['default']}.")
 
     rows, chart_rows = [], [{"plan": "LOC", "round": 0, "total": n0, "risk": 1.0},
                             {"plan": "naive", "round": 0, "total": n0, "risk": 1.0}]
