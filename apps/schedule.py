@@ -307,10 +307,10 @@ class RayJobRunner:
         self.python, self.poll_s = python, poll_s
 
     def run(self, p: Pipeline, run_id: str, scheduled_at: datetime, job_id: str) -> RunResult:
-        from apps.cli.cluster import entrypoint, runtime_env
+        from apps.cli.cluster import entrypoint, runtime_env, submit_once
 
         spec = _repo_relative(p.path)
-        self.client.submit_job(submission_id=job_id, runtime_env=runtime_env(), entrypoint=entrypoint(
+        submit_once(self.client, job_id, runtime_env=runtime_env(), entrypoint=entrypoint(
             ["pipeline", spec, "--run-id", run_id, "--scheduled-at", scheduled_at.isoformat()],
             self.python, self.address))
         return self._wait(job_id)
@@ -323,7 +323,21 @@ class RayJobRunner:
         return self._wait(job_id)
 
     def _wait(self, job_id: str) -> RunResult:
-        while not (st := self.client.get_job_status(job_id)).is_terminal():
+        import requests
+
+        misses = 0
+        while True:
+            try:
+                st = self.client.get_job_status(job_id)
+                misses = 0
+            except requests.ConnectionError:  # a busy head drops a poll now and then; a dead one fails below
+                misses += 1
+                if misses > 10:
+                    raise
+                time.sleep(self.poll_s)
+                continue
+            if st.is_terminal():
+                break
             time.sleep(self.poll_s)
         logs = self.client.get_job_logs(job_id)
         counts = _last_json(logs).get("counts", {})

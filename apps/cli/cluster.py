@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,14 +94,31 @@ def _token_path(folder: Path, auth: bool) -> str | None:
 
 
 def cluster_up(*, num_cpus: int | None = None, num_gpus: int | None = None, auth: bool = True,
-               timeout_s: float = 180.0) -> dict:
-    """Start the local head (see module doc) and wait until its Jobs API answers; returns its state."""
+               timeout_s: float = 180.0, tries: int = 2) -> dict:
+    """Start the local head (see module doc) and wait until ``ray start`` reported success and its Jobs API
+    answers; returns its state. A head that fails to start (Ray gives its raylet 30 s, which a loaded machine can
+    miss) is stopped and started again on fresh ports, up to ``tries`` times."""
     if st := local_cluster():
         raise UserError(f"a local head is already running (pid {st['pid']}, {st['dashboard']}); "
                         "`assay cluster down` first")
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     token = _token_path(folder, auth)
+    t0 = time.monotonic()
+    for attempt in range(1, tries + 1):
+        proc, st = _start_head(folder, token, auth, num_cpus, num_gpus)
+        why = _wait_ready(proc, st, timeout_s)
+        if why is None:
+            st["startup_s"] = round(time.monotonic() - t0, 1)
+            return st
+        cluster_down()
+        if attempt == tries:
+            raise RuntimeError(f"the Ray head did not come up ({why}); see {folder / 'head.log'}")
+    raise AssertionError("unreachable")
+
+
+def _start_head(folder: Path, token: str | None, auth: bool, num_cpus: int | None,
+                num_gpus: int | None) -> tuple[subprocess.Popen, dict]:
     ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
     temp = Path("/tmp") / f"assay-ray-{ports['port']}"  # short: Ray's unix sockets live under it
     ray_bin = Path(sys.executable).with_name("ray")
@@ -120,20 +138,25 @@ def cluster_up(*, num_cpus: int | None = None, num_gpus: int | None = None, auth
           f"{ports['dashboard-port']}", "python": sys.executable, "auth": auth, "token_path": token,
           "temp_dir": str(temp), "log": str(folder / "head.log"), "started_at": time.time()}
     _atomic_json(folder / "cluster.json", st)
-    t0 = time.monotonic()
-    while True:
-        try:
-            job_client(st["dashboard"])
-            break
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - not up yet
-            if proc.poll() is not None or time.monotonic() - t0 > timeout_s:
-                cluster_down()
-                raise RuntimeError(f"the Ray head did not come up ({e}); see {folder / 'head.log'}") from None
-            time.sleep(1.0)
-    st["startup_s"] = round(time.monotonic() - t0, 1)
-    return st
+    return proc, st
+
+
+def _wait_ready(proc: subprocess.Popen, st: dict, timeout_s: float) -> str | None:
+    """None once ``ray start`` said "Ray runtime started" and the Jobs API answers; else why not."""
+    t0, err = time.monotonic(), "no answer"
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            return f"`ray start` exited with {proc.returncode}"
+        if "Ray runtime started" in Path(st["log"]).read_text(errors="replace"):
+            try:
+                job_client(st["dashboard"])
+                return None
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - not up yet
+                err = str(e).splitlines()[0] if str(e) else type(e).__name__
+        time.sleep(1.0)
+    return f"not ready after {timeout_s:.0f} s: {err}"
 
 
 def cluster_down(timeout_s: float = 60.0) -> dict:
@@ -157,6 +180,8 @@ def cluster_down(timeout_s: float = 60.0) -> dict:
         os.killpg(pid, signal.SIGKILL)  # leftovers of this head's session only (start_new_session: pgid == pid)
     except ProcessLookupError:
         pass
+    if st.get("temp_dir", "").startswith("/tmp/assay-ray-"):
+        shutil.rmtree(st["temp_dir"], ignore_errors=True)  # this head's own session logs and sockets
     f.unlink()
     return {"stopped": True, "pid": pid}
 
@@ -210,6 +235,26 @@ def job_client(address: str | None = None):
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(url), url
+
+
+def submit_once(client, submission_id: str, *, tries: int = 3, **kw: Any) -> str:
+    """``client.submit_job`` under a fixed ``submission_id``, retried when the connection drops (a loaded head's
+    dashboard can): the id makes a retry idempotent, and a job that did get through is never submitted twice."""
+    import requests
+
+    for attempt in range(1, tries + 1):
+        try:
+            return client.submit_job(submission_id=submission_id, **kw)
+        except requests.ConnectionError:
+            if attempt == tries:
+                raise
+            time.sleep(2.0 * attempt)
+            try:
+                client.get_job_status(submission_id)
+                return submission_id  # the first try reached the head
+            except Exception:  # noqa: BLE001 - not there: submit again
+                continue
+    raise AssertionError("unreachable")
 
 
 def runtime_env() -> dict:

@@ -27,13 +27,15 @@ STEPS = ("ingest", "embed", "index", "mine", "learn", "compress", "pipeline")
 def submit_job(step: str, args: list[str], *, address: str | None = None, python: str | None = None,
                submission_id: str | None = None) -> tuple[object, str]:
     """Submit ``python -m apps.jobs STEP ARGS`` and return (client, job id)."""
-    from apps.cli.cluster import entrypoint, job_client, runtime_env
+    import uuid
+
+    from apps.cli.cluster import entrypoint, job_client, runtime_env, submit_once
 
     if step not in STEPS:
         raise UserError(f"unknown step {step!r}; one of {', '.join(STEPS)}")
     client, url = job_client(address)
-    job_id = client.submit_job(entrypoint=entrypoint([step, *args], python, url), runtime_env=runtime_env(),
-                               submission_id=submission_id)
+    job_id = submit_once(client, submission_id or f"assay-{step}-{uuid.uuid4().hex[:12]}",
+                         entrypoint=entrypoint([step, *args], python, url), runtime_env=runtime_env())
     return client, job_id
 
 

@@ -70,7 +70,24 @@ def test_submit_mine_to_a_local_head_and_wait(tmp_path):
 
         failing = assay("submit", "index", "-w", str(tmp_path / "nothing-here"), "--wait", env=env)
         assert failing.returncode == 2  # the job's own exit status (a user error)
-        print(f"head up {t_up:.1f} s; submit mine --wait {t_job:.1f} s")
+
+        # the scheduler submits a due pipeline run as a Ray job with a deterministic id and records it
+        spec = tmp_path / "standing.toml"
+        spec.write_text(f'name = "standing"\nworkspace = "{ws}"\ncron = "* * * * *"\nsteps = ["index", "mine"]\n'
+                        f'[[queries]]\nimage = "{q}"\nboxes = [{list(box)}]\ntop_k = 4\n')
+        t2 = time.monotonic()
+        once = assay("schedule", "once", str(spec), "--json", env=env)
+        t_pipe = time.monotonic() - t2
+        assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
+        run = json.loads(once.stdout)["ran"][0]
+        assert run["status"] == "SUCCEEDED" and run["job_id"] == f"{run['run_id']}-a1", run
+        assert run["counts"] == {"indexed": 0, "index_images": 12, "queries": 1, "hits": 4}
+        assert (tmp_path / "ws" / "selections" / f"{qid}.{run['run_id']}.parquet").exists()
+        probe = subprocess.run([sys.executable, "-c", "from apps.schedule import RayJobRunner; "
+                                "print(RayJobRunner().recover('never-submitted-a1'))"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert probe.stdout.strip() == "None", probe.stderr[-2000:]  # unknown job: the window is retried
+        print(f"head up {t_up:.1f} s; submit mine --wait {t_job:.1f} s; schedule once (Ray job) {t_pipe:.1f} s")
     finally:
         down = assay("cluster", "down", "--json", env=env)
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"]
