@@ -21,7 +21,7 @@ it), loc@K for template only (share of hits whose matched box has IoU ≥ 0.3 wi
 p95 per query (coarse + fine; query encoding excluded) with feature maps cached, and ``--cold`` queries reading
 their candidates' rows from Parquet. Timings are noisy on a shared machine; accuracy figures are not.
 
-    python bench/targeted_selection.py --out-dir /tmp/tsb --n-images 2000 --queries 60 --tune-queries 40
+    python bench/targeted_selection.py --out-dir /tmp/tsb --n-images 2000 --queries 50 --tune-queries 30
     python bench/targeted_selection.py --smoke --out-dir /tmp/tsb-smoke   # seconds; JSON under --out-dir
 
 Writes ``bench/targeted_selection.json`` and ``.md`` (``--smoke``: ``<out-dir>/targeted_selection.json``).
@@ -253,11 +253,12 @@ def tune(ws: Workspace, queries: list[dict], truth: tuple, grid: dict) -> dict:
     best = dict(START, candidates=min(START["candidates"], max(grid["candidates"])))
     if best["scales"] not in grid["scales"]:
         best["scales"] = grid["scales"][0]
-    tried: dict[str, dict] = {}
+    cache = Path(ws.local_path("bench_tuning.json"))  # configurations measured so far: a re-run resumes
+    tried: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
     state: dict = {"pool": None, "cell_pool": None, "sel": None, "fmaps": None}
 
     def measure(cfg: dict) -> dict:
-        key = json.dumps(cfg, sort_keys=True)
+        key = json.dumps({**cfg, "n_queries": len(queries)}, sort_keys=True)
         if key in tried:
             return tried[key]
         if state["pool"] != cfg["pool"]:
@@ -270,7 +271,8 @@ def tune(ws: Workspace, queries: list[dict], truth: tuple, grid: dict) -> dict:
         r = run_config(ws, cfg, queries, truth, state["fmaps"], state["sel"])
         small = r["bins"]["<1%"]
         tried[key] = {**cfg, "recall@100_<1%": small["recall@100"], "precision@10_<1%": small["precision@10"],
-                      "latency_ms_p50": r["latency_ms_p50"], "n_<1%": small["n"]}
+                      "latency_ms_p50": r["latency_ms_p50"], "n_<1%": small["n"], "n_queries": len(queries)}
+        cache.write_text(json.dumps(tried))
         print(f"tune {cfg}: R@100<1% {small['recall@100']:.3f}, P@10 {small['precision@10']:.3f}, "
               f"p50 {r['latency_ms_p50']:.0f} ms", flush=True)
         return tried[key]
@@ -354,12 +356,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default="/tmp/assay-bench-ts")
     ap.add_argument("--n-images", type=int, default=2000, help="world size per seed; the pool is 62.5%% of it")
-    ap.add_argument("--queries", type=int, default=60, help="held-out query objects on the report seed")
-    ap.add_argument("--tune-queries", type=int, default=40, help="query objects on the tuning seed")
+    ap.add_argument("--queries", type=int, default=50, help="held-out query objects on the report seed")
+    ap.add_argument("--tune-queries", type=int, default=30, help="query objects on the tuning seed")
     ap.add_argument("--seed", type=int, default=0, help="world seed the figures are reported on")
     ap.add_argument("--tune-seed", type=int, default=1, help="world seed the defaults are chosen on")
     ap.add_argument("--train-minutes", type=float, default=2.5, help="backbone training budget per world")
     ap.add_argument("--cold", type=int, default=20, help="report queries re-run without the feature-map cache")
+    ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
     ap.add_argument("--smoke", action="store_true", help="tiny worlds and grid (seconds); JSON under --out-dir")
     ap.add_argument("--out", default=None, help="JSON path (default bench/targeted_selection.json)")
     a = ap.parse_args(argv)
@@ -371,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
         a.n_images, a.queries, a.tune_queries, a.train_minutes, a.cold = 48, 4, 4, 0.05, 2
         size, grid = (192, 144), SMOKE_GRID
     out = Path(a.out or (out_dir / "targeted_selection.json" if a.smoke else Path(__file__).with_suffix(".json")))
+    torch.set_num_threads(a.threads)  # 1 by default: on a shared, oversubscribed machine more threads only spin
+    import faiss
+
+    faiss.omp_set_num_threads(a.threads)
     t0 = time.perf_counter()
     ws_t, world_t = prepare_world(out_dir / f"seed{a.tune_seed}", a.n_images, a.tune_seed, a.train_minutes, size)
     truth_t = load_truth(ws_t)
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     truth_r = load_truth(ws_r)
     rq = pick_queries(truth_r[0], a.queries, a.seed)
     res = {"smoke": a.smoke, "tune_seed": a.tune_seed, "report_seed": a.seed, "n_images": a.n_images,
-           "image_size": list(size), "n_pool": truth_r[3], "splits": [list(s) for s in SPLITS],
+           "image_size": list(size), "threads": a.threads, "n_pool": truth_r[3], "splits": [list(s) for s in SPLITS],
            "query_instances_held_out": True, "grid": grid, "start": START, "tuning": tuning,
            "report_world": world_r, "report": report(ws_r, tuning["chosen"], rq, truth_r, a.cold),
            "wall_s": time.perf_counter() - t0,
