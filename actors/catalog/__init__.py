@@ -13,6 +13,8 @@ _PUBLIC = {
     "catalog_summary": "schema",
     "ingest": "ingest",
     "IngestReport": "ingest",
+    "recheck_errors": "recheck",
+    "RecheckReport": "recheck",
     "read_coco": "coco",
     "make_world": "world",
     "WorldConfig": "world",

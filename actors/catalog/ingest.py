@@ -8,10 +8,14 @@ Contract
 * ``image_id`` is the first 16 hex digits of the SHA-1 of the normalised URI (absolute local path, or the URI as
   given when it has a scheme), so it is stable across runs and machines that see the same paths.
 * Rows that fail are kept: an unreadable image gets ``status="error"`` and a reason (``missing file``,
-  ``not an image``, ``truncated``), a bad box a label row with ``status="error"`` naming the field. Such rows never
-  abort an ingest. Problems with the source itself (missing, empty, no ``uri`` column, a COCO file with a duplicate
-  image id or a box on an unknown image) raise ``ValueError``/``FileNotFoundError`` naming the file, and nothing
-  is written.
+  ``not an image``, ``truncated``, ``unsupported URI scheme 'http'``), a bad box a label row with ``status="error"``
+  naming the field. Such rows never abort an ingest; the report names the manifest row. A manifest row with a null
+  or blank ``uri`` has nothing to identify it: it is an error of the report (``<manifest>: row N: field 'uri' is
+  empty``), never an image (it used to become the manifest's folder).
+  :func:`actors.catalog.recheck.recheck_errors` re-reads the headers of the catalog's error rows
+  (``assay ingest --recheck``): a restored file becomes ``ok``. Problems with the source itself
+  (missing, empty, unparsable, no ``uri`` column, a COCO file with a duplicate image id or a box on an unknown
+  image) raise ``UserError`` naming the file, and nothing is written.
 * Ingest is idempotent: an image already in the catalog (same ``image_id``) and a box already there (same
   ``image_id``, ``box_id``) are not added again. Both files are replaced atomically, images first.
 * Manifests stream in batches of ``batch_size`` rows: memory is bounded by the batch plus 8 bytes per known id.
@@ -107,12 +111,15 @@ def check_image(uri: str) -> tuple[int | None, int | None, str, str]:
     """
     from PIL import Image, UnidentifiedImageError
 
+    bad = scheme_error(uri)
+    if bad:
+        return None, None, "error", bad
     try:
         f = _open(uri)
     except FileNotFoundError:
         return None, None, "error", "missing file"
-    except OSError as e:
-        return None, None, "error", f"unreadable ({e.strerror or e})"
+    except (OSError, pa.ArrowInvalid) as e:
+        return None, None, "error", f"unreadable ({getattr(e, 'strerror', None) or e})"
     with f:
         try:
             with Image.open(f) as im:
@@ -124,11 +131,24 @@ def check_image(uri: str) -> tuple[int | None, int | None, str, str]:
     return w, h, "ok", ""
 
 
+SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # what pyarrow.fs can read
+
+
+def scheme_error(uri: str) -> str:
+    """The reason a URI cannot be read because of its scheme (``http://``…), or "" when its scheme is supported."""
+    if "://" not in uri:
+        return ""
+    scheme = uri.split("://", 1)[0].lower()
+    return "" if scheme in SCHEMES else f"unsupported URI scheme '{scheme}' (readable: {', '.join(SCHEMES)})"
+
+
 def _open(uri: str):
     if "://" in uri:
         import pyarrow.fs as pafs
 
-        fs, path = pafs.FileSystem.from_uri(uri)
+        from actors.core.workspace import resolve_uri
+
+        fs, path = resolve_uri(uri)
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(uri)
         return fs.open_input_file(path)
@@ -193,11 +213,13 @@ def _to_int32(a: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.cast(pc.if_else(pc.match_substring_regex(s, r"^\d+$"), s, None), pa.int32())
 
 
-def _manifest_batch(t: pa.Table, base: str, path: Path) -> pa.Table:
-    """Normalise one manifest batch: uri resolved, width/height int32, split/extras as strings."""
+def _manifest_batch(t: pa.Table, base: str, path: Path, first_row: int) -> pa.Table:
+    """Normalise one manifest batch: uri resolved (null or blank stays ""), width/height int32, split/extras as
+    strings, and ``_row``: each row's number in the file (CSV: its line; Parquet: 1-based), never written."""
     if "uri" not in t.column_names:
         raise UserError(f"{path}: manifest has no 'uri' column (columns: {', '.join(t.column_names)})")
-    cols: dict[str, Any] = {"uri": [normalize_uri(u or "", base) for u in t["uri"].to_pylist()]}
+    cols: dict[str, Any] = {"uri": [normalize_uri(u, base) if u and u.strip() else "" for u in t["uri"].to_pylist()],
+                            "_row": pa.array(np.arange(first_row, first_row + t.num_rows), pa.int64())}
     for name in ("width", "height"):
         if name in t.column_names:
             cols[name] = _to_int32(t[name])
@@ -214,23 +236,42 @@ def _manifest_batch(t: pa.Table, base: str, path: Path) -> pa.Table:
 def _manifest(path: Path, kind: str, batch_size: int) -> tuple[int | None, list[str], Iterator[pa.Table]]:
     """(row count if known, extra column names, batches) of a Parquet or CSV manifest."""
     base = str(path.parent)
-    if kind == "parquet":
-        pf = pq.ParquetFile(path)
-        names, total = pf.schema_arrow.names, pf.metadata.num_rows
-        raw: Iterable = pf.iter_batches(batch_size=batch_size)
-    else:
-        import pyarrow.csv as pacsv
+    try:
+        if kind == "parquet":
+            pf = pq.ParquetFile(path)
+            names, total = pf.schema_arrow.names, pf.metadata.num_rows
+            raw: Iterable = pf.iter_batches(batch_size=batch_size)
+        else:
+            import pyarrow.csv as pacsv
 
-        names = pacsv.open_csv(path).schema.names
-        opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-        raw, total = _rebatch(pacsv.open_csv(path, convert_options=opts), batch_size), None
+            names = pacsv.open_csv(path).schema.names
+            opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
+            raw, total = _rebatch(pacsv.open_csv(path, convert_options=opts), batch_size), None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path}: cannot read the {kind} manifest: {e}") from e
     if "uri" not in names:
         raise UserError(f"{path}: manifest has no 'uri' column (columns: {', '.join(names)})")
     if total == 0:
         raise UserError(f"{path}: manifest has no rows")
     extras = [n if n not in RESERVED else f"manifest_{n}" for n in names
               if n not in ("uri", "width", "height", "split")]
-    return total, extras, (_manifest_batch(pa.table(b), base, path) for b in raw)
+    return total, extras, _numbered(raw, base, path, kind)
+
+
+def _numbered(raw: Iterable, base: str, path: Path, kind: str) -> Iterator[pa.Table]:
+    """Manifest batches with their row numbers; a parse error part-way names the file (nothing is written then)."""
+    row = 2 if kind == "csv" else 1  # CSV: line numbers (line 1 is the header)
+    it = iter(raw)
+    while True:
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"{path}: cannot read the {kind} manifest near row {row}: {e}") from e
+        t = _manifest_batch(pa.table(b), base, path, row)
+        row += t.num_rows
+        yield t
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch], n: int) -> Iterator[pa.RecordBatch]:
@@ -264,6 +305,11 @@ class _Ingestor:
         """Catalog rows for the images of batch ``t`` not seen before."""
         self.report.rows_read += t.num_rows
         self.report.batches += 1
+        blank = pc.equal(t["uri"], "")
+        if pc.any(blank).as_py():  # no URI: nothing to identify or read; an error in the report, naming the row
+            for r in t.filter(blank)["_row"].to_pylist():
+                self.report.fail(f"{self.source}: row {r}", "field 'uri' is empty")
+            t = t.filter(pc.invert(blank))
         hexes, u64 = _ids(t["uri"].to_pylist())
         old = self.known.contains(u64)
         first = np.zeros(len(u64), bool)
@@ -277,16 +323,20 @@ class _Ingestor:
 
     def _status(self, t: pa.Table) -> pa.Table:
         n = t.num_rows
+        uris = t["uri"].to_pylist()
+        where = ([f"{u} (row {r})" for u, r in zip(uris, t["_row"].to_pylist())] if "_row" in t.column_names
+                 else uris)
         if self.check:
-            checked = list(self.pool.map(check_image, t["uri"].to_pylist()))
+            checked = list(self.pool.map(check_image, uris))
             w, h, status, error = (list(c) for c in zip(*checked)) if n else ([], [], [], [])
             t = t.drop_columns([c for c in ("width", "height") if c in t.column_names])
             t = t.append_column("width", pa.array(w, pa.int32())).append_column("height", pa.array(h, pa.int32()))
-            for uri, s, e in zip(t["uri"].to_pylist(), status, error):
-                if s == "error":
-                    self.report.fail(uri, e)
-        else:
-            status, error = ["unchecked"] * n, [""] * n
+        else:  # no header reads, but a scheme nothing can read is still an error row
+            error = [scheme_error(u) for u in uris]
+            status = ["error" if e else "unchecked" for e in error]
+        for at, s, e in zip(where, status, error):
+            if s == "error":
+                self.report.fail(at, e)
         split = [self.split] * n if self.split is not None else (
             pc.fill_null(t["split"], "") if "split" in t.column_names else [""] * n)
         t = t.drop_columns([c for c in ("split",) if c in t.column_names])
@@ -355,8 +405,8 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
 
     Raises
     ------
-    FileNotFoundError, ValueError
-        The source is missing, empty or malformed; nothing is written then.
+    UserError
+        The source is missing, empty or malformed (the message names the file); nothing is written then.
     """
     from tqdm import tqdm
 
@@ -389,4 +439,4 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
     return report
 
 
-__all__ = ["IngestReport", "ingest", "check_image", "detect_kind"]
+__all__ = ["IngestReport", "ingest", "check_image", "detect_kind", "scheme_error"]

@@ -46,19 +46,39 @@ def _render_world(s: dict[str, Any]) -> None:
 
 
 def ingest(
-    source: Annotated[str, typer.Argument(help="Folder of images, Parquet/CSV manifest with a 'uri' column, "
-                                               "or COCO JSON.")],
+    source: Annotated[Optional[str], typer.Argument(help="Folder of images, Parquet/CSV manifest with a 'uri' "
+                                                         "column, or COCO JSON.")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     split: Annotated[Optional[str], typer.Option("--split", help="Split for every new image.")] = None,
     check_headers: Annotated[bool, typer.Option("--check-headers/--no-check-headers",
                                                 help="Read each image header (size, truncation).")] = True,
+    recheck: Annotated[bool, typer.Option("--recheck", help="Re-read the headers of the catalog's error rows "
+                                                            "(files restored since become ok).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Add the images (and COCO boxes) of SOURCE to the workspace catalog; failed rows are kept and listed."""
     from actors.catalog.ingest import ingest as run
+    from actors.catalog.recheck import recheck_errors
 
-    report = run(source, workspace, split=split, check_headers=check_headers)
-    emit(asdict(report), as_json, _render_ingest)
+    if source is None and not recheck:
+        raise UserError("give a SOURCE to ingest, or --recheck to re-read the catalog's error rows")
+    out: dict[str, Any] = {}
+    if source is not None:
+        out["ingest"] = asdict(run(source, workspace, split=split, check_headers=check_headers))
+    if recheck:
+        out["recheck"] = asdict(recheck_errors(workspace))
+    emit(out if len(out) > 1 else next(iter(out.values())), as_json, lambda _: _render_both(out))
+
+
+def _render_both(out: dict[str, Any]) -> None:
+    if "ingest" in out:
+        _render_ingest(out["ingest"])
+    if "recheck" in out:
+        r = out["recheck"]
+        console.print(table("recheck of the catalog's error rows", ["", "rows"],
+                            [("checked", r["checked"]), ("now ok", r["recovered"]),
+                             ("still failing", r["still_failing"]),
+                             *((f"  {k}", v) for k, v in r["errors_by_reason"].items())]))
 
 
 def _render_ingest(r: dict[str, Any]) -> None:

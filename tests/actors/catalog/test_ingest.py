@@ -94,7 +94,8 @@ def test_manifest_missing_file_and_metadata(tmp_path, workspace, fmt):
         pq.write_table(t, path)
     report = ingest(path, workspace, progress=False)
     assert (report.added, report.duplicates, report.errors) == (3, 1, 1)
-    assert any("gone.jpg: missing file" in f for f in report.failures)
+    row = 4 if fmt == "csv" else 3  # CSV: its line (line 1 is the header); Parquet: 1-based
+    assert any(f.endswith(f"gone.jpg (row {row}): missing file") for f in report.failures), report.failures
     got = {Path(r["uri"]).name: r for r in workspace.read_table(IMAGES).to_pylist()}
     assert got["gone.jpg"]["status"] == "error" and got["gone.jpg"]["error"] == "missing file"
     assert got["b.jpg"]["split"] == "val" and got["b.jpg"]["camera"] == "c2" and got["b.jpg"]["width"] == 40
@@ -179,3 +180,57 @@ def test_summary_and_loaders(folder, workspace):
     assert load_images(workspace, split="pool").num_rows == 6
     assert load_images(workspace, status=None).num_rows == 8
     assert load_images(workspace, split="train").num_rows == 0
+
+
+# ------------------------------------------------------------------------------------------ manifest defects
+def test_null_or_blank_uri_is_an_error_naming_the_row_not_the_manifest_folder(tmp_path, workspace):
+    _jpeg(tmp_path / "m" / "a.jpg")
+    pq.write_table(pa.table({"uri": ["a.jpg", None, "  ", ""]}), tmp_path / "m" / "m.parquet")
+    report = ingest(tmp_path / "m" / "m.parquet", workspace, progress=False)
+    assert (report.added, report.errors) == (1, 3)
+    assert [f.split(": ", 1)[1] for f in report.failures] == [f"row {r}: field 'uri' is empty" for r in (2, 3, 4)]
+    uris = workspace.read_table(IMAGES)["uri"].to_pylist()
+    assert uris == [str(tmp_path / "m" / "a.jpg")] and str(tmp_path / "m") not in uris
+
+
+def test_unsupported_scheme_is_an_error_row_naming_the_row_not_a_rejected_manifest(tmp_path, workspace):
+    _jpeg(tmp_path / "a.jpg")
+    (tmp_path / "m.csv").write_text("uri\na.jpg\nhttp://example.com/x.jpg\n")
+    for check in (True, False):
+        ws = workspace if check else type(workspace)(tmp_path / f"ws-{check}")
+        report = ingest(tmp_path / "m.csv", ws, check_headers=check, progress=False)
+        assert (report.added, report.errors) == (2, 1)
+        assert report.failures == ["http://example.com/x.jpg (row 3): unsupported URI scheme 'http' (readable: "
+                                   "file, s3, gs, gcs, hdfs, viewfs, abfs, abfss)"]
+        got = {r["uri"]: r for r in ws.read_table(IMAGES).to_pylist()}
+        assert got["http://example.com/x.jpg"]["status"] == "error"
+    assert check_image("http://example.com/x.jpg")[2:] == ("error", report.failures[0].split(": ", 1)[1])
+
+
+def test_malformed_csv_manifest_error_names_the_file(tmp_path, workspace):
+    (tmp_path / "bad.csv").write_text("uri,split\na.jpg,train\nb.jpg,train,extra,cols\n")
+    with pytest.raises(UserError, match=r"bad\.csv: cannot read the csv manifest.*(CSV parse error|Expected)"):
+        ingest(tmp_path / "bad.csv", workspace, check_headers=False, progress=False)
+    assert not workspace.exists(IMAGES)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(UserError, match=r"bad\.parquet: cannot read the parquet manifest"):
+        ingest(tmp_path / "bad.parquet", workspace, progress=False)
+
+
+def test_recheck_re_reads_error_rows_and_a_restored_file_becomes_ok(tmp_path, workspace):
+    from actors.catalog.recheck import recheck_errors
+
+    _jpeg(tmp_path / "m" / "a.jpg")
+    (tmp_path / "m" / "m.csv").write_text("uri\na.jpg\nlater.jpg\nnever.jpg\n")
+    first = ingest(tmp_path / "m" / "m.csv", workspace, progress=False)
+    assert first.errors == 2
+    _jpeg(tmp_path / "m" / "later.jpg", w=40, h=30)  # restored after the ingest
+    again = ingest(tmp_path / "m" / "m.csv", workspace, progress=False)
+    status = {Path(r["uri"]).name: r["status"] for r in workspace.read_table(IMAGES).to_pylist()}
+    assert again.already_present == 3 and status["later.jpg"] == "error"  # ingest alone never re-checks
+    rep = recheck_errors(workspace)
+    assert (rep.checked, rep.recovered, rep.still_failing) == (2, 1, 1) and rep.errors_by_reason == {"missing file": 1}
+    rows = {Path(r["uri"]).name: r for r in workspace.read_table(IMAGES).to_pylist()}
+    assert (rows["later.jpg"]["status"], rows["later.jpg"]["width"], rows["later.jpg"]["error"]) == ("ok", 40, "")
+    assert rows["never.jpg"]["status"] == "error" and rows["a.jpg"]["status"] == "ok"
+

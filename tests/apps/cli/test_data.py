@@ -71,3 +71,18 @@ def test_world_command(tmp_path):
     assert summary["n_images"] == 12 and summary["workspace"] == str(out / "workspace")
     res = runner.invoke(app, ["world", "--out", str(out), "--images", "12", "--size", "96"])
     assert res.exit_code != 0
+
+
+def test_ingest_recheck_turns_a_restored_file_ok(tmp_path, capsys):
+    ws = str(tmp_path / "ws")
+    (tmp_path / "m").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "m" / "a.png")
+    (tmp_path / "m" / "m.csv").write_text("uri\na.png\nb.png\n")
+    assert main(["ingest", str(tmp_path / "m" / "m.csv"), "-w", ws, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == 1
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "m" / "b.png")
+    assert main(["ingest", "--recheck", "-w", ws, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"checked": 1, "recovered": 1, "still_failing": 0,
+                                                   "errors_by_reason": {}}
+    assert main(["ingest", "-w", ws]) == 2
+    assert "--recheck" in capsys.readouterr().err
