@@ -29,7 +29,6 @@ import numpy as np
 from estimators.curves import LearningCurve, true_required_n
 from estimators.errors import EstimatorInputError
 from estimators.laws import PAPER_LAWS, get_law, list_laws, power_profile, power_required_n
-from estimators.profile import log_profile, log_required_n
 from estimators.past import (  # noqa: F401  (re-exported: the past-curve API lived here)
     Correction,
     Selection,
@@ -43,8 +42,13 @@ from estimators.past import (  # noqa: F401  (re-exported: the past-curve API li
     select_law,
     selection_from_estimates,
 )
+from estimators.profile import log_profile, log_required_n
 
 STATUSES = ("estimate", "open", "unreachable", "reached", "worse")
+__all__ = ["STATUSES", "Correction", "EstimatePolicy", "RequirementResult", "RoundsResult", "Selection", "Task",
+           "bootstrap_required_n", "correction_from_estimates", "corrected_error", "estimate_requirement",
+           "gets_worse", "interval", "learn_correction", "learn_selection", "make_task", "multi_round",
+           "point_estimate", "select_law", "selection_from_estimates", "worse_message"]
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap
