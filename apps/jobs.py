@@ -34,10 +34,13 @@ import sys
 import tempfile
 import traceback
 from dataclasses import asdict
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from actors.core.errors import UserError
 from estimators.errors import EstimatorInputError
+
+if TYPE_CHECKING:
+    from apps.schedule import Pipeline
 
 STEPS = ("ingest", "embed", "index", "mine", "pipeline")
 OPTIONAL_STEPS = {"learn": "apps.cli.learn", "compress": "apps.cli.compress"}  # run through their `assay` command
@@ -139,9 +142,51 @@ def _safe(run_id: str) -> str:
 
 def pipeline_step(spec: str, *, run_id: str, scheduled_at: str | None = None) -> dict:
     """Run the steps of the pipeline ``spec`` once, incrementally, as run ``run_id`` (see :mod:`apps.schedule`)."""
-    from apps.schedule import load_pipeline, run_pipeline
+    from apps.schedule import load_pipeline
 
     return {"step": "pipeline", **run_pipeline(load_pipeline(spec), run_id, scheduled_at=scheduled_at)}
+
+
+def run_pipeline(p: "Pipeline", run_id: str, *, scheduled_at: str | None = None) -> dict:
+    """Run the spec's steps once, incrementally: new images ingested and embedded, the index grown by addition,
+    standing queries re-run with their selections written per run id. Returns what was done, with ``counts``."""
+    out: dict[str, Any] = {"pipeline": p.name, "run_id": run_id, "scheduled_at": scheduled_at,
+                           "workspace": p.workspace}
+    counts: dict[str, int] = {}
+    model = p.index.get("model") or p.embed.get("name") or p.embed.get("backbone", "assay-small")
+    if "ingest" in p.steps:
+        r = _ingest_remote_aware(p)
+        counts.update(ingested=r["added"], ingest_errors=r["errors"])
+    if "embed" in p.steps:
+        r = embed_step(p.workspace, **p.embed)
+        counts.update(embedded=r["n_embedded"], embed_errors=r["n_errors"], shards_written=r["shards_written"])
+    if "index" in p.steps:
+        r = index_step(p.workspace, model=model, factory=p.index.get("factory"))
+        counts.update(indexed=r["region"]["added_images"], index_images=r["region"]["images"])
+    if "mine" in p.steps:
+        qs = [dict({"model": model}, **q) for q in p.queries]
+        r = mine_step(p.workspace, qs, run_id=run_id)
+        out["selections"] = r["selections"]
+        counts.update(queries=len(r["selections"]), hits=sum(s["hits"] for s in r["selections"]))
+    out["counts"] = counts
+    return out
+
+
+def _ingest_remote_aware(p: "Pipeline") -> dict:
+    """Ingest ``p.source``; a manifest on object storage is copied locally first (its URIs must be absolute)."""
+    src = p.source or ""
+    if "://" not in src or src.startswith("file://"):
+        return ingest_step(p.workspace, src, split=p.split, check_headers=p.check_headers)
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(src)
+    with tempfile.TemporaryDirectory(prefix="assay-src-") as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        with fs.open_input_stream(path) as f, open(local, "wb") as g:
+            g.write(f.read())
+        return ingest_step(p.workspace, local, split=p.split, check_headers=p.check_headers)
 
 
 # ------------------------------------------------------------------------------------------------ command line

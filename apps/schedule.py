@@ -50,6 +50,10 @@ Clock = Callable[[], datetime]
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED", "skipped")
 CATCH_UP = ("latest", "all")
 KNOWN_STEPS = ("ingest", "embed", "index", "mine")
+SECTIONS = {"source": {"uri", "split", "check_headers"},
+            "embed": {"backbone", "name", "splits", "actors", "batch_size", "num_gpus", "shard_size", "local"},
+            "index": {"model", "factory"}}
+QUERY_FIELDS = {"name", "image", "boxes", "top_k", "model", "method", "combine"}
 LEDGER_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("scheduled_at", pa.timestamp("us", tz="UTC")), ("attempt", pa.int32()),
     ("status", pa.string()), ("job_id", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
@@ -115,10 +119,17 @@ def load_pipeline(path: str) -> Pipeline:
     source = d.get("source", {})
     if "ingest" in steps and not isinstance(source.get("uri"), str):
         raise UserError(f"{path}: field 'source.uri' (folder or manifest to ingest) is required by step 'ingest'")
+    for section, allowed in SECTIONS.items():
+        if not isinstance(d.get(section, {}), dict):
+            raise UserError(f"{path}: [{section}] must be a table")
+        if bad := sorted(set(d.get(section, {})) - allowed):
+            raise UserError(f"{path}: unknown field(s) {bad} in [{section}]; known: {sorted(allowed)}")
     queries = d.get("queries", [])
     for n, q in enumerate(queries):
         if not isinstance(q, dict) or "image" not in q or not q.get("boxes"):
             raise UserError(f"{path}: queries[{n}] needs 'image' and 'boxes' ([[x0, y0, x1, y1], …])")
+        if bad := sorted(set(q) - QUERY_FIELDS):
+            raise UserError(f"{path}: unknown field(s) {bad} in queries[{n}]; known: {sorted(QUERY_FIELDS)}")
     if "mine" in steps and not queries:
         raise UserError(f"{path}: step 'mine' needs at least one [[queries]] entry")
     return Pipeline(name=name, path=os.path.abspath(path), workspace=ws, cron=cron, steps=steps,
@@ -126,50 +137,6 @@ def load_pipeline(path: str) -> Pipeline:
                     check_headers=source.get("check_headers", True), catch_up=catch_up,
                     lease_s=float(d.get("lease_minutes", 60)) * 60, embed=dict(d.get("embed", {})),
                     index=dict(d.get("index", {})), queries=list(queries))
-
-
-def run_pipeline(p: Pipeline, run_id: str, *, scheduled_at: str | None = None) -> dict:
-    """Run the spec's steps once, incrementally: new images ingested and embedded, the index grown by addition,
-    standing queries re-run with their selections written per run id. Returns what was done, with ``counts``."""
-    from apps.jobs import embed_step, index_step, ingest_step, mine_step
-
-    out: dict[str, Any] = {"pipeline": p.name, "run_id": run_id, "scheduled_at": scheduled_at,
-                           "workspace": p.workspace}
-    counts: dict[str, int] = {}
-    model = p.index.get("model") or p.embed.get("name") or p.embed.get("backbone", "assay-small")
-    if "ingest" in p.steps:
-        r = _ingest_remote_aware(p, ingest_step)
-        counts.update(ingested=r["added"], ingest_errors=r["errors"])
-    if "embed" in p.steps:
-        r = embed_step(p.workspace, **p.embed)
-        counts.update(embedded=r["n_embedded"], embed_errors=r["n_errors"], shards_written=r["shards_written"])
-    if "index" in p.steps:
-        r = index_step(p.workspace, model=model, factory=p.index.get("factory"))
-        counts.update(indexed=r["region"]["added_images"], index_images=r["region"]["images"])
-    if "mine" in p.steps:
-        qs = [dict({"model": model}, **q) for q in p.queries]
-        r = mine_step(p.workspace, qs, run_id=run_id)
-        out["selections"] = r["selections"]
-        counts.update(queries=len(r["selections"]), hits=sum(s["hits"] for s in r["selections"]))
-    out["counts"] = counts
-    return out
-
-
-def _ingest_remote_aware(p: Pipeline, ingest_step: Callable[..., dict]) -> dict:
-    """Ingest ``p.source``; a manifest on object storage is copied locally first (its URIs must be absolute)."""
-    src = p.source or ""
-    if "://" not in src or src.startswith("file://"):
-        return ingest_step(p.workspace, src, split=p.split, check_headers=p.check_headers)
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(src)
-    with tempfile.TemporaryDirectory(prefix="assay-src-") as tmp:
-        local = os.path.join(tmp, os.path.basename(path))
-        with fs.open_input_stream(path) as f, open(local, "wb") as g:
-            g.write(f.read())
-        return ingest_step(p.workspace, local, split=p.split, check_headers=p.check_headers)
 
 
 # ------------------------------------------------------------------------------------------------ windows
@@ -287,6 +254,8 @@ class LocalRunner:
 
     def run(self, p: Pipeline, run_id: str, scheduled_at: datetime, job_id: str) -> RunResult:
         try:
+            from apps.jobs import run_pipeline
+
             out = run_pipeline(p, run_id, scheduled_at=scheduled_at.isoformat())
         except Exception as e:  # recorded in the ledger; the scheduler keeps going
             return RunResult("FAILED", error=f"{type(e).__name__}: {e}"[:2000])
@@ -460,5 +429,5 @@ class Scheduler:
             time.sleep(min(poll_s, max(0.5, wait)))
 
 
-__all__ = ["Pipeline", "load_pipeline", "run_pipeline", "cron_windows", "read_ledger", "Scheduler", "Tick",
+__all__ = ["Pipeline", "load_pipeline", "cron_windows", "read_ledger", "Scheduler", "Tick",
            "LocalRunner", "RayJobRunner", "RunResult", "Lease", "LEDGER_SCHEMA"]

@@ -167,6 +167,8 @@ def test_bad_specs_name_the_file_and_field(tmp_path):
         load_pipeline(spec(tmp_path, steps='["embed", "teleport"]'))
     with pytest.raises(UserError, match="source.uri"):
         load_pipeline(spec(tmp_path, steps='["ingest"]'))
+    with pytest.raises(UserError, match=r"unknown field\(s\) \['actor'\] in \[embed\]"):
+        load_pipeline(spec(tmp_path, extra="[embed]\nactor = 2\n"))
     with pytest.raises(UserError, match="no such pipeline spec"):
         load_pipeline(str(tmp_path / "nope.toml"))
 
