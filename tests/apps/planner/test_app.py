@@ -87,3 +87,18 @@ def test_assay_app_workspace_that_is_a_file_exits_2(tmp_path, capsys):
     f.write_text("x")
     assert main(["app", "-w", str(f)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_the_curve_picked_on_one_page_is_offered_on_the_other(ws_dir):
+    from tests.apps.planner.helpers import metric, number, upload_curve
+
+    at = ok(AppTest.from_file(str(PLANNER / "app.py"), default_timeout=120).run())
+    ok(upload_curve(at))
+    at.switch_page("pages/plan.py")
+    ok(at.run())
+    assert at.radio(key="plan_source").options == ["Upload a file", "Curve from the other page"]
+    at.radio(key="plan_source").set_value("Curve from the other page")
+    ok(at.run())
+    number(at, "Target").set_value(70.0)
+    ok(at.run())
+    assert metric(at, "LOC: total after the last round").replace(",", "").isdigit()
