@@ -47,6 +47,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from actors.core.errors import UserError
+
 BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "grass", "gravel",
                "brick", "camera", "cat", "immunohistochemistry", "coins", "moon", "stereo_motorcycle")
 DIGITS = tuple(f"digit_{d}" for d in range(10))
@@ -93,7 +95,7 @@ class WorldConfig:
         for c in self.classes:
             names = [n for n in CATEGORIES if n == c or SUPERCATEGORY[n] == c]
             if not names:
-                raise ValueError(f"unknown class {c!r}; known: {', '.join(CATEGORIES)} or digit/face/shape")
+                raise UserError(f"unknown class {c!r}; known: {', '.join(CATEGORIES)} or digit/face/shape")
             wanted.update(names)
         return tuple(n for n in CATEGORIES if n in wanted)
 
@@ -101,18 +103,18 @@ class WorldConfig:
         w, h = self.size
         lo, hi = self.object_area
         if w < 16 or h < 16:
-            raise ValueError(f"size must be at least 16x16, got {w}x{h}")
+            raise UserError(f"size must be at least 16x16, got {w}x{h}")
         if not 0 < lo <= hi < 0.5:
-            raise ValueError(f"object_area must satisfy 0 < lo <= hi < 0.5, got {self.object_area}")
+            raise UserError(f"object_area must satisfy 0 < lo <= hi < 0.5, got {self.object_area}")
         if not 0 <= self.objects_per_image[0] <= self.objects_per_image[1]:
-            raise ValueError(f"objects_per_image must be (lo, hi) with 0 <= lo <= hi, got {self.objects_per_image}")
+            raise UserError(f"objects_per_image must be (lo, hi) with 0 <= lo <= hi, got {self.objects_per_image}")
         if self.n_images < 1:
-            raise ValueError(f"n_images must be >= 1, got {self.n_images}")
+            raise UserError(f"n_images must be >= 1, got {self.n_images}")
         if self.image_format not in ("jpg", "png"):
-            raise ValueError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
+            raise UserError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
         fracs = [f for _, f in self.splits]
         if not self.splits or min(fracs) < 0 or abs(sum(fracs) - 1) > 1e-6:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.splits}")
+            raise UserError(f"split fractions must be >= 0 and sum to 1, got {self.splits}")
         self.categories()
         return self
 
@@ -414,13 +416,63 @@ def _make_one(args: tuple[WorldConfig, str, str, int, int]) -> tuple[int, str, l
 
 
 def _render_all(cfg: WorldConfig, out_dir: Path, plan: list[tuple[str, int, int]]) -> list[tuple]:
-    tasks = [(cfg, str(out_dir), s, k, g) for s, k, g in plan]
+    """Render every planned image not done yet; each finished image is appended to the progress ledger (after its
+    file was written atomically), so a killed run resumes where it stopped."""
+    done = _read_progress(out_dir)
+    tasks = [(cfg, str(out_dir), s, k, g) for s, k, g in plan
+             if not (g in done and (out_dir / done[g][1]).is_file())]
+    results = [done[g] for _, _, g in plan if g in done and (out_dir / done[g][1]).is_file()]
     workers = cfg.workers or min(os.cpu_count() or 1, 8)
-    if workers <= 1 or len(tasks) < 64:
-        _warm_assets()
-        return [_make_one(t) for t in tasks]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_warm_assets) as pool:
-        return list(pool.map(_make_one, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    with open(out_dir / PROGRESS, "a") as ledger:
+        if workers <= 1 or len(tasks) < 64:
+            _warm_assets()
+            made = (_make_one(t) for t in tasks)
+            results += [_log(ledger, r) for r in made]
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_warm_assets) as pool:
+                made = pool.map(_make_one, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
+                results += [_log(ledger, r) for r in made]
+    return results
+
+
+PARTIAL = "world.partial.json"  # the config of a run in progress (world.json, written last, marks a complete world)
+PROGRESS = ".progress.jsonl"  # one line per finished image: [global index, relative path, objects]
+
+
+def _log(ledger, r: tuple) -> tuple:
+    ledger.write(json.dumps(list(r)) + "\n")
+    ledger.flush()
+    return r
+
+
+def _read_progress(out_dir: Path) -> dict[int, tuple]:
+    """Finished images of an interrupted run (a torn last line, from a kill mid-write, is ignored)."""
+    done: dict[int, tuple] = {}
+    path = out_dir / PROGRESS
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                g, rel, objects = json.loads(line)
+            except (ValueError, TypeError):
+                continue
+            done[int(g)] = (int(g), rel, objects)
+    return done
+
+
+def _start_or_resume(out: Path, cfg: WorldConfig) -> None:
+    """Refuse a folder holding a complete world or another world's partial run; mark this run as in progress."""
+    config = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    if (out / "world.json").exists():
+        raise UserError(f"{out}: already holds a world; choose another --out or delete it")
+    partial = out / PARTIAL
+    if partial.exists():
+        if json.loads(partial.read_text()) != json.loads(json.dumps(config)):
+            raise UserError(f"{out}: holds an unfinished world with other settings ({partial}); re-run with those "
+                            "settings to finish it, or choose another --out")
+        return  # resume: same settings
+    if (out / "images").exists():
+        raise UserError(f"{out}: holds images but no world marker; choose another --out or delete it")
+    _write_file(partial, (json.dumps(config, sort_keys=True, indent=2) + "\n").encode())
 
 
 def _coco(cfg: WorldConfig, split: str, results: list[tuple], first_ann_id: int) -> dict[str, Any]:
@@ -447,8 +499,12 @@ def make_world(out_dir: str | os.PathLike, *, seed: int = 0, n_images: int = 200
     """Generate the world into ``out_dir`` and ingest its COCO files into a workspace catalog.
 
     Parameters are those of :class:`WorldConfig`; ``workspace`` is a Workspace or a path/URI (default
-    ``out_dir/workspace``). ``out_dir`` must not hold a world already (``ValueError``): re-using it would mix
-    two worlds under the same URIs.
+    ``out_dir/workspace``). ``out_dir`` must not hold a complete world (``world.json``, written last) or an
+    unfinished one with other settings (``UserError``): re-using it would mix two worlds under the same URIs.
+
+    Resumable: every image is written atomically and logged once written, so a run killed part-way is finished by
+    the same call (same settings): images already written are skipped, the output is byte-identical to an
+    uninterrupted run.
 
     Returns
     -------
@@ -468,8 +524,7 @@ def generate_world(out_dir: str | os.PathLike, cfg: WorldConfig, *, workspace: A
     from actors.core.workspace import Workspace
 
     out = Path(out_dir).expanduser().resolve()
-    if (out / "world.json").exists() or (out / "images").exists():
-        raise ValueError(f"{out}: already holds a world; choose another --out or delete it")
+    _start_or_resume(out, cfg)
     t0 = time.perf_counter()
     plan = _split_plan(cfg)
     results = sorted(_render_all(cfg, out, plan))
@@ -492,12 +547,14 @@ def generate_world(out_dir: str | os.PathLike, cfg: WorldConfig, *, workspace: A
             "counts": {k: getattr(summary, k) for k in ("n_images", "n_objects", "images_per_split",
                                                          "objects_per_split")},
             "annotation_files": files, "categories": summary.categories}
-    _write_file(out / "world.json", (json.dumps(meta, sort_keys=True, indent=2) + "\n").encode())
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace or out / "workspace")
     t1 = time.perf_counter()
     for split, rel in files.items():
-        ingest(out / rel, ws, split=split, progress=progress)
+        ingest(out / rel, ws, split=split, progress=progress)  # idempotent: a resumed run re-ingests safely
     summary.ingest_seconds, summary.workspace = time.perf_counter() - t1, ws.uri
+    _write_file(out / "world.json", (json.dumps(meta, sort_keys=True, indent=2) + "\n").encode())  # complete
+    (out / PARTIAL).unlink(missing_ok=True)
+    (out / PROGRESS).unlink(missing_ok=True)
     return summary
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from actors.core.errors import UserError
 from actors.catalog.world import CATEGORIES, WorldConfig, make_world, render_image
 
 TINY = dict(n_images=20, size=(128, 96), workers=1, object_area=(0.004, 0.02))
@@ -78,14 +79,14 @@ def test_classes_subset_and_bad_config(tmp_path):
     assert cfg.categories() == ("face", "circle", "triangle", "square", "star", "ring", "cross")
     _, objs = render_image(cfg, 0, min_objects=1)
     assert objs and all(o["category"] in cfg.categories() for o in objs)
-    with pytest.raises(ValueError, match="unknown class"):
+    with pytest.raises(UserError, match="unknown class"):
         WorldConfig(classes=("zebra",)).validate()
-    with pytest.raises(ValueError, match="sum to 1"):
+    with pytest.raises(UserError, match="sum to 1"):
         make_world(tmp_path / "x", splits=(("train", 0.5),), **TINY)
 
 
 def test_refuses_to_overwrite_a_world(tiny_world):
-    with pytest.raises(ValueError, match="already holds a world"):
+    with pytest.raises(UserError, match="already holds a world"):
         make_world(tiny_world.out_dir, seed=3, **TINY)
 
 
@@ -120,3 +121,64 @@ def test_query_instances_are_held_out_of_every_other_split(tiny_world):
         im = json.loads((out / "annotations" / f"{split}.json").read_text())["images"][0]
         arr, _ = render_image(world_cfg, im["id"] - 1, min_objects=int(held_out), held_out=held_out)
         assert (out / im["file_name"]).read_bytes() == encode_image(arr, "jpg", world_cfg.jpeg_quality)
+
+
+def test_world_killed_part_way_resumes_to_the_same_files(tmp_path, monkeypatch):
+    import actors.catalog.world as world
+
+    make_world(tmp_path / "whole", seed=4, **TINY)
+    real, made = world._make_one, []
+
+    def killed_after_7(args):
+        if len(made) == 7:
+            raise KeyboardInterrupt("killed")
+        made.append(args[4])
+        return real(args)
+
+    monkeypatch.setattr(world, "_make_one", killed_after_7)
+    with pytest.raises(KeyboardInterrupt):
+        make_world(tmp_path / "w", seed=4, **TINY)
+    assert not (tmp_path / "w" / "world.json").exists() and len(list((tmp_path / "w").rglob("*.jpg"))) == 7
+    with pytest.raises(UserError, match="unfinished world with other settings"):
+        make_world(tmp_path / "w", seed=5, **TINY)
+    redone = []
+    monkeypatch.setattr(world, "_make_one", lambda args: redone.append(args[4]) or real(args))
+    s = make_world(tmp_path / "w", seed=4, **TINY)  # the same call finishes it
+    assert len(redone) == 20 - 7 and not set(redone) & set(made)  # images already written are skipped
+    assert s.n_images == 20 and (tmp_path / "w" / "world.json").exists()
+    whole, resumed = _files(tmp_path / "whole"), _files(tmp_path / "w")
+    for name in whole:
+        if not name.startswith("workspace"):
+            assert resumed[name] == whole[name], name
+    assert {n for n in resumed if not n.startswith("workspace")} == {n for n in whole if not n.startswith("workspace")}
+
+
+def test_a_torn_progress_line_is_ignored_and_that_image_redone(tmp_path, monkeypatch):
+    import actors.catalog.world as world
+
+    out = tmp_path / "w"
+    real = world._make_one
+    calls = []
+
+    def killed_after_3(args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real(args)
+
+    monkeypatch.setattr(world, "_make_one", killed_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        make_world(out, seed=4, **TINY)
+    ledger = out / world.PROGRESS
+    lines = ledger.read_text().splitlines()
+    ledger.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # killed while logging the 3rd image
+    monkeypatch.setattr(world, "_make_one", real)
+    s = make_world(out, seed=4, **TINY)
+    assert s.n_images == 20 and catalog_images(s.workspace) == 20
+
+
+def catalog_images(ws: str) -> int:
+    from actors.catalog.schema import catalog_summary
+
+    return catalog_summary(ws)["images"]
+
