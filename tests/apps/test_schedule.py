@@ -200,3 +200,20 @@ def test_incremental_second_run_embeds_only_the_new_images(tmp_path):
     ids = json.loads((ws / "features" / "assay-small" / "_manifest.json").read_text())["shards"]
     all_ids = [k for sh in ids for k in sh["keys"]]
     assert len(all_ids) == len(set(all_ids)) == 12
+
+
+def test_schedule_commands_once_list_and_run(tmp_path, capsys):
+    from apps.cli.main import main
+
+    path = spec(tmp_path, cron="* * * * *", steps='["index"]')  # an empty workspace: the run fails, recorded
+    assert main(["schedule", "once", path, "--local", "--json"]) == 0
+    ran = json.loads(capsys.readouterr().out)["ran"]
+    assert len(ran) == 1 and ran[0]["status"] == "FAILED" and "WorkspaceError" in ran[0]["error"]
+    assert main(["schedule", "list", path, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in listed["runs"]] == [ran[0]["run_id"]] and listed["lease"] is None
+    assert listed["next"] > ran[0]["scheduled_at"]
+    assert main(["schedule", "run", path, "--local", "--ticks", "1", "--poll", "0.1"]) == 0
+    assert "scheduling tiny" in capsys.readouterr().out
+    assert main(["schedule", "list", str(tmp_path / "missing.toml")]) == 2
+    assert "no such pipeline spec" in capsys.readouterr().err
