@@ -122,6 +122,11 @@ def load_compressed(path: str) -> tuple[DenseNet, Any]:
         net = tensor_module(det)
         if cfg.get("folded"):
             fold_batchnorm(net)
+        for name, m in (("head.cls", net.head.cls), ("head.box", net.head.box), ("head.ctr", net.head.ctr)):
+            w = sd.get(f"{name}.weight")
+            if w is None or w.shape[0] != m.out_channels:  # outputs are never pruned: a mismatch is another model
+                raise ValueError(f"{name} has {None if w is None else w.shape[0]} outputs, "
+                                 f"{len(cfg['classes'])} classes need {m.out_channels}")
         _narrow(net, sd, cfg.get("gn_groups", {}))
         net.load_state_dict(sd, strict=True)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:

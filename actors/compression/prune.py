@@ -92,10 +92,19 @@ class Group:
     in_layers: dict[str, int]
     gns: list[str]
     importance: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    segments: list[list[int]] = field(default_factory=list)  # channel ranges of concatenated producers
 
     def keep_idxs(self, k: int) -> list[int]:
-        """The ``k`` most important channels (whole GN units when ``unit > 1``), sorted."""
+        """The ``k`` most important channels (whole GN units when ``unit > 1``), sorted. A group that spans a
+        concatenation keeps channels in every producer in proportion to its size (never empties a branch)."""
         imp = self.importance
+        if self.segments:
+            out: list[int] = []
+            for seg in self.segments:
+                n = max(1, min(len(seg), int(round(k * len(seg) / self.channels))))
+                top = np.argsort(-imp[seg], kind="stable")[:n]
+                out += [seg[int(i)] for i in top]
+            return sorted(out)
         if self.unit > 1:
             units = imp.reshape(-1, self.unit).sum(1)
             top = np.argsort(-units, kind="stable")[: k // self.unit]
@@ -127,15 +136,22 @@ def dependency_groups(model: nn.Module, example: torch.Tensor, ignored: Sequence
     for grp in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=[nn.Conv2d]):
         root = grp[0].dep.target.module
         n = len(grp[0].idxs)
-        outs, ins, gns, unit = {}, {}, [], 1
+        outs, ins, gns, unit, segments = {}, {}, [], 1, []
         for item in grp:
             m, fn = item.dep.target.module, item.dep.handler
             if isinstance(m, nn.Conv2d):
                 (outs if dg.is_out_channel_pruning_fn(fn) else ins)[names[m]] = len(item.idxs)
+                if dg.is_out_channel_pruning_fn(fn) and len(item.idxs) < n:
+                    seg = sorted(int(i) for i in item.root_idxs)
+                    if seg not in segments:
+                        segments.append(seg)
             elif isinstance(m, nn.GroupNorm) and m.num_groups > 1:
                 gns.append(names[m])
                 unit = max(unit, m.num_channels // m.num_groups)
-        out.append((grp, Group(names[root], n, unit, outs, ins, gns)))
+        covered = sorted(i for seg in segments for i in seg)
+        if covered != list(range(n)):  # producers that do not tile the group: no per-branch constraint
+            segments = []
+        out.append((grp, Group(names[root], n, unit, outs, ins, gns, segments=segments)))
     return dg, out
 
 
