@@ -119,7 +119,7 @@ class CachedDenseDetector(Detector):
 
 @register_detector("dense-lite0")
 def _dense(classes: list[str], *, backbone: str = "efficientnet-lite0", random_init: bool = False,
-           fuse: bool = True, **head: Any) -> CachedDenseDetector:
+           fuse: bool = True, image_size: Any = None, **head: Any) -> CachedDenseDetector:
     opts = {"fuse": fuse} if backbone.startswith("efficientnet-lite0") else {}
     trunk = _trunk(backbone, random_init, **opts)
     cfg = HeadConfig(**{**head, "in_channels": trunk.dim, "stride": trunk.stride})

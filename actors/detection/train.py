@@ -182,6 +182,8 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start = int(ck["epoch"]) + 1
+    if data.inputs.dtype == torch.float16:  # cached maps are stored as fp16; convert once, not every step
+        data = DetectionData(data.inputs.float(), data.boxes, data.labels, data.sizes, data.ids)
     losses = []
     det.train()
     bar = tqdm(total=cfg.epochs, initial=start, desc="train detector", unit="epoch", disable=not progress)
