@@ -80,6 +80,19 @@ def decode_upload(data: bytes):
     return rgb, fmt
 
 
+def box_from_canvas(json_data: dict | None, scale: float) -> tuple[float, float, float, float] | None:
+    """The last rectangle drawn on the canvas (Fabric.js JSON, canvas pixels) in image pixels (canvas / ``scale``),
+    or None when none is drawn."""
+    objs = (json_data or {}).get("objects") or []
+    rects = [o for o in objs if isinstance(o, dict) and str(o.get("type", "")).lower() == "rect"]
+    if not rects:
+        return None
+    o = rects[-1]
+    x0, y0 = float(o["left"]) / scale, float(o["top"]) / scale
+    return (x0, y0, x0 + float(o["width"]) * float(o.get("scaleX", 1)) / scale,
+            y0 + float(o["height"]) * float(o.get("scaleY", 1)) / scale)
+
+
 def check_box(box, width: float, height: float) -> tuple[float, float, float, float]:
     """The box as floats when ``0 <= x0 < x1 <= width`` and ``0 <= y0 < y1 <= height``; else :class:`UserError`."""
     x0, y0, x1, y1 = (float(v) for v in box)

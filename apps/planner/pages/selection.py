@@ -40,13 +40,12 @@ def _pick_box(image, key: str) -> tuple[float, float, float, float]:
                      background_image=image.resize((max(1, round(w * scale)), max(1, round(h * scale)))),
                      drawing_mode="rect", width=max(1, round(w * scale)), height=max(1, round(h * scale)),
                      key=f"sel_canvas_{key}")
-        rects = [o for o in ((res.json_data or {}).get("objects") or []) if str(o.get("type", "")).lower() == "rect"]
-        if not rects:
+        box = sd.box_from_canvas(res.json_data, scale)
+        if box is None:
             st.caption("Drag a rectangle around the object.")
             return (math.nan,) * 4
-        o = rects[-1]
-        x0, y0 = o["left"] / scale, o["top"] / scale
-        return (x0, y0, x0 + o["width"] * o.get("scaleX", 1) / scale, y0 + o["height"] * o.get("scaleY", 1) / scale)
+        st.caption("Box (pixels): " + ", ".join(f"{v:.0f}" for v in box))
+        return box
     st.image(image, caption=f"query image, {w}x{h} px", width=min(w, CANVAS_WIDTH))
     c = st.columns(4)
     dflt = (w / 4, h / 4, 3 * w / 4, 3 * h / 4)

@@ -173,3 +173,16 @@ def test_mining_on_ray_match_actors_gives_the_same_gallery(toy_ws, ray_cluster):
     want = mine(toy_ws, image="img003", boxes=[(64, 64, 192, 160)], top_k=5, model="toy", write=False,
                 image_size=(W, H))
     assert _gallery(at) == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}" for r, h in enumerate(want.hits)]
+
+
+def test_a_box_drawn_on_the_canvas_maps_back_to_image_pixels():
+    from apps.planner.selection_data import box_from_canvas, check_box
+
+    assert box_from_canvas(None, 1.0) is None and box_from_canvas({"objects": [{"type": "path"}]}, 1.0) is None
+    drawn = {"objects": [{"type": "Rect", "left": 10, "top": 20, "width": 30, "height": 40, "scaleX": 2,
+                          "scaleY": 1},   # Fabric 7 writes 'Rect'; an edited box carries its scale
+                         {"type": "rect", "left": 50, "top": 25, "width": 100, "height": 50}]}
+    assert box_from_canvas(drawn, 0.5) == (100.0, 50.0, 300.0, 150.0)  # the last box, canvas at half size
+    assert check_box((100, 50, 300, 150), 512, 384) == (100.0, 50.0, 300.0, 150.0)
+    with pytest.raises(Exception, match="empty"):
+        check_box((300, 50, 100, 150), 512, 384)
