@@ -45,6 +45,7 @@ class CompressConfig:
     threads: int = 1
     timing_runs: int = 20
     timing_rounds: int = 3
+    lut_fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)
     round_to: int = 8
     max_val_images: int | None = None
     max_train_images: int | None = None
@@ -56,14 +57,21 @@ class CompressConfig:
 
 
 def find_checkpoint(ws: Any, run: str) -> str:
-    """Workspace-relative path of run ``run``'s detector checkpoint (``detector.pt``, else the last ``*.pt``)."""
+    """Workspace-relative path of run ``run``'s detector checkpoint: ``detector.pt``, else the latest round's
+    (``round-<r>.pt``, highest ``r``; ``assay learn`` writes those), else the last ``*.pt`` by name."""
+    import re
+
     base = f"runs/{run}/models"
     if ws.exists(f"{base}/detector.pt"):
         return f"{base}/detector.pt"
-    names = sorted(ws.listdir(base, ".pt")) if ws.exists(base) else []
+    names = [n for n in ws.listdir(base, ".pt") if not n.endswith(".data.pt")]
     if not names:
         raise UserError(f"{ws.path(base)}: no detector checkpoint (*.pt) for run {run!r}; train one with `assay learn`")
-    return f"{base}/{names[-1]}"
+
+    def order(n: str) -> tuple:
+        m = re.search(r"(\d+)\.pt$", n)
+        return (m is not None, int(m.group(1)) if m else 0, n)
+    return f"{base}/{max(names, key=order)}"
 
 
 def count(net: torch.nn.Module, hw: tuple[int, int]) -> dict[str, float]:
@@ -137,7 +145,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     base = tensor_module(det)
     example = torch.rand(1, 3, *hw)
     key = device_key("cpu")
-    lut = build_lut(base, hw, cache=load_cached(ws, key))
+    lut = build_lut(base, hw, cache=load_cached(ws, key), fractions=cfg.lut_fractions)
     lut_rel = save_cached(ws, lut)
     log(f"latency LUT {lut.device}: {len(lut.entries)} layer signatures ({lut_rel})")
 

@@ -24,6 +24,8 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                      "--threads", help="CPU threads for timing (1 is stable on shared machines).")] = 1,
                  checkpoint: Annotated[Optional[str], typer.Option(
                      "--checkpoint", help="Workspace-relative checkpoint instead of the run's.")] = None,
+                 timing_runs: Annotated[int, typer.Option(
+                     "--timing-runs", help="Timed calls per round (3 rounds, alternating models).")] = 20,
                  max_val: Annotated[Optional[int], typer.Option("--max-val", help="Use at most N val images.")]
                  = None,
                  seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
@@ -33,7 +35,7 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     from apps.cli.output import console, emit
 
     cfg = CompressConfig(latency=latency, int8=int8, importance=importance, finetune_epochs=epochs,
-                         threads=threads, max_val_images=max_val, seed=seed)
+                         threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs)
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
 
