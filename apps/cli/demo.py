@@ -18,7 +18,7 @@ import typer
 
 from actors.core.errors import UserError
 from apps.cli.options import JsonOpt, SeedOpt
-from apps.cli.output import console, emit, fmt, styled, table
+from apps.cli.output import console, emit, fmt, styled, table, whole_samples
 
 DEMO_DIR = "./assay-demo"
 
@@ -147,7 +147,8 @@ def _estimate_and_plan(n, v) -> dict:
     plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n)).to_dict()
     console.print(table("LOC plan: cost 1 per crop, acceptable risk 10%, at most 50x today's set, 3 rounds",
                         ["round", "collect", "cumulative total"],
-                        [(i + 1, a, t) for i, (a, t) in enumerate(zip(plan["amounts"], plan["totals"]))]))
+                        [(i + 1, a, t) for i, (a, t) in
+                         enumerate(whole_samples(plan["amounts"], plan["totals"], max(n)))]))
     console.print(f"expected cost {fmt(plan['expected_cost'])}, risk of missing the target {plan['risk']:.1%}"
                   + (f" ({plan['note']})" if plan.get("note") else ""))
     return {"target": target, "estimate": est, "plan": plan}

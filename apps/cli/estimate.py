@@ -14,7 +14,7 @@ import typer
 
 from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, SeedOpt, WorkspaceOpt
-from apps.cli.output import console, emit, styled, table
+from apps.cli.output import console, emit, styled, table, whole_samples
 
 CurveArg = Annotated[str, typer.Argument(help="Learning-curve file (.csv/.parquet/.json: n, value[, seed, curve]).")]
 TargetOpt = Annotated[float, typer.Option("--target", help="Target metric value, in the file's units.")]
@@ -202,7 +202,7 @@ def _render_plans(plans: list[dict]) -> None:
                              f"expected cost {p['expected_cost']:,.4g}, risk of failure {p['risk']:.1%}{kind}"))
         if p["note"]:
             console.print(f"  note: {p['note']}")
-        rows = [(i + 1, a, t) for i, (a, t) in enumerate(zip(p["amounts"], p["totals"]))]
+        rows = [(i + 1, a, t) for i, (a, t) in enumerate(whole_samples(p["amounts"], p["totals"], p["n0"]))]
         console.print(table(None, ["round", "collect", "total"], rows))
 
 

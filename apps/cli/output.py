@@ -65,6 +65,18 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(result)
 
 
+def whole_samples(amounts: Sequence[float], totals: Sequence[float], n0: float) -> list[tuple[int, int]]:
+    """A collection plan in whole samples: ``(collect, cumulative total)`` per round, each total rounded *up* (a
+    fractional total is never enough, and more data only lowers the risk of missing the target, so the plan's
+    stated risk still holds) and each amount the difference of rounded totals (from ``n0``, today's size)."""
+    out, prev = [], math.ceil(n0 - 1e-9)
+    for _, t in zip(amounts, totals):
+        total = max(prev, math.ceil(float(t) - 1e-9))
+        out.append((total - prev, total))
+        prev = total
+    return out
+
+
 def styled(*parts: str | tuple[str, str]) -> Text:
     """A line from plain strings and ``(text, style)`` pairs; the text is never read as markup."""
     return Text.assemble(*parts)
