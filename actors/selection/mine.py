@@ -286,7 +286,8 @@ def _start_actors(ws: Workspace, queries: Sequence[Query], workers: int) -> list
         raise UserError(f"a batch with workers runs one model at a time, got {sorted(models)}")
     init_ray()
     res = Resources.auto(pool_size=workers)  # GPU asks shared (fractional) when workers outnumber the GPUs
-    return [MatchActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(ws, models.pop())
+    model = models.pop()  # once: popping per actor failed for workers >= 2
+    return [MatchActor.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus).remote(ws, model)
             for _ in range(workers)]
 
 
