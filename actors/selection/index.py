@@ -187,11 +187,6 @@ class LoadedIndex:
             raise UserError(f"expected query vectors of dim {self.manifest.dim}, got {xq.shape[1]}")
         return self.index.search(xq, min(int(k), self.ntotal))
 
-    def query_vectors(self, x: np.ndarray) -> np.ndarray:
-        """Raw feature vectors (nq×C) -> the index's query form: centred with the pool mean, unit norm."""
-        x = np.atleast_2d(np.asarray(x, np.float32))
-        return normalize(x - self.center[None] if self.center is not None else x)
-
     def indexed_images(self) -> set[str]:
         return set(self.image_names)
 
