@@ -295,6 +295,9 @@ def _args(argv):
     ap.add_argument("--penalty-x", type=float, default=1.0, help="failure penalty, in units of the cap reference's "
                                                                  "cost (truth's largest size − n0)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--part", choices=("all", "estimation", "simulation"), default="all",
+                    help="run only one half (two processes side by side), then --merge their JSON files")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine --part reports into --out/--md")
     ap.add_argument("--out", default=None, help="JSON output (default bench/estimators.json)")
     ap.add_argument("--md", default=None, help="markdown output (default bench/estimators.md)")
     args = ap.parse_args(argv)
@@ -304,17 +307,49 @@ def _args(argv):
         args.md = args.md or str(tmp / "estimators.md")
         args.max_curves, args.folds, args.n_boot = min(args.max_curves, 6), 2, min(args.n_boot, 20)
         args.sim_curves = min(args.sim_curves, 6)
-    else:
+    elif not args.merge:
         if not args.lcdb:
             ap.error("--lcdb PATH is required (pip download --no-deps --no-binary :all: lcdb==0.1.0 -d DIR); "
                      "or --smoke")
+    if not args.smoke:
         args.out = args.out or str(ROOT / "bench" / "estimators.json")
         args.md = args.md or str(ROOT / "bench" / "estimators.md")
     return args
 
 
+def _write(report, args, argv) -> None:
+    report["targets"] = verdicts(report) if "estimation" in report and "simulation" in report else []
+    md = render_markdown(report, argv) if report["targets"] else ""
+    if md:
+        print(md)
+    for path, text in ((args.md, md), (args.out, json.dumps(report, indent=1, default=float))):
+        if path and text:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(p)
+
+
+def merge(args, argv) -> int:
+    """Combine an ``--part estimation`` and an ``--part simulation`` report (run side by side) into one."""
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    report = dict(parts[0])
+    for extra in parts[1:]:
+        for k in ("estimation", "simulation"):
+            if k in extra:
+                report[k] = extra[k]
+        report["wall_s"] = max(report["wall_s"], extra["wall_s"])
+    report["commands"] = [p["command"] for p in parts]
+    _write(report, args, report["commands"])
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _args(argv)
+    if args.merge:
+        return merge(args, argv)
     t_start = time.perf_counter()
     say = lambda m: print(f"[{time.perf_counter() - t_start:6.0f} s] {m}", file=sys.stderr, flush=True)  # noqa
     if args.smoke:
@@ -327,38 +362,33 @@ def main(argv=None) -> int:
     rows = prefix_estimates(curves, args, None if args.smoke else CACHE / "bench-estimators-rows.json")
     prior_dir = Path(tempfile.mkdtemp(prefix="assay-fold-priors-"))
     priors = fold_priors(curves, rows, folds, args.folds, args.margin, prior_dir, source)
-    pasts = past_selections(curves, rows)
     order = np.random.default_rng(0).permutation(len(curves))
     pick = [int(i) for i in order if rows[i] is not None][: args.max_curves]
-    say(f"{sum(r is not None for r in rows)} usable curves; evaluating {len(pick)} held-out curves ...")
-    jobs = [(curves[i], priors[folds[curves[i].openmlid]], pasts[i], args.margin, args.n_boot) for i in pick]
-    evals = _pmap(evaluate_curve, jobs, args.jobs, label="evaluated")
     report = {"source": source, "args": vars(args), "paper_note": PAPER_NOTE,
+              "command": "python bench/estimators.py " + " ".join(argv),
               "data": {"curves": len(curves), "datasets": len(folds), "usable_10pct": sum(r is not None for r in rows),
                        "evaluated": len(pick)},
               "fold_priors": {str(f): {"ranking": list(p.selection.ranking), "n_curves": p.provenance["n_curves"],
                                        "tau": {k: p.correction(k).tau for k in p.selection.ranking}}
-                              for f, p in priors.items()},
-              "fit_ms_20_points": time_20_point_fits(curves, k=5 if args.smoke else 40),
-              "estimation": estimation_tables(evals)}
-    say("simulating collection campaigns ...")
-    sim_jobs = [(curves[i], priors[folds[curves[i].openmlid]], args.margin, args.n_boot, args.loc_risk,
-                 args.penalty_x) for i in pick[: args.sim_curves]]
-    sims = _pmap(simulate_curve, sim_jobs, args.jobs, chunksize=2, label="simulated")
-    report["simulation"] = {"curves": len(sims), "rounds": list(ROUNDS), "team_cap_x": TEAM_CAP_X,
-                            "loc_risk": args.loc_risk, "penalty_x": args.penalty_x,
-                            "by_cap": simulation_tables(sims)}
+                              for f, p in priors.items()}}
+    if args.part in ("all", "estimation"):
+        pasts = past_selections(curves, rows)
+        say(f"{sum(r is not None for r in rows)} usable curves; evaluating {len(pick)} held-out curves ...")
+        jobs = [(curves[i], priors[folds[curves[i].openmlid]], pasts[i], args.margin, args.n_boot) for i in pick]
+        evals = _pmap(evaluate_curve, jobs, args.jobs, label="evaluated")
+        report["fit_ms_20_points"] = time_20_point_fits(curves, k=5 if args.smoke else 40)
+        report["estimation"] = estimation_tables(evals)
+    if args.part in ("all", "simulation"):
+        say("simulating collection campaigns ...")
+        sim_jobs = [(curves[i], priors[folds[curves[i].openmlid]], args.margin, args.n_boot, args.loc_risk,
+                     args.penalty_x) for i in pick[: args.sim_curves]]
+        sims = _pmap(simulate_curve, sim_jobs, args.jobs, chunksize=2, label="simulated")
+        report["simulation"] = {"curves": len(sims), "rounds": list(ROUNDS), "team_cap_x": TEAM_CAP_X,
+                                "loc_risk": args.loc_risk, "penalty_x": args.penalty_x,
+                                "by_cap": simulation_tables(sims)}
     report["wall_s"] = time.perf_counter() - t_start
-    report["targets"] = verdicts(report)
-    md = render_markdown(report, argv if argv is not None else sys.argv[1:])
-    print(md)
-    for path, text in ((args.md, md), (args.out, json.dumps(report, indent=1, default=float))):
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(p)
-    say(f"wrote {args.out} and {args.md}")
+    _write(report, args, [report["command"]])
+    say(f"wrote {args.out}" + (f" and {args.md}" if report["targets"] else ""))
     return 0
 
 

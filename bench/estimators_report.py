@@ -86,7 +86,8 @@ def _simulation(rep) -> list[str]:
 
 def render_markdown(rep, argv) -> str:
     """The whole report as markdown (the command, the tables, the targets)."""
-    cmd = "python bench/estimators.py " + " ".join(argv)
+    cmds = rep.get("commands") or [rep.get("command", "python bench/estimators.py " + " ".join(argv))]
+    cmd = "` and `".join(cmds)
     out = ["# Data-requirement estimators, the shipped prior and LOC on LCDB\n",
            f"Command: `{cmd}` (wall {rep['wall_s']:.0f} s). Source: {rep['source']}; {rep['data']['curves']} curves "
            f"on {rep['data']['datasets']} datasets, {rep['data']['usable_10pct']} usable at 10%; "
