@@ -296,6 +296,19 @@ def requirement(points: CurvePoints, target: float, level: float = 0.8, n_boot: 
     return out
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def law_requirement(points: CurvePoints, target: float, law: str, level: float = 0.8, n_boot: int = 100,
+                    seed: int = 0) -> dict | None:
+    """:func:`requirement` with one named law (its own τ from the prior, as ``assay estimate --law LAW``); None when
+    that law cannot fit the curve."""
+    from estimators.errors import EstimatorInputError
+
+    try:
+        return requirement(points, target, level=level, n_boot=n_boot, seed=seed, law=law)
+    except EstimatorInputError:
+        return None
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def fitted_lines(points: CurvePoints, x_max: float, n_grid: int = 120) -> pd.DataFrame:
     """Each law's fit evaluated on a log grid from the smallest size to ``x_max``: columns law, n, value (curve

@@ -11,6 +11,8 @@ from apps.planner import charts, data
 from apps.planner.common import fmt_n, run_page
 from apps.planner.widgets import default_target, pick_curve
 
+PER_LAW_BOOT = 100  # resamples per law for the per-law intervals (the recommended estimate uses the page's)
+
 
 def _x_max(res: dict, n0: float) -> float:
     """Where the chart ends: past the interval's upper end (or the estimate), at most 1e9."""
@@ -61,11 +63,24 @@ def render() -> None:
                "Dashed: the target; solid vertical: the recommended size (after τ).")
 
     st.subheader("Required n per law")
-    rows = [{"law": p["law"], "required n (fit, before τ)": fmt_n(p["required_n"]),
-             "fit rmse": None if p["rmse"] is None or not math.isfinite(p["rmse"]) else round(p["rmse"], 4),
-             "selection error": res["selection_error"].get(p["law"]), "note": p["reason"] or ""}
-            for p in res["per_law"]]
+    intervals = st.toggle("Bootstrap interval for every law (as `assay estimate --law LAW`; slower)", value=False,
+                          key="req_per_law", help=f"{PER_LAW_BOOT} resamples per law")
+    per_law = {}
+    if intervals:
+        per_law = {p["law"]: data.law_requirement(pts, float(target), p["law"], level=float(level),
+                                                  n_boot=min(n_boot, PER_LAW_BOOT))
+                   for p in res["per_law"] if not p["reason"] or "cannot fit" not in p["reason"]}
+    rows = []
+    for p in res["per_law"]:
+        row = {"law": p["law"], "fit (before τ)": fmt_n(p["required_n"])}
+        r = per_law.get(p["law"])
+        if r is not None:
+            row.update({"τ": round(r["tau"], 3), "required n": fmt_n(r["required_n"]),
+                        f"{res['level']:.0%} interval": f"{fmt_n(r['interval'][0])} – {fmt_n(r['interval'][1])}",
+                        "status": r["status"]})
+        row.update({"fit rmse": None if p["rmse"] is None or not math.isfinite(p["rmse"]) else round(p["rmse"], 4),
+                    "selection error": res["selection_error"].get(p["law"]), "note": p["reason"] or ""})
+        rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-
 
 run_page(render)

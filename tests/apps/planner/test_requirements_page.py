@@ -14,9 +14,13 @@ from estimators.laws import list_laws
 from tests.apps.planner.helpers import CURVE_CSV, charts, files, metric, number, ok, page, upload_curve
 
 
-def _expected(csv: bytes, target: float, **kw) -> dict:
+def _curve(csv: bytes):
     (pts,) = data.curves_from_table(pd.read_csv(io.BytesIO(csv)), "uploaded.csv", "higher", "percent")
-    return data.requirement(pts, target, **kw)
+    return pts
+
+
+def _expected(csv: bytes, target: float, **kw) -> dict:
+    return data.requirement(_curve(csv), target, **kw)
 
 
 def test_upload_fit_every_law_and_change_the_target(ws_dir):
@@ -32,15 +36,25 @@ def test_upload_fit_every_law_and_change_the_target(ws_dir):
     lo, hi = want["interval"]
     assert metric(at, "80% interval") == f"{lo:,.0f} – {hi:,.0f}"
     table = at.dataframe[0].value
-    assert list(table["law"]) == list_laws() and table["required n (fit, before τ)"].str.len().min() > 0
-    assert f"τ = {want['tau']:.3g}" in "".join(m.value for m in at.markdown)
+    assert list(table["law"]) == list_laws() and table["fit (before τ)"].str.len().min() > 0
+    assert "80% interval" not in table.columns  # per-law intervals are asked for (they cost a bootstrap per law)
     (spec,) = charts(at)
     assert len(spec["layer"]) >= 4  # band, fitted laws, points, target rule (+ the recommended size)
 
     number(at, "Target").set_value(72.0)
     ok(at.run())
-    more = _expected(CURVE_CSV, 72.0, n_boot=100)["required_n"]
+    more_res = _expected(CURVE_CSV, 72.0, n_boot=100)
+    more = more_res["required_n"]
     assert more > want["required_n"] and metric(at, "Required n (recommended)") == f"{more:,.0f}"
+    at.toggle(key="req_per_law").set_value(True)
+    number(at, "Bootstrap resamples").set_value(50)  # per-law intervals use min(this, 100) resamples
+    ok(at.run())
+    table = at.dataframe[0].value
+    power = table[table["law"] == "power"].iloc[0]  # each law: its own τ and bootstrap interval
+    alone = data.requirement(_curve(CURVE_CSV), 72.0, n_boot=50, law="power")
+    assert power["required n"] == f"{alone['required_n']:,.0f}" and power["τ"] == round(alone["tau"], 3)
+    assert power["80% interval"] == f"{alone['interval'][0]:,.0f} – {alone['interval'][1]:,.0f}"
+    assert f"τ = {_expected(CURVE_CSV, 72.0, n_boot=50)['tau']:.3g}" in "".join(m.value for m in at.markdown)
     assert files(ws_dir) == []  # planning writes nothing
 
 
