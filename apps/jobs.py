@@ -52,10 +52,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 def ingest_step(workspace: str, source: str, *, split: str | None = None, check_headers: bool = True) -> dict:
     """Add ``source`` (folder, Parquet/CSV manifest, COCO JSON) to the catalog; returns the ingest report."""
     from actors.catalog.ingest import ingest
+    from actors.catalog.schema import IMAGES, LABELS
 
     rep = asdict(ingest(source, workspace, split=split, check_headers=check_headers, progress=False))
     rep.pop("failures", None)
-    return {"step": "ingest", "workspace": workspace, "wrote": ["catalog/images.parquet"], **rep}
+    return {"step": "ingest", "workspace": workspace, "wrote": [IMAGES, LABELS], **rep}
 
 
 def embed_step(workspace: str, *, backbone: str = "assay-small", name: str | None = None,
