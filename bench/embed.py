@@ -160,7 +160,18 @@ def main(argv: list[str] | None = None) -> None:
     cores = os.cpu_count() or 1
     res = Resources.auto(pool_size=args.actors or None, batch_size=args.batch_size or None)
     dev = device()
-    init_ray(num_cpus=cores)
+    for attempt in range(3):  # on a heavily loaded machine the raylet can miss Ray's fixed 30 s start-up wait
+        try:
+            init_ray(num_cpus=cores)
+            break
+        except Exception as e:  # Ray raises a bare Exception for the start-up timeout
+            import ray
+
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            print(f"Ray did not start ({e}); retrying", flush=True)
+            time.sleep(10)
     runs = []
     for r in range(args.repeats):
         if ws.exists(features_dir(STORE)):
