@@ -37,6 +37,7 @@ class CompressConfig:
 
     latency: float = 0.5
     int8: bool = False
+    data_free: bool = False
     importance: str = "taylor"
     finetune_epochs: int = 2
     finetune_lr: float = 5e-4
@@ -121,7 +122,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     from actors.compression.latency import build_lut, device_key, load_cached, save_cached
     from actors.compression.net import final_layers, tensor_module
     from actors.compression.prune import latency_aware_prune
-    from actors.compression.quantize import quantize_static
+    from actors.compression.quantize import fake_quantize, quantize_static, spiq_ranges
     from actors.detection.train import load_detector
 
     cfg = cfg or CompressConfig()
@@ -159,6 +160,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     ft = finetune(pruned, train, FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed),
                   teacher=base)
 
+    spiq = spiq_ranges(pruned) if cfg.data_free else None  # needs the BN statistics: before folding
     folded_base = copy.deepcopy(base)
     fold_base = fold_batchnorm(folded_base, example)
     fold_pruned = fold_batchnorm(pruned, example)
@@ -187,6 +189,13 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         "decoding": "outside the graph: sigmoid scores, centre -/+ ltrb boxes on the stride grid, NMS "
                     "(actors.compression.net.decode / DenseHead.decode)",
     }
+    if spiq is not None:
+        from actors.compression.finetune import torch_runner
+
+        fq, n = fake_quantize(pruned, spiq)
+        report["data_free_int8"] = {"method": "SPIQ-style static per-channel input ranges from BN/GN statistics, "
+                                              "int8 per-channel weights; simulated in PyTorch (accuracy only)",
+                                    "accuracy": evaluate_outputs(torch_runner(fq), pruned.head, val, classes), **n}
     os.remove(paths["original"])
     report["models"]["original"]["file"] = os.path.basename(rel)
     report["models"]["original"]["file_bytes"] = len(ws.read_bytes(rel))
@@ -222,6 +231,10 @@ def summary(report: dict[str, Any]) -> str:
               "", "| layer | in | in kept | out | out kept |", "|---|---|---|---|---|"]
     for name, l in p["layers"].items():
         lines.append(f"| {name} | {l['in']} | {l['in_kept']} | {l['out']} | {l['out_kept']} |")
+    if "data_free_int8" in report:
+        d = report["data_free_int8"]
+        lines += ["", f"Data-free int8 ({d['method']}): mAP@.5 {100 * d['accuracy']['map50']:.1f}, "
+                  f"mAP@[.5:.95] {100 * d['accuracy']['map']:.1f}."]
     f = report["fold"]["compressed"]
     lines += ["", f"BN folding: {len(f['folded'])} folds, max abs output difference {f['max_abs_diff']:.2e}.",
               "", "Box decoding and NMS run outside the exported graph: " + report["decoding"] + "."]

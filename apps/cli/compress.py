@@ -18,6 +18,8 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                                                     "model (calibrated on training images).")] = False,
                  out: Annotated[str, typer.Option("--out", help="Output folder (model.onnx, model.pt, "
                                                   "report.json, summary.md).")] = ...,
+                 data_free: Annotated[bool, typer.Option(
+                     "--data-free", help="Also report SPIQ-style data-free int8 accuracy (simulated).")] = False,
                  importance: Annotated[str, typer.Option("--importance", help="taylor | magnitude")] = "taylor",
                  epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs after pruning.")] = 2,
                  threads: Annotated[int, typer.Option(
@@ -34,7 +36,7 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     from actors.core.workspace import Workspace
     from apps.cli.output import console, emit
 
-    cfg = CompressConfig(latency=latency, int8=int8, importance=importance, finetune_epochs=epochs,
+    cfg = CompressConfig(latency=latency, int8=int8, data_free=data_free, importance=importance, finetune_epochs=epochs,
                          threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs)
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
