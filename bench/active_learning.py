@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--jobs", type=int, default=1, help="Seeds run in parallel processes.")
     p.add_argument("--work", default=None, help="Scratch folder for the worlds (default: a temp dir).")
-    p.add_argument("--out", default=str(ROOT / "bench" / "active_learning.json"))
+    p.add_argument("--out", default=None, help="JSON path (default bench/active_learning.json; with --smoke a temp "
+                   "file, never the committed one).")
     p.add_argument("--from-partials", action="store_true", help="Summarize what --work holds (an unfinished run).")
     a = p.parse_args(argv)
     seeds = [2] if a.smoke else a.seeds
@@ -166,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
            "per_seed": {str(k): v for k, v in per_seed.items()}, "summary": summarize(per_seed, s),
            "seconds": time.perf_counter() - t0, "cpu_count": os.cpu_count(),
            "note": "wall times measured on 2 CPU cores shared with other jobs"}
-    out = Path(a.out)
+    out = Path(a.out or (Path(work) / "smoke.json" if a.smoke else ROOT / "bench" / "active_learning.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(doc))
     print(markdown(doc))
-    if not a.work:
+    if not a.work and not (a.smoke and not a.out):
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

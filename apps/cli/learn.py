@@ -70,7 +70,7 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
                            f"round {r}: {row['n_labeled']} labeled images, mAP@.5 {row['value']:.1f}% "
                            f"({row['seconds']:.0f}s)"))
     console.quiet = False
-    emit(rep, as_json, lambda r: (
+    emit(vars(rep), as_json, lambda _, r=rep: (
         console.print(table(f"learning curve of run {r.run_id} ({strategy}{' + pseudo' if pseudo else ''})",
                             ["round", "labeled images", "mAP@.5 %", "mAP@[.5:.95] %", "seconds"],
                             [(i, n, f"{a:.1f}", f"{b:.1f}", f"{s:.0f}") for i, (n, a, b, s)
@@ -97,7 +97,7 @@ def labels_import(file: Annotated[str, typer.Argument(help="COCO JSON returned b
     from actors.core.workspace import Workspace
 
     rep = import_labels(Workspace(workspace), file, run_id=run)
-    emit(rep, as_json, lambda r: console.print(
+    emit(vars(rep), as_json, lambda _, r=rep: console.print(
         f"{r.path}: {r.added} boxes added on {r.images} images ({r.skipped_duplicates} already there)"))
 
 
