@@ -1,5 +1,5 @@
 """features: image -> region-grid vectors. The backbone registry (assay-small, torchvision, TorchScript, ImageNet
-EfficientNet-Lite0), the region encoder, the feature store (shards, row reads) and the Ray Data embedding pipeline."""
+EfficientNet-Lite0), the region encoder, the box vector (regions), the feature store (shards, row reads) and the Ray Data embedding pipeline."""
 
 _PUBLIC = {
     "FeatureExtractor": "backbones",
@@ -9,6 +9,7 @@ _PUBLIC = {
     "train_backbone": "small",
     "RegionEncoder": "encoder",
     "load_region_encoder": "encoder",
+    "region_vectors": "regions",
     "FeatureMap": "store",
     "FeatureReader": "store",
     "iter_feature_maps": "store",

@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from actors.catalog.schema import IMAGES, LABELS
 from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 from actors.features.backbones import (IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, _state_dict, _weights_id,
                                        register_backbone)
+from actors.features.regions import region_vectors
 
 SMALL_CHECKPOINT = "models/assay-small.pt"
 
@@ -168,30 +170,12 @@ def _windows(ws: Workspace, split: str, crop: int, rng, classes: list[str] | Non
                    torch.from_numpy(scale.astype(np.float32))), classes
 
 
-def roi_vectors(fmap: torch.Tensor, boxes: torch.Tensor, stride: int, min_side: float = 16.0) -> torch.Tensor:
-    """Mean feature of each box: B×C×h×w maps, B×4 pixel boxes (one per map) -> B×C.
-
-    Boxes smaller than ``min_side`` are grown about their centre (a stored cell is 16 px, so a tiny object's
-    template still averages a cell's worth of context). ``roi_align`` 2×2, then the mean: what the matcher does.
-    """
-    from torchvision.ops import roi_align
-
-    c, half = (boxes[:, :2] + boxes[:, 2:]) / 2, ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp_min(min_side / 2)
-    rois = torch.cat([torch.arange(len(boxes), dtype=fmap.dtype)[:, None], c - half, c + half], 1)  # B×5
-    return roi_align(fmap, rois.to(fmap.dtype), output_size=2, spatial_scale=1.0 / stride, sampling_ratio=-1,
-                     aligned=True).mean(dim=(2, 3))  # B×C
-
-
-def ncc_normalize(v: torch.Tensor) -> torch.Tensor:
-    """Zero-mean, unit-norm over the last dim: the NCC of a 1×1 template is the dot product of these."""
-    v = v - v.mean(dim=-1, keepdim=True)
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-
-
 class RoiCosineHead(nn.Module):
-    """Trunk -> ROI-mean feature of the object box -> NCC-normalized -> scaled cosine to one prototype per class.
+    """Trunk -> the object box's vector exactly as the matcher computes it (:func:`actors.features.regions.
+    region_vectors`: ROI-align 1×1, centred with the mean cell vector of the batch, the training analogue of the
+    pool mean) -> scaled cosine to one prototype per class.
 
-    Training this way makes same-class cells correlate under the matcher's NCC and background cells not.
+    Training this way makes same-class box vectors agree under the matcher's cosine and background ones not.
     """
 
     def __init__(self, trunk: nn.Module, dim: int, n_out: int, stride: int, scale: float = 10.0) -> None:
@@ -201,8 +185,9 @@ class RoiCosineHead(nn.Module):
 
     def forward(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         f = self.trunk(x)  # B×C×h×w
-        v = ncc_normalize(roi_vectors(f, boxes, self.stride))  # B×C
-        return self.scale * v @ ncc_normalize(self.prototypes).T  # B×K
+        center = f.detach().mean(dim=(0, 2, 3))  # C: the batch's mean cell vector (the pool mean's analogue)
+        v = region_vectors(f, boxes, self.stride, self.stride, center)  # B×C, unit
+        return self.scale * v @ F.normalize(self.prototypes, dim=1).T  # B×K
 
 
 @torch.no_grad()
@@ -259,7 +244,7 @@ def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: in
     are shrunk to fit) and as many background windows (half of them the most textured of 3 candidates: hard
     negatives). Each step draws a batch, copy-pastes a ``paste`` fraction of its objects onto background windows
     of other images (:func:`actors.core.images.paste_objects`), rotates / scales / shifts / recolours it
-    (:func:`actors.core.images.augment_objects`), and classifies the NCC-normalized ROI-mean trunk feature of each
+    (:func:`actors.core.images.augment_objects`), and classifies the matcher's box vector (:func:`~actors.features.regions.region_vectors`) of each
     object box against one prototype per class + background (:class:`RoiCosineHead`, scaled cosine, label
     smoothing). AdamW, warm-up + cosine learning rate over ``epochs`` epochs of ``repeats`` passes each (every
     pass is a fresh augmentation / copy-paste of the same windows).

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from actors.core.errors import UserError
+from actors.features.regions import region_vectors
 from actors.features.store import FeatureMap
 
 SCALES = (0.7, 1.0, 1.4)
@@ -135,23 +136,22 @@ class BoxTemplate:
 def box_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y: float, stride_x: float, *,
                  scales: Sequence[float] = SCALES, image_size: tuple[float, float] | None = None,
                  center: torch.Tensor | np.ndarray | Sequence[float] | None = None) -> BoxTemplate:
-    """The :class:`BoxTemplate` of one box: its ROI-aligned 1×1 mean feature, centred, unit norm.
+    """The :class:`BoxTemplate` of one box: its vector from :func:`actors.features.regions.region_vectors` (the one
+    definition assay-small's training uses too: ROI-align 1×1, pool-mean centred, unit norm).
 
     Parameters are those of :func:`roi_template`; ``center`` is the pool's mean cell vector (C) or None.
     Window sizes are ``max(1, round(box size in cells · scale))`` per side; equal sizes are kept once, with the
     scale nearest 1 (so a speck's single 1×1 window outputs boxes of the speck's own size).
     """
-    x, roi, (x0, y0, x1, y1) = _box_roi(fmap, box, stride_y, stride_x, image_size)
-    v = roi_align(x[None], roi, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)[0, :, 0, 0]
+    x, _, (x0, y0, x1, y1) = _box_roi(fmap, box, stride_y, stride_x, image_size)
     c = None if center is None or len(center) == 0 else torch.as_tensor(np.asarray(center, np.float32)).to(x.device)
-    if c is not None:
-        v = v - c
+    v = region_vectors(x[None], torch.tensor([[x0, y0, x1, y1]]), stride_y, stride_x, c)[0]  # C, centred, unit
     hb, wb = (y1 - y0) / stride_y, (x1 - x0) / stride_x  # box size in cells
     sizes: dict[tuple[int, int], float] = {}
     for s in sorted(scales, key=lambda s: abs(math.log(s))):  # equal sizes keep the scale nearest 1
         sizes.setdefault((max(1, round(hb * s)), max(1, round(wb * s))), float(s))
     sizes_s = tuple(sorted(((h, w, s) for (h, w), s in sizes.items()), key=lambda hws: hws[2]))
-    return BoxTemplate(v / v.norm().clamp_min(EPS), sizes_s, (hb, wb), c)
+    return BoxTemplate(v, sizes_s, (hb, wb), c)
 
 
 def window_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

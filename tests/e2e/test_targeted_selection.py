@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from actors.catalog.schema import IMAGES, LABELS
-
-world = pytest.importorskip("actors.catalog.world")
-embed = pytest.importorskip("actors.features.embed")
-backbone = pytest.importorskip("actors.features.backbones")
+from actors.catalog.world import make_world
+from actors.features.embed import embed_pool
+from actors.features.small import train_backbone
 
 
 def test_world_to_mine_through_the_cli(tmp_path, capsys):
     from actors.core.workspace import Workspace
     from apps.cli.main import main
 
-    world.make_world(tmp_path / "world", seed=0, n_images=40, size=(256, 192), workers=1)
+    make_world(tmp_path / "world", seed=0, n_images=40, size=(256, 192), workers=1)
     ws = Workspace(tmp_path / "world" / "workspace")
-    backbone.train_backbone(ws, epochs=1, max_minutes=0.2, max_windows=200, progress=False)
-    embed.embed_pool(ws, model="assay-small", splits=("pool",), local=True, progress=False)
+    train_backbone(ws, epochs=1, max_minutes=0.2, max_windows=200, progress=False)
+    embed_pool(ws, model="assay-small", splits=("pool",), local=True, progress=False)
 
     assert main(["index", "-w", ws.uri, "--model", "assay-small", "--json"]) == 0
     region, glob = json.loads(capsys.readouterr().out)

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from actors.core.errors import UserError
 from actors.catalog.schema import IMAGES, LABELS
 from actors.features.backbones import FeatureExtractor, get_backbone, list_backbones, probe, read_checkpoint
-from actors.features.small import ncc_normalize, roi_vectors, train_backbone
+from actors.features.small import train_backbone
 from actors.core.images import (
     augment_objects,
     background_windows,
@@ -179,17 +179,6 @@ def test_train_backbone_learns_toy_world_and_is_deterministic(workspace, tmp_pat
     rep2 = train_backbone(workspace, epochs=8, crop=32, batch_size=32, progress=False)
     assert rep2.val_accuracy == rep.val_accuracy
     assert get_backbone("assay-small", workspace=workspace).weights_id == ext.weights_id
-
-
-def test_roi_vectors_average_the_box_and_ncc_normalize_is_pearson():
-    f = torch.zeros(2, 4, 6, 6)  # 2 maps, stride 8 -> 48×48 px
-    f[0, :, 2:4, 2:4] = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1)
-    f[1, :, 0:2, 0:2] = torch.tensor([4.0, 3.0, 2.0, 1.0]).view(4, 1, 1)
-    v = roi_vectors(f, torch.tensor([[16.0, 16.0, 32.0, 32.0], [0.0, 0.0, 16.0, 16.0]]), stride=8)  # 2×4
-    assert torch.allclose(v[0], torch.tensor([1.0, 2.0, 3.0, 4.0]), atol=0.3)
-    n = ncc_normalize(v)
-    assert torch.allclose(n.mean(1), torch.zeros(2), atol=1e-6) and torch.allclose(n.norm(dim=1), torch.ones(2))
-    assert float(n[0] @ n[1]) == pytest.approx(-1.0, abs=1e-4)
 
 
 def test_train_backbone_respects_its_time_budget(workspace, tmp_path):
