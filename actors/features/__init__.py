@@ -1,5 +1,6 @@
 """features: image -> region-grid vectors. The backbone registry (assay-small, torchvision, TorchScript, ImageNet
-EfficientNet-Lite0), the region encoder, the box vector (regions), the feature store (shards, row reads) and the Ray Data embedding pipeline."""
+EfficientNet-Lite0), the region encoder, the box vector (regions), the feature store (shards, row reads) and the
+Ray Data embedding pipeline."""
 
 _PUBLIC = {
     "FeatureExtractor": "backbones",
