@@ -185,7 +185,7 @@ def _filesystem(scheme: str, netloc: str, query: str) -> tuple[pafs.FileSystem, 
 
 
 def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, path)`` of a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``, ``hdfs://``).
+    """``(filesystem, path)`` of a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``…).
 
     Raises :class:`pyarrow.ArrowInvalid` for a scheme ``pyarrow.fs`` does not know (``http://``).
     """

@@ -27,7 +27,7 @@ def test_more_workers_than_gpus_ask_a_fraction_that_fits_instead_of_one_each(act
 
 def test_an_explicit_gpu_ask_that_cannot_fit_is_a_clear_error_not_a_hang():
     assert gpu_share(4, 2, 0.5) == 0.5
-    with pytest.raises(UserError, match=r"3 workers x 1 GPU each need 3 GPUs but the cluster has 2; ask at most 0\.6666"):
+    with pytest.raises(UserError, match=r"3 workers x 1 GPU each need 3 GPUs but the cluster has 2; ask at most 0\.66"):
         gpu_share(3, 2, 1.0)
     with pytest.raises(UserError, match="no GPU"):
         gpu_share(2, 0, 1.0)

@@ -8,8 +8,8 @@ import pytest
 
 from actors.core.errors import UserError
 from actors.features.store import FeatureMap, encode_rows
-from actors.selection.index import (IDS_SCHEMA, IndexManifest, LoadedIndex, add_to_index, block_mean, build_index, cell_vectors, normalize,
-                          choose_factory, load_index)
+from actors.selection.index import (IDS_SCHEMA, IndexManifest, LoadedIndex, add_to_index, block_mean, build_index,
+                                    cell_vectors, choose_factory, load_index, normalize)
 from actors.core.shards import ShardedDataset
 from actors.core.workspace import WorkspaceError
 
@@ -223,7 +223,8 @@ def test_index_files_are_faiss_write_index_files_read_back_memory_mapped(workspa
 def test_ivf_index_is_memory_mapped_too(workspace):
     from actors.selection import _faiss
 
-    assert _faiss.mmap_flags("IVF4,Flat") & faiss.IO_FLAG_MMAP and _faiss.mmap_flags("IVF4,Flat") & faiss.IO_FLAG_READ_ONLY
+    flags = _faiss.mmap_flags("IVF4,Flat")
+    assert flags & faiss.IO_FLAG_MMAP and flags & faiss.IO_FLAG_READ_ONLY
     write(workspace, maps([f"im{k}" for k in range(8)]))
     build_index(workspace, "toy", factory="IVF2,Flat", progress=False, cell_pool=1)
     idx = load_index(workspace, "toy")
