@@ -4,7 +4,8 @@ Layout in the workspace (``index/<name>/``, ``name`` = the model, or ``<model>-g
 baseline)::
 
     index-g00003.faiss   the FAISS index (CPU form), generation 3
-    ids-g00003.parquet   faiss id (= row number) -> image_id, row, col   (row = col = -1 for global vectors)
+    ids-g00003.parquet   faiss id (= row number) -> code (int32), row, col   (row = col = -1 for global vectors)
+    images-g00003.parquet  image code (= row number) -> image_id: one string per image, none per vector
     manifest.json        factory, metric, n, dim, trained_on, images, generation, file names, store
 
 Contract
@@ -20,6 +21,10 @@ Contract
   index readable; the manifest is the commit point.
 * ``add_to_index`` adds only images that are not indexed yet (no retraining, no rebuild); an IVF/PQ index keeps the
   quantizers it was trained with, which is fine while the new images look like the old ones.
+* The id map holds integers only (a dense int32 image code per vector, codes numbered in the order images were
+  added); the image ids are a separate one-row-per-image table. Indexes written before (a string ``image_id`` per
+  vector, no ``images_file`` in the manifest) still load: their strings are dictionary-encoded once at load, and the
+  next ``add_to_index`` rewrites them in the integer form.
 * The index type comes from the vector count (:func:`choose_factory`) unless a FAISS factory string is given.
 * GPU FAISS is used for training/adding when ``faiss.get_num_gpus() > 0``; the saved index is always the CPU form,
   written and read with FAISS's own file I/O (memory-mapped for search, see :mod:`actors.selection._faiss`).
@@ -71,6 +76,7 @@ class IndexManifest:
     generation: int = 0
     index_file: str = ""
     ids_file: str = ""
+    images_file: str = ""  # image code -> image_id table ("": an index written before, with image_id per vector)
     nprobe: int = 0
     center: list = field(default_factory=list)  # C floats subtracted before normalising; [] = none
     cell_pool: int = 1  # region vectors = k×k blocks of stored cells, averaged (1: every stored cell)
@@ -158,17 +164,26 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 
 class LoadedIndex:
-    """A loaded index: ``search(xq, k) -> D, I`` plus the id map ``I -> (image_id, row, col)``."""
+    """A loaded index: ``search(xq, k) -> D, I`` plus the id map ``I -> (image_id, row, col)``.
 
-    def __init__(self, manifest: IndexManifest, index: faiss.Index, ids: pa.Table) -> None:
+    ``ids`` has an int ``code`` column (``image_names[code]`` is the image id) and ``row``/``col``; a legacy table
+    with a string ``image_id`` column instead is dictionary-encoded here (``image_names`` is then ignored).
+    """
+
+    def __init__(self, manifest: IndexManifest, index: faiss.Index, ids: pa.Table,
+                 image_names: list[str] | None = None) -> None:
         self.manifest = manifest
         self.index = index
-        self.ids = ids
-        enc = ids.column("image_id").combine_chunks().dictionary_encode()
-        self.image_codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)  # n, faiss id -> image code
-        self.image_names: list[str] = enc.dictionary.to_pylist()  # image code -> image_id
+        if "image_id" in ids.column_names:  # legacy id map: one string per vector
+            enc = ids.column("image_id").combine_chunks().dictionary_encode()
+            codes, image_names = enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+        else:
+            codes = ids.column("code").to_numpy()
+        self.image_codes = np.asarray(codes, np.int32)  # n, faiss id -> image code
+        self.image_names: list[str] = list(image_names or [])  # image code -> image_id
         self.rows = ids.column("row").to_numpy()  # n int16
         self.cols = ids.column("col").to_numpy()  # n int16
+        self.ids = pa.table({"code": self.image_codes, "row": self.rows, "col": self.cols}, schema=IDS_SCHEMA)
         self.center = np.asarray(manifest.center, np.float32) if manifest.center else None  # C or None
         if manifest.nprobe:
             faiss.ParameterSpace().set_index_parameter(index, "nprobe", manifest.nprobe)
@@ -241,13 +256,14 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
         index.train(xt)
     else:
         index = _to_gpu(index)
+    names: list[str] = []
     ids = _add_all(index, iter_feature_maps(ws, model), kind, n, progress, f"index {model} ({kind})", center,
-                   cell_pool)
+                   cell_pool, names)
     man = IndexManifest(model=model, kind=kind, factory=factory, metric=METRIC, n=0, dim=dim,
                         trained_on=trained_on, images=0,
                         nprobe=(nprobe or 32) if "IVF" in factory else 0, center=center.tolist(), cell_pool=cell_pool,
                         store=store)
-    return _save(ws, man, _to_cpu(index), ids, previous=_read_manifest(ws, model, kind))
+    return _save(ws, man, _to_cpu(index), ids, names, previous=_read_manifest(ws, model, kind))
 
 
 def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: bool = True) -> IndexManifest:
@@ -261,10 +277,10 @@ def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: b
     if not new:
         return man
     index = _to_gpu(loaded.index)
-    old_ids = loaded.ids.cast(IDS_SCHEMA)
+    names = list(loaded.image_names)
     ids = _add_all(index, iter_feature_maps(ws, model, image_ids=new), kind, None, progress, f"add {model}",
-                   loaded.center, man.cell_pool)
-    return _save(ws, man, _to_cpu(index), pa.concat_tables([old_ids, ids]), previous=man)
+                   loaded.center, man.cell_pool, names)
+    return _save(ws, man, _to_cpu(index), pa.concat_tables([loaded.ids, ids]), names, previous=man)
 
 
 def load_index(ws: Workspace, model: str, *, kind: str = "region", mmap: bool = True) -> LoadedIndex:
@@ -284,7 +300,11 @@ def load_index(ws: Workspace, model: str, *, kind: str = "region", mmap: bool = 
     if index.ntotal != len(ids) or index.ntotal != man.n:
         raise WorkspaceError(f"{ws.path(rel)}: index holds {index.ntotal} vectors, id map {len(ids)}, "
                              f"manifest {man.n}; rebuild with `assay index`")
-    return LoadedIndex(man, index, ids)
+    names = (ws.read_table(posixpath.join(rel, man.images_file)).column("image_id").to_pylist()
+             if man.images_file else None)
+    if names is None and "image_id" not in ids.column_names:
+        raise WorkspaceError(f"{ws.path(rel)}: id map without image ids; rebuild with `assay index --rebuild`")
+    return LoadedIndex(man, index, ids, names)
 
 
 def check_store(ws: Workspace, man: IndexManifest) -> None:
@@ -298,14 +318,20 @@ def check_store(ws: Workspace, man: IndexManifest) -> None:
                     f"changed since it was built ({what}); rebuild it: assay index --model {man.model} --rebuild")
 
 
-IDS_SCHEMA = pa.schema([("image_id", pa.string()), ("row", pa.int16()), ("col", pa.int16())])
+IDS_SCHEMA = pa.schema([("code", pa.int32()), ("row", pa.int16()), ("col", pa.int16())])
+IMAGES_SCHEMA = pa.schema([("image_id", pa.string())])
 
 
 def _add_all(index: faiss.Index, fmaps: Iterable[FeatureMap], kind: str, total: int | None,
-             progress: bool, desc: str, center: np.ndarray | None = None, cell_pool: int = 1) -> pa.Table:
-    """Add the vectors of ``fmaps`` to ``index`` in batches of :data:`ADD_BATCH`; returns the id rows added."""
+             progress: bool, desc: str, center: np.ndarray | None = None, cell_pool: int = 1,
+             names: list[str] | None = None) -> pa.Table:
+    """Add the vectors of ``fmaps`` to ``index`` in batches of :data:`ADD_BATCH`; returns the id rows added.
+
+    Each image gets the next image code: its id is appended to ``names`` (the code -> image_id list).
+    """
+    names = [] if names is None else names
     parts: list[pa.Table] = []
-    buf: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+    buf: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     size = 0
     bar = _bar(total, progress, desc)
 
@@ -316,7 +342,7 @@ def _add_all(index: faiss.Index, fmaps: Iterable[FeatureMap], kind: str, total: 
         xb = np.concatenate([b[1] for b in buf])  # n×C
         index.add(xb)
         parts.append(pa.table({
-            "image_id": np.repeat([b[0] for b in buf], [len(b[1]) for b in buf]),
+            "code": np.repeat(np.array([b[0] for b in buf], np.int32), [len(b[1]) for b in buf]),
             "row": np.concatenate([b[2] for b in buf]), "col": np.concatenate([b[3] for b in buf]),
         }, schema=IDS_SCHEMA))
         bar.update(len(xb))
@@ -324,7 +350,8 @@ def _add_all(index: faiss.Index, fmaps: Iterable[FeatureMap], kind: str, total: 
 
     for fm in fmaps:
         xb, rows, cols = cell_vectors(fm, kind, center, cell_pool)
-        buf.append((fm.image_id, xb, rows, cols))
+        buf.append((len(names), xb, rows, cols))
+        names.append(fm.image_id)
         size += len(xb)
         if size >= ADD_BATCH:
             flush()
@@ -384,16 +411,19 @@ def _first_dim(ws: Workspace, model: str) -> int:
     raise UserError(f"model {model!r} has no ok feature maps to index")
 
 
-def _save(ws: Workspace, man: IndexManifest, index: faiss.Index, ids: pa.Table,
+def _save(ws: Workspace, man: IndexManifest, index: faiss.Index, ids: pa.Table, names: list[str],
           previous: IndexManifest | None) -> IndexManifest:
     rel = index_dir(man.model, man.kind)
     gen = (previous.generation + 1) if previous else 1
-    stale = [previous.index_file, previous.ids_file] if previous else []  # read before ``man`` (maybe previous) changes
+    stale = ([previous.index_file, previous.ids_file, previous.images_file]
+             if previous else [])  # read before ``man`` (maybe previous) changes
     man.generation, man.n = gen, int(index.ntotal)
-    man.images = len(pc.unique(ids.column("image_id")))
+    man.images = len(names)
     man.index_file, man.ids_file = f"index-g{gen:05d}.faiss", f"ids-g{gen:05d}.parquet"
+    man.images_file = f"images-g{gen:05d}.parquet"
     write_index(ws, posixpath.join(rel, man.index_file), index)
-    ws.write_table(posixpath.join(rel, man.ids_file), ids)
+    ws.write_table(posixpath.join(rel, man.ids_file), ids.cast(IDS_SCHEMA))
+    ws.write_table(posixpath.join(rel, man.images_file), pa.table({"image_id": names}, schema=IMAGES_SCHEMA))
     ws.write_json(posixpath.join(rel, "manifest.json"), asdict(man))  # commit point
     for name in stale:
         if name:

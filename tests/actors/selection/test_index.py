@@ -68,7 +68,8 @@ def test_add_indexes_only_new_images_and_search_finds_them(workspace):
     assert idx.lookup(I) == [("new1", 1, 1)] and D[0, 0] == pytest.approx(1.0, abs=1e-3)
     assert add_to_index(workspace, "toy", progress=False).generation == 2  # nothing new: no-op
     files = workspace.listdir("index/toy")
-    assert files == ["ids-g00002.parquet", "index-g00002.faiss", "manifest.json"]  # old generation removed
+    assert files == ["ids-g00002.parquet", "images-g00002.parquet", "index-g00002.faiss",
+                     "manifest.json"]  # old generation removed
 
 
 def test_global_index_has_one_vector_per_image(workspace):
@@ -256,3 +257,37 @@ def test_two_faiss_wheels_are_refused_where_faiss_is_first_imported(monkeypatch)
             importlib.reload(_faiss)
     importlib.reload(_faiss)  # the real environment: one wheel
 
+
+
+def test_id_map_holds_integer_codes_and_one_image_id_per_image(workspace):
+    write(workspace, maps([f"im{k}" for k in range(5)]))
+    man = build_index(workspace, "toy", progress=False, cell_pool=1)
+    ids = workspace.read_table(f"index/toy/{man.ids_file}")
+    assert ids.schema == IDS_SCHEMA and str(ids.schema.field("code").type) == "int32"  # no string per vector
+    assert workspace.read_table(f"index/toy/{man.images_file}").column("image_id").to_pylist() == \
+        [f"im{k}" for k in range(5)]
+    idx = load_index(workspace, "toy")
+    assert idx.image_codes.dtype == np.int32 and len(idx.image_codes) == 5 * 12 and len(idx.image_names) == 5
+    assert idx.lookup(np.array([0, 12, 59])) == [("im0", 0, 0), ("im1", 0, 0), ("im4", 2, 3)]
+
+
+def test_index_written_with_a_string_id_map_still_loads_and_is_rewritten_on_add(workspace):
+    import dataclasses
+    import pyarrow as pa
+
+    write(workspace, maps([f"old{k}" for k in range(3)]))
+    man = build_index(workspace, "toy", factory="Flat", progress=False, cell_pool=1)
+    names = workspace.read_table(f"index/toy/{man.images_file}").column("image_id").to_pylist()
+    codes = workspace.read_table(f"index/toy/{man.ids_file}")
+    legacy = pa.table({"image_id": [names[c] for c in codes.column("code").to_pylist()],
+                       "row": codes.column("row"), "col": codes.column("col")})
+    workspace.write_table(f"index/toy/{man.ids_file}", legacy)  # the pre-code layout: image_id per vector
+    workspace.delete(f"index/toy/{man.images_file}")
+    workspace.write_json("index/toy/manifest.json",
+                         {k: v for k, v in dataclasses.asdict(man).items() if k != "images_file"})
+    idx = load_index(workspace, "toy")
+    assert idx.lookup(np.array([13])) == [("old1", 0, 1)] and idx.image_codes.dtype == np.int32
+    write(workspace, maps([f"old{k}" for k in range(3)]) + maps(["new0"], seed=4))
+    added = add_to_index(workspace, "toy", progress=False)
+    assert added.images_file and workspace.read_table(f"index/toy/{added.ids_file}").schema == IDS_SCHEMA
+    assert load_index(workspace, "toy").lookup(np.array([13, 36])) == [("old1", 0, 1), ("new0", 0, 0)]
