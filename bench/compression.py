@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--detector-epochs", type=int, default=24)
     p.add_argument("--budgets", default="0.7,0.5,0.35")
     p.add_argument("--mag-budgets", default=None, help="budgets that get a magnitude baseline (default: all)")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per pruned model")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per pruned model (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calib", type=int, default=32)
+    p.add_argument("--taylor", type=int, default=8, help="training images for the Taylor importance")
     p.add_argument("--max-val", type=int, default=None)
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "bench"))
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.images, args.size, args.detector_epochs = 16, (160, 120), 2
         args.budgets, args.epochs, args.runs, args.rounds, args.calib = "0.5", 1, 2, 1, 4
-        args.max_train = 4
+        args.max_train, args.taylor = 4, 2
     return run(args)
 
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     from actors.compression.fold import fold_batchnorm
     from actors.compression.latency import build_lut, device_key, load_cached, save_cached, torch_latency
     from actors.compression.net import final_layers, tensor_module
-    from actors.compression.prune import latency_aware_prune, lut_ms_of, magnitude_prune_to
+    from actors.compression.prune import group_scores, latency_aware_prune, lut_ms_of, magnitude_prune_to
     from actors.compression.quantize import fake_quantize, quantize_static, spiq_ranges
     from actors.compression.report import _taylor_loss, count, timed
     from actors.detection.train import load_detector
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     classes = list(det.classes)
     val = load_split(ws, "val", classes, args.max_val)
     train = load_split(ws, "train", classes, args.max_train)
+    calib_split = load_split(ws, "train", classes, max(args.calib, args.taylor))
     hw = val.hw()
     log(f"{len(val)} val / {len(train)} train images at {hw[1]}x{hw[0]}; threads {args.threads}")
     base = tensor_module(det)
@@ -137,8 +139,13 @@ def run(args: argparse.Namespace) -> dict:
                            "folds": len(fold.folded)}
     budgets = [float(b) for b in args.budgets.split(",")]
     mag_budgets = [float(b) for b in (args.mag_budgets or args.budgets).split(",")]
-    loss = _taylor_loss(train, 16)
+    loss = _taylor_loss(calib_split, args.taylor)
+    t0 = time.monotonic()
+    scores = group_scores(copy.deepcopy(base), example, final_layers(base), "taylor", loss)  # once, all budgets
+    log(f"Taylor importance on {args.taylor} training images: {time.monotonic() - t0:.0f} s")
     ftc = FinetuneConfig(epochs=args.epochs)
+
+    spiq_for = f"latency-aware-{budgets[len(budgets) // 2]}"
 
     def tuned(name: str, make) -> torch.nn.Module:
         path = cache / f"{name}.pt"
@@ -147,23 +154,25 @@ def run(args: argparse.Namespace) -> dict:
             info = json.loads((cache / f"{name}.json").read_text())
         else:
             net, info = make()
-            info["map50_before_finetune"] = evaluate_outputs(torch_runner(net), net.head, val, classes)["map50"]
+            if ftc.epochs > 0:
+                info["map50_before_finetune"] = evaluate_outputs(torch_runner(net), net.head, val, classes)["map50"]
             info["finetune"] = finetune(net, train, ftc, teacher=base)
-            ranges = spiq_ranges(net)  # data-free input ranges need the BN statistics: before folding
+            ranges = spiq_ranges(net) if name == spiq_for else None  # needs the BN statistics: before folding
             fold_batchnorm(net, example)
-            fq, counts = fake_quantize(net, ranges)
-            info["spiq"] = {**evaluate_outputs(torch_runner(fq), net.head, val, classes), **counts}
+            if ranges is not None:
+                fq, counts = fake_quantize(net, ranges)
+                info["spiq"] = {**evaluate_outputs(torch_runner(fq), net.head, val, classes), **counts}
             save_compressed(net, det, str(path))
             (cache / f"{name}.json").write_text(json.dumps(info))
         models[name] = info
-        log(f"{name}: LUT {info['lut_ms']:.1f} ms, mAP@.5 before fine-tune {info['map50_before_finetune']:.3f}")
+        log(f"{name}: LUT {info['lut_ms']:.1f} ms")
         return net
 
     for b in budgets:
         def make_la(b=b):
             net = copy.deepcopy(base)
             plan = latency_aware_prune(net, example, lut, b, ignored=final_layers(net), importance="taylor",
-                                       loss_fn=loss)
+                                       scores=scores)
             return net, {"kind": "latency-aware", "budget": b, "lut_ms": plan.predicted_ms,
                          "feasible": plan.feasible, "plan": plan.to_dict()}
         nets[f"latency-aware-{b}"] = tuned(f"latency-aware-{b}", make_la)
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
             nets[f"magnitude-{b}"] = tuned(f"magnitude-{b}", make_mag)
 
     log("export + int8 (ONNX Runtime static QDQ, per-channel weights)")
-    calib = [x.numpy() for x in train.images[:args.calib]]
+    calib = [x.numpy() for x in calib_split.images[:args.calib]]
     paths = {}
     for name, net in nets.items():
         if name == "original":
@@ -190,10 +199,15 @@ def run(args: argparse.Namespace) -> dict:
     sessions = {k: onnx_session(v, args.threads) for k, v in paths.items()}
     log(f"timing {len(sessions)} models: {args.rounds} rounds x {args.runs} runs")
     lat = timed(sessions, val.images[0].numpy(), args.runs, args.rounds)
-    eager = {k: torch_latency(nets[k], hw, runs=args.runs) for k in ("original", "bn-folded")}
+    eager = {k: torch_latency(nets[k], hw, runs=max(3, args.runs // 3)) for k in ("original", "bn-folded")}
     log("accuracy")
-    rows = []
-    for k, s in sessions.items():
+    rows: list[dict] = []
+    fq, counts = fake_quantize(folded, spiq_ranges(base))
+    spiq = {"original": {**evaluate_outputs(torch_runner(fq), folded.head, val, classes), **counts}}
+    spiq.update({k: v["spiq"] for k, v in models.items() if "spiq" in v})
+    order = ["original"] + [k for k in sessions if k != "original"]  # the reference first
+    for k in order:
+        s = sessions[k]
         base_name = k.split("+")[0]
         head = nets[base_name].head
         acc = evaluate_outputs(onnx_runner(s), head, val, classes)
@@ -202,14 +216,18 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({"model": k, **{kk: v for kk, v in info.items() if kk not in ("plan", "finetune", "spiq")},
                      "int8": k.endswith("+int8"), "latency_ms": lat[k], "map50": acc["map50"], "map": acc["map"],
                      "params": c["params"], "macs": c["macs"], "file_bytes": os.path.getsize(paths[k])})
-    fq, counts = fake_quantize(folded, spiq_ranges(base))
-    spiq = {"original": {**evaluate_outputs(torch_runner(fq), folded.head, val, classes), **counts}}
-    spiq.update({k: v["spiq"] for k, v in models.items() if "spiq" in v})
+        log(f"{k}: mAP@.5 {acc['map50']:.3f}, p50 {lat[k]['p50']:.1f} ms")
+        write(args, out, rows, key, hw, val, train, lut_s, eager, spiq, models, t_start)
+    return write(args, out, rows, key, hw, val, train, lut_s, eager, spiq, models, t_start, final=True)
+
+
+def write(args, out, rows, key, hw, val, train, lut_s, eager, spiq, models, t_start, final=False) -> dict:
+    """Write the JSON + Markdown (after every measured model, so a killed run leaves its points)."""
     o = next(r for r in rows if r["model"] == "original")
     for r in rows:
         r["speedup"] = o["latency_ms"]["p50"] / r["latency_ms"]["p50"]
         r["map50_drop_points"] = 100 * (o["map50"] - r["map50"])
-    result = {"machine": {"cpu": key, "threads": args.threads, "python": platform.python_version(),
+    result = {"complete": final,"machine": {"cpu": key, "threads": args.threads, "python": platform.python_version(),
                           "torch": torch.__version__, "shared": "2 cores shared with other engineers' jobs: "
                           "timings are noisy (spread per model given)"},
               "setup": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
@@ -220,8 +238,9 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     (out / f"{args.name}.md").write_text(markdown(result))
-    log(f"wrote {out / args.name}.json/.md in {result['seconds']:.0f} s")
-    print(markdown(result))
+    if final:
+        log(f"wrote {out / args.name}.json/.md in {result['seconds']:.0f} s")
+        print(markdown(result))
     return result
 
 

@@ -295,14 +295,29 @@ def apply_plan(model: nn.Module, groups: list[tuple[Any, Group]], plan: PrunePla
 def latency_aware_prune(model: nn.Module, example: torch.Tensor, lut: LatencyLUT, latency: float, *,
                         ignored: Sequence[nn.Module] = (), importance: str = "magnitude",
                         loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, round_to: int = 8,
-                        min_keep: float = 0.125) -> PrunePlan:
-    """Score, plan and prune ``model`` in place to ``latency`` × its LUT latency; returns the plan."""
+                        min_keep: float = 0.125, scores: dict[str, np.ndarray] | None = None) -> PrunePlan:
+    """Score, plan and prune ``model`` in place to ``latency`` × its LUT latency; returns the plan.
+
+    ``scores`` (root path -> per-channel importance, e.g. :func:`group_scores` of an identical model) skips the
+    scoring, so several budgets share one Taylor pass."""
     _, groups = dependency_groups(model, example, ignored)
-    score_groups(groups, importance, model, loss_fn)
+    if scores is not None:
+        for _, g in groups:
+            g.importance = np.asarray(scores[g.root], np.float64)
+    else:
+        score_groups(groups, importance, model, loss_fn)
     plan = plan_pruning([g for _, g in groups], lut, latency, round_to=round_to, min_keep=min_keep,
                         importance=importance)
     apply_plan(model, groups, plan)
     return plan
+
+
+def group_scores(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.Module], importance: str,
+                 loss_fn: Callable[[nn.Module], torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+    """Per-channel importance of every group of ``model`` (root path -> array), without pruning."""
+    _, groups = dependency_groups(model, example, ignored)
+    score_groups(groups, importance, model, loss_fn)
+    return {g.root: g.importance for _, g in groups}
 
 
 def lut_ms_of(model: nn.Module, lut: LatencyLUT) -> float:
@@ -329,7 +344,7 @@ def magnitude_prune(model: nn.Module, example: torch.Tensor, ratio: float, *, ig
 
 
 def magnitude_prune_to(make: Callable[[], nn.Module], example: torch.Tensor, lut: LatencyLUT, target_ms: float, *,
-                       ignored: Callable[[nn.Module], Sequence[nn.Module]], round_to: int = 8, steps: int = 7
+                       ignored: Callable[[nn.Module], Sequence[nn.Module]], round_to: int = 8, steps: int = 5
                        ) -> tuple[nn.Module, float]:
     """The magnitude baseline at ``target_ms`` LUT latency: bisection on the uniform ratio; (model, ratio).
 
@@ -354,5 +369,5 @@ def magnitude_prune_to(make: Callable[[], nn.Module], example: torch.Tensor, lut
 
 
 __all__ = ["list_importances", "solve_knapsack", "Group", "dependency_groups", "score_groups", "PrunePlan",
-           "layer_widths", "plan_pruning", "apply_plan", "latency_aware_prune", "lut_ms_of", "magnitude_prune",
+           "layer_widths", "plan_pruning", "apply_plan", "latency_aware_prune", "group_scores", "lut_ms_of", "magnitude_prune",
            "magnitude_prune_to"]
