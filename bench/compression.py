@@ -247,7 +247,8 @@ def write(args, out, rows, key, hw, val, train, lut_s, eager, spiq, models, t_st
 def markdown(r: dict) -> str:
     lines = [f"# Compression benchmark ({r['input_hw'][1]}x{r['input_hw'][0]}, {r['n_val']} val images)", "",
              f"ONNX Runtime CPU, batch 1, {r['machine']['threads']} thread(s), `{r['machine']['cpu']}`; "
-             f"{r['machine']['shared']}.", "",
+             f"{r['machine']['shared']}." + ("" if r.get("complete") else " **Partial: the run did not finish.**"),
+             "",
              "| model | int8 | LUT ms | p50 ms | p95 ms | spread ms | speed-up | mAP@.5 | drop (pts) | mAP@[.5:.95] "
              "| MMACs | params | mAP@.5 before FT |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
@@ -259,7 +260,8 @@ def markdown(r: dict) -> str:
                      f"{x['macs'] / 1e6:.0f} | {x['params'] / 1e6:.2f} M | "
                      f"{'' if bft is None else f'{100 * bft:.1f}'} |")
     e = r["eager_ms"]
-    lines += ["", f"PyTorch eager p50: original {e['original']['p50']:.1f} ms, BN-folded {e['bn-folded']['p50']:.1f} ms.",
+    lines += ["", f"PyTorch eager p50: original {e['original']['p50']:.1f} ms, "
+              f"BN-folded {e['bn-folded']['p50']:.1f} ms.",
               ""]
     for k, v in r["spiq_data_free"].items():
         lines.append(f"Data-free SPIQ-style int8 (simulated) of {k}: mAP@.5 {100 * v['map50']:.1f}, "

@@ -113,7 +113,8 @@ def load_compressed(path: str) -> tuple[DenseNet, Any]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such compressed model") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"{path}: not a readable compressed model (corrupt or not a torch file: {type(e).__name__})") from e
+        raise UserError(f"{path}: not a readable compressed model "
+                        f"(corrupt or not a torch file: {type(e).__name__})") from e
     if not isinstance(ck, dict) or ck.get("format") != FORMAT or not {"state_dict", "config"} <= set(ck):
         raise UserError(f"{path}: not an Assay compressed model (expected format {FORMAT!r})")
     cfg, sd = ck["config"], ck["state_dict"]

@@ -113,7 +113,7 @@ def _producer(bn_node: fx.Node, modules: dict[str, nn.Module], s: torch.Tensor
 def fold_into_conv(conv: nn.Module, s: torch.Tensor, t: torch.Tensor) -> None:
     """Make ``conv`` compute ``s * conv(x) + t`` (per output channel), in place; adds a bias when missing."""
     w = conv.weight.detach().double()
-    if isinstance(conv, nn.modules.conv._ConvTransposeNd):  # weight Cin × Cout/g × k…: out channel on dim 1 per group
+    if isinstance(conv, nn.modules.conv._ConvTransposeNd):  # weight Cin × Cout/g × k…: out channel on dim 1
         g = conv.groups
         wg = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
         sg = s.reshape(g, 1, -1, *([1] * (w.ndim - 2)))

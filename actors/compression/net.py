@@ -53,7 +53,8 @@ def tensor_module(det: nn.Module) -> DenseNet:
     from actors.detection.models import CachedDenseDetector
 
     if not isinstance(det, CachedDenseDetector):
-        raise UserError(f"compression supports the dense-lite0 detector; got {det.config.get('name', type(det).__name__)}")
+        name = det.config.get("name", type(det).__name__)
+        raise UserError(f"compression supports the dense-lite0 detector; got {name}")
     fe = det.trunk
     body = copy.deepcopy(fe.body)
     trunk = nn.Sequential(Normalize(fe.mean.flatten().tolist(), fe.std.flatten().tolist()), body) if fe.normalize \

@@ -369,5 +369,6 @@ def magnitude_prune_to(make: Callable[[], nn.Module], example: torch.Tensor, lut
 
 
 __all__ = ["list_importances", "solve_knapsack", "Group", "dependency_groups", "score_groups", "PrunePlan",
-           "layer_widths", "plan_pruning", "apply_plan", "latency_aware_prune", "group_scores", "lut_ms_of", "magnitude_prune",
+           "layer_widths", "plan_pruning", "apply_plan", "latency_aware_prune", "group_scores", "lut_ms_of",
+           "magnitude_prune",
            "magnitude_prune_to"]
