@@ -133,7 +133,10 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rel = checkpoint or find_checkpoint(ws, run)
-    det = load_detector(ws, rel)
+    try:
+        det = load_detector(ws, rel)
+    except UserError as e:  # torch's unpickling messages run over several lines: keep the one naming the file
+        raise UserError(str(e).strip().splitlines()[0]) from e
     classes = list(det.classes)
     val = load_split(ws, "val", classes, cfg.max_val_images)
     train = load_split(ws, "train", classes, cfg.max_train_images)
