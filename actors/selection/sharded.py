@@ -1,0 +1,173 @@
+"""Sharded index on Ray: N :class:`ShardActor` each hold one shard (:class:`~actors.selection.shard_store.Shard`);
+the driver (:class:`ShardedIndex`) routes images to shards by image hash, fans a query out to every shard in one
+``ray.get`` and merges the top-k (:func:`~actors.selection.shard_plan.merge_topk`).
+
+No math here: assignment and merge are in ``shard_plan`` (pure), file layout and FAISS calls in ``shard_store``.
+
+Contract
+--------
+* Results equal those of a single index over the same vectors: the shards start from one trained empty index
+  (``template.faiss``; for IVF the shared coarse quantizer and codebooks), each holds whole images, each returns its
+  own top-k and the merge keeps the k best (ids the same; scores equal up to float rounding of exact search).
+* :meth:`ShardedIndex.add` routes each new image to ``shard_of(image_id)``; shards skip images they hold, so an add
+  re-run after a crash adds nothing twice. :meth:`ShardedIndex.save` commits every shard (each atomically, its own
+  manifest being its commit point) and reopens it memory-mapped in its actor.
+* Actors ask for ``num_cpus`` each (default 0: they are I/O and FAISS threads, set with ``threads``).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Iterable, Sequence
+
+import numpy as np
+import ray
+
+from actors.core.workspace import Workspace, WorkspaceError
+from actors.selection.index import normalize
+from actors.selection.shard_plan import group_by_shard, merge_topk, shard_of
+from actors.selection.shard_store import Shard, shards_root, write_template
+
+ADD_BATCH = 262_144  # vectors buffered on the driver before they are sent to the shards
+
+
+@ray.remote(max_restarts=3, max_task_retries=0)  # adds are not retried: a restarted actor reloads its committed shard
+class ShardActor:
+    """One shard in an actor: ``add``, ``save``, ``search``, ``lookup``, ``stats`` (see :class:`Shard`)."""
+
+    def __init__(self, ws_uri: str, root: str, k: int, threads: int = 1, mmap: bool = True) -> None:
+        from actors.selection._faiss import faiss
+
+        if threads:
+            faiss.omp_set_num_threads(int(threads))
+        self.shard = Shard(Workspace(ws_uri), root, k, mmap=mmap)
+
+    def add(self, image_ids: list[str], counts: np.ndarray, xb: np.ndarray, rows: np.ndarray,
+            cols: np.ndarray) -> int:
+        return self.shard.add(image_ids, counts, xb, rows, cols)
+
+    def save(self) -> dict:
+        return self.shard.save()
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.shard.search(xq, k)
+
+    def lookup(self, I: np.ndarray) -> list[tuple[str, int, int]]:
+        return self.shard.lookup(I)
+
+    def stats(self) -> dict:
+        return self.shard.stats()
+
+
+class ShardedIndex:
+    """The driver side of a sharded index under ``index/<model>/shards`` (see the module contract).
+
+    Create with :meth:`create` (writes the template and starts the actors) or :meth:`open` (starts actors that load
+    the saved shards memory-mapped). Ray must be initialised (``actors.core.runtime.init_ray``).
+    """
+
+    def __init__(self, ws: Workspace, root: str, *, num_cpus: float = 0, threads: int = 1, mmap: bool = True) -> None:
+        if not ws.exists(posixpath.join(root, "manifest.json")):
+            raise WorkspaceError(f"{ws.path(root)}: no sharded index; build one first")
+        self.ws, self.root = ws, root
+        self.manifest = ws.read_json(posixpath.join(root, "manifest.json"))
+        self.n_shards = int(self.manifest["n_shards"])
+        self.center = np.asarray(self.manifest["center"], np.float32) if self.manifest.get("center") else None
+        self.actors = [ShardActor.options(num_cpus=num_cpus).remote(ws.uri, root, k, threads, mmap)
+                       for k in range(self.n_shards)]
+        self._buf: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+
+    @classmethod
+    def create(cls, ws: Workspace, model: str, template, *, n_shards: int, factory: str, nprobe: int = 0,
+               center: np.ndarray | None = None, cell_pool: int = 1, trained_on: int = 0, root: str | None = None,
+               **kw) -> "ShardedIndex":
+        """Write ``template`` (a trained, empty FAISS index) as the start of ``n_shards`` shards and open them."""
+        root = root or shards_root(model)
+        write_template(ws, root, template, factory=factory, nprobe=nprobe, n_shards=n_shards, center=center,
+                       cell_pool=cell_pool, trained_on=trained_on)
+        return cls(ws, root, **kw)
+
+    @classmethod
+    def open(cls, ws: Workspace, model: str, *, root: str | None = None, **kw) -> "ShardedIndex":
+        """Start one actor per saved shard; each memory-maps its shard file."""
+        return cls(ws, root or shards_root(model), **kw)
+
+    # ------------------------------------------------------------------------------------------- add / save
+    def add(self, images: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> int:
+        """Queue images ``(image_id, xb n×d unit fp32, rows n, cols n)``; sends a batch per :data:`ADD_BATCH`
+        vectors. Returns the vectors sent so far in this call (shards skip images they already hold)."""
+        sent = 0
+        for item in images:
+            self._buf.append(item)
+            self._buffered += len(item[1])
+            if self._buffered >= ADD_BATCH:
+                sent += self.flush()
+        return sent
+
+    def flush(self) -> int:
+        """Send the queued images to their shards (one ``ray.get`` for all shards); returns vectors added."""
+        if not self._buf:
+            return 0
+        ids = [b[0] for b in self._buf]
+        groups = group_by_shard(shard_of(ids, self.n_shards), self.n_shards)
+        calls = []
+        for s, pos in enumerate(groups):
+            if not len(pos):
+                continue
+            part = [self._buf[p] for p in pos]
+            calls.append(self.actors[s].add.remote(
+                [p[0] for p in part], np.array([len(p[1]) for p in part], np.int64),
+                np.concatenate([p[1] for p in part]).astype(np.float32, copy=False),
+                np.concatenate([p[2] for p in part]), np.concatenate([p[3] for p in part])))
+        self._buf, self._buffered = [], 0
+        return int(sum(ray.get(calls)))
+
+    def save(self) -> list[dict]:
+        """Flush, then commit every shard (in parallel); returns the shard manifests."""
+        self.flush()
+        return ray.get([a.save.remote() for a in self.actors])
+
+    # ------------------------------------------------------------------------------------------- query
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` over all shards: D (nq×k scores), S (shard), I (shard-local id); -1 / -inf where short."""
+        xq = normalize(np.atleast_2d(xq))
+        if xq.shape[1] != int(self.manifest["dim"]):
+            raise ValueError(f"expected query vectors of dim {self.manifest['dim']}, got {xq.shape[1]}")
+        ref = ray.put(xq)
+        parts = ray.get([a.search.remote(ref, int(k)) for a in self.actors])
+        return merge_topk([p[0] for p in parts], [p[1] for p in parts], int(k))
+
+    def lookup(self, S: np.ndarray, I: np.ndarray) -> list[tuple[str, int, int]]:
+        """``(image_id, row, col)`` of merged results (flattened, row-major; entries with S < 0 skipped)."""
+        S, I = np.ravel(S), np.ravel(I)
+        valid = np.flatnonzero(S >= 0)
+        groups = group_by_shard(S[valid], self.n_shards)
+        calls = {s: self.actors[s].lookup.remote(I[valid[pos]]) for s, pos in enumerate(groups) if len(pos)}
+        got = dict(zip(calls, ray.get(list(calls.values()))))
+        out: list = [None] * len(valid)
+        for s, pos in enumerate(groups):
+            for p, hit in zip(pos, got.get(s, [])):
+                out[p] = hit
+        return out
+
+    def stats(self) -> list[dict]:
+        """Per shard: vectors, images, generation, RSS of its actor process (bytes)."""
+        return ray.get([a.stats.remote() for a in self.actors])
+
+    def close(self) -> None:
+        """Stop the shard actors (saved shards stay on disk)."""
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+def batches(image_ids: Sequence[str], xb: np.ndarray, counts: Sequence[int], rows: np.ndarray,
+            cols: np.ndarray) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Split flat arrays (``counts[i]`` vectors per image) into :meth:`ShardedIndex.add`'s per-image tuples."""
+    ends = np.cumsum(counts)
+    for image_id, e, c in zip(image_ids, ends, counts):
+        yield image_id, xb[e - c:e], rows[e - c:e], cols[e - c:e]
+
+
+__all__ = ["ShardActor", "ShardedIndex", "batches"]
