@@ -57,6 +57,7 @@ def get_detector(name: str, classes: Sequence[str], **cfg: Any) -> "Detector":
     """
     if name not in _DETECTORS:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(list_detectors())}")
+    torch.manual_seed(0)  # the randomly initialised parts start the same in every process
     return _DETECTORS[name](list(classes), **cfg)
 
 
@@ -79,6 +80,10 @@ class Detector(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint must hold."""
         return self.state_dict()
+
+    def reset(self, seed: int) -> None:
+        """Back to the untrained state (pretrained trunk, fresh heads drawn from ``seed``)."""
+        raise NotImplementedError
 
     def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(sd)
@@ -113,6 +118,10 @@ class CachedDenseDetector(Detector):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return self.head.state_dict()
 
+    def reset(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.head = DenseHead(len(self.classes), self.head.cfg)
+
     def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
         self.head.load_state_dict(sd)
 
@@ -144,6 +153,11 @@ class TorchvisionDetector(Detector):
     def __init__(self, classes: list[str], model: nn.Module, config: dict) -> None:
         super().__init__(classes, config)
         self.model = model
+        self._initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def reset(self, seed: int) -> None:
+        self.model.load_state_dict(self._initial)  # the pretrained trunk; heads as built (seeded in get_detector)
+        torch.manual_seed(seed)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return images

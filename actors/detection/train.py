@@ -158,16 +158,7 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
     if len(data) == 0:
         raise UserError("no labeled images to train the detector on")
     t0 = time.monotonic()
-    torch.manual_seed(cfg.seed)
-    for m in det.modules():  # re-initialise from the seed so a fresh and a resumed run start equal
-        if m is not det and hasattr(m, "reset_parameters") and any(p.requires_grad for p in m.parameters(False)):
-            m.reset_parameters()
-    if det.cached:
-        import math as _m
-
-        torch.nn.init.constant_(det.head.cls.bias, -_m.log((1 - 0.01) / 0.01))
-        torch.nn.init.normal_(det.head.box.weight, std=0.01)
-        torch.nn.init.constant_(det.head.box.bias, 1.0)
+    det.reset(cfg.seed)  # a fresh and a resumed run start from the same weights
     params = [p for p in det.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))

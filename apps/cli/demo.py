@@ -1,6 +1,6 @@
 """``assay demo``: the whole flow on the embedded world, offline, on whatever machine this is.
 
-world → catalog → learning curve + backbone → embed (Ray) → index → mine (template vs. global) → estimate → plan.
+world → catalog → backbone + detector learning curve (active learning) → embed (Ray) → index → mine (template vs. global) → estimate → plan.
 
 Every step is resumable: a second ``assay demo`` on the same folder reuses the world, the trained backbone, the
 feature shards and the index, and re-runs only the cheap steps. Each step calls one library function; this module
@@ -58,17 +58,29 @@ def _catalog(ws) -> dict:
 
 
 def _curve_and_backbone(ws, seed: int, minutes: float):
-    from actors.features.curve import measure_backbone_curve
+    """Train the backbone targeted selection uses, then measure the detector's learning curve with a short
+    active-learning run (mAP@.5 on the val split vs labeled images); both are reused when already there."""
+    from actors.active.rounds import LearnConfig, run_learning
+    from actors.catalog.schema import load_images
+    from actors.detection.train import TrainConfig
+    from actors.features.small import train_backbone
 
-    if ws.exists("runs/backbone-curve/curve.parquet") and ws.exists("models/assay-small.pt"):
-        t = ws.read_table("runs/backbone-curve/curve.parquet").to_pydict()
-        console.print("reusing the trained backbone and its learning curve")
-        n, v = t["n_labeled"], t["value"]
+    if ws.exists("models/assay-small.pt"):
+        console.print("reusing the trained backbone")
     else:
-        rep = measure_backbone_curve(ws, seed=seed, max_minutes=minutes, progress=True)
-        n, v = rep.n, rep.value
-    console.print(table("learning curve (val crop accuracy of assay-small)", ["labeled crops", "accuracy %"],
-                        zip(n, v)))
+        rep = train_backbone(ws, seed=seed, max_minutes=minutes, progress=True)
+        console.print(f"assay-small: val crop accuracy {100 * rep.val_accuracy:.1f}% in {rep.seconds:.0f}s")
+    splits = load_images(ws, columns=["split"]).column("split").to_pylist()
+    n_train, n_pool = splits.count("train"), splits.count("pool")
+    cfg = LearnConfig(rounds=2, budget=max(1, min(20, n_pool // 3)), initial=max(1, min(20, n_train)),
+                      strategy="uncertainty_robustness", max_pool=60, max_eval=40, seed=seed,
+                      train=TrainConfig(epochs=6, seed=seed))
+    rep = run_learning(ws, cfg, run_id="demo-learn", progress=True,
+                       on_round=lambda r, row: console.print(f"round {r}: {row['n_labeled']} labeled images, "
+                                                             f"mAP@.5 {row['value']:.1f}% ({row['seconds']:.0f}s)"))
+    n, v = rep.n_labeled, rep.map50
+    console.print(table("learning curve (detector mAP@.5 on val, active learning: uncertainty + robustness)",
+                        ["labeled images", "mAP@.5 %"], [(a, f"{b:.1f}") for a, b in zip(n, v)]))
     return n, v
 
 
@@ -133,19 +145,19 @@ def _estimate_and_plan(n, v) -> dict:
     from estimators.loc import plan_collection
     from estimators.requirement import estimate_requirement
 
-    curve = make_curve(n, v, name="assay-small val accuracy")
+    curve = make_curve(n, v, name="detector val mAP@.5")
     target = min(99.0, round(max(v) + 5.0))
     est = estimate_requirement(curve, target).to_dict()
     lo, hi = est["interval"]
     if est["required_n"] is None:
-        console.print(f"to reach {target:g}% val accuracy: unreachable by the fitted curve "
-                      f"({est.get('reason') or 'no reason given'}; law {est['law']}, now {max(n):,} crops)")
+        console.print(f"to reach {target:g}% val mAP@.5: unreachable by the fitted curve "
+                      f"({est.get('reason') or 'no reason given'}; law {est['law']}, now {max(n):,} images)")
     else:
-        console.print(f"to reach {target:g}% val accuracy: n = {est['required_n']:,.0f} labeled crops "
+        console.print(f"to reach {target:g}% val mAP@.5: n = {est['required_n']:,.0f} labeled images "
                       f"(interval {fmt(lo) if lo is not None else 'unbounded'} – "
                       f"{fmt(hi) if hi is not None else 'unbounded'}, law {est['law']}; now {max(n):,})")
     plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n)).to_dict()
-    console.print(table("LOC plan: cost 1 per crop, acceptable risk 10%, at most 50x today's set, 3 rounds",
+    console.print(table("LOC plan: cost 1 per image, acceptable risk 10%, at most 50x today's set, 3 rounds",
                         ["round", "collect", "cumulative total"],
                         [(i + 1, a, t) for i, (a, t) in
                          enumerate(whole_samples(plan["amounts"], plan["totals"], max(n)))]))
@@ -169,7 +181,7 @@ def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo wor
     _done(t0, "world")
     t0 = _step("2. catalog")
     result["catalog"] = _catalog(ws)
-    t0 = _step("3. learning curve and backbone")
+    t0 = _step("3. backbone, and the detector's learning curve (active learning)")
     n, v = _curve_and_backbone(ws, seed, train_minutes)
     result["curve"] = {"n": n, "value": v}
     _done(t0, "backbone")
