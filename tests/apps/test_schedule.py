@@ -202,8 +202,11 @@ def test_incremental_second_run_embeds_only_the_new_images(tmp_path):
     assert len(all_ids) == len(set(all_ids)) == 12
 
 
-def test_schedule_commands_once_list_and_run(tmp_path, capsys):
+def test_schedule_commands_once_list_and_run(tmp_path, capsys, monkeypatch):
     from apps.cli.main import main
+    from apps.cli.output import console
+
+    monkeypatch.setattr(console, "quiet", False)  # an earlier in-process `assay learn` error can leave it quiet
 
     path = spec(tmp_path, cron="* * * * *", steps='["index"]')  # an empty workspace: the run fails, recorded
     assert main(["schedule", "once", path, "--local", "--json"]) == 0
