@@ -176,24 +176,26 @@ def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo wor
     root = Path(out).resolve()
     result: dict = {"out": str(root)}
     console.quiet = as_json  # --json: stdout carries only the JSON document (progress bars go to stderr)
-    t0 = _step("1. world")
-    ws = _world(root, images, seed)
-    _done(t0, "world")
-    t0 = _step("2. catalog")
-    result["catalog"] = _catalog(ws)
-    t0 = _step("3. backbone, and the detector's learning curve (active learning)")
-    n, v = _curve_and_backbone(ws, seed, train_minutes)
-    result["curve"] = {"n": n, "value": v}
-    _done(t0, "backbone")
-    t0 = _step("4. embed the pool on Ray and index it")
-    result.update(_embed_and_index(ws))
-    _done(t0, "embed + index")
-    t0 = _step("5. targeted selection")
-    result["mine"] = _mine(ws, top_k)
-    _done(t0, "mining")
-    _step("6. how much more data, and when to collect it")
-    result["estimate"] = _estimate_and_plan(n, v)
-    console.quiet = False
+    try:
+        t0 = _step("1. world")
+        ws = _world(root, images, seed)
+        _done(t0, "world")
+        t0 = _step("2. catalog")
+        result["catalog"] = _catalog(ws)
+        t0 = _step("3. backbone, and the detector's learning curve (active learning)")
+        n, v = _curve_and_backbone(ws, seed, train_minutes)
+        result["curve"] = {"n": n, "value": v}
+        _done(t0, "backbone")
+        t0 = _step("4. embed the pool on Ray and index it")
+        result.update(_embed_and_index(ws))
+        _done(t0, "embed + index")
+        t0 = _step("5. targeted selection")
+        result["mine"] = _mine(ws, top_k)
+        _done(t0, "mining")
+        _step("6. how much more data, and when to collect it")
+        result["estimate"] = _estimate_and_plan(n, v)
+    finally:
+        console.quiet = False  # also when a step fails: the console is shared by every later command
     if as_json:
         emit(result, True, lambda r: None)
 

@@ -23,3 +23,20 @@ def test_plan_table_prints_no_fractional_samples(capsys):
     _render_plans([plan])
     out = capsys.readouterr().out
     assert "259" in out and "460" in out and not re.search(r"\b(258\.8|358\.8|100\.3|459\.1)\b", out)
+
+
+def test_a_failed_json_demo_leaves_the_shared_console_printing(tmp_path, monkeypatch, capsys):
+    from actors.core.errors import UserError
+    from apps.cli import demo
+    from apps.cli.main import main
+    from apps.cli.output import console
+
+    def broken(*a, **k):
+        raise UserError("world: broken on purpose")
+
+    monkeypatch.setattr(demo, "_world", broken)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--json"]) == 2
+    assert console.quiet is False
+    capsys.readouterr()
+    console.print("still printing")
+    assert "still printing" in capsys.readouterr().out
