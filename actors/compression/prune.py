@@ -261,12 +261,13 @@ def plan_pruning(groups: Sequence[Group], lut: LatencyLUT, latency: float, *, ro
         elif exact > target:
             budget -= exact - target
         cur = keep
-    feasible = best is not None
-    if best is None:  # the narrowest plan; reported with its predicted latency and feasible=False
+    if best is None:  # the narrowest plan; feasible only if it meets the target (reported either way)
         best = (sum(v[0] for v in values), {g.root: ks[0] for g, ks in zip(groups, options)})
     keep = best[1]
+    predicted = lut.total_ms(layer_widths(groups, keep, lut))
+    feasible = predicted <= target + 1e-9
     return PrunePlan(keep=keep, channels={g.root: g.channels for g in groups}, importance=importance,
-                     target_ms=target, full_ms=full_ms, predicted_ms=lut.total_ms(layer_widths(groups, keep, lut)),
+                     target_ms=target, full_ms=full_ms, predicted_ms=predicted,
                      kept_importance=best[0] / max(1e-12, sum(v[-1] for v in values)), feasible=feasible)
 
 
