@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -132,6 +133,8 @@ def run(args) -> dict:
     cut = D1[:, -1:] + 1e-5  # hits strictly above the k-th score (PQ codes can tie at the boundary)
     same = np.mean([sorted(a[d > t]) == sorted(b[d1 > t]) for a, b, d, d1, t in zip(gid, I1, D, D1, cut[:, 0])])
     ray.shutdown()
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "n": n, "dim": DIM, "factory": args.factory, "nprobe": args.nprobe, "shards": args.shards, "k": k,
         "nq": args.nq, "per_image": args.per_image, "images": -(-n // args.per_image), "threads": args.threads,
