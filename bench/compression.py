@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mag-budgets", default=None, help="budgets that get a magnitude baseline (default: all)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per pruned model (0: none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lut-runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="where the per-layer LUT is timed (the shipped runtime by default)")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calib", type=int, default=32)
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> dict:
     from actors.compression.finetune import (FinetuneConfig, evaluate_outputs, finetune, load_split, onnx_runner,
                                              torch_runner)
     from actors.compression.fold import fold_batchnorm
-    from actors.compression.latency import build_lut, device_key, load_cached, save_cached, torch_latency
+    from actors.compression.latency import (build_lut, device_key, load_cached, ort_timer, save_cached,
+                                            torch_latency)
     from actors.compression.net import final_layers, tensor_module
     from actors.compression.prune import group_scores, latency_aware_prune, lut_ms_of, magnitude_prune_to
     from actors.compression.quantize import fake_quantize, quantize_static, spiq_ranges
@@ -122,9 +125,10 @@ def run(args: argparse.Namespace) -> dict:
     log(f"{len(val)} val / {len(train)} train images at {hw[1]}x{hw[0]}; threads {args.threads}")
     base = tensor_module(det)
     example = torch.rand(1, 3, *hw)
-    key = device_key("cpu")
+    key = device_key("cpu") + ("-onnxruntime" if args.lut_runtime == "onnxruntime" else "")
     t0 = time.monotonic()
-    lut = build_lut(base, hw, cache=load_cached(ws, key))
+    timer = ort_timer(threads=args.threads) if args.lut_runtime == "onnxruntime" else None
+    lut = build_lut(base, hw, device=key, cache=load_cached(ws, key), timer=timer)
     save_cached(ws, lut)
     lut_s = time.monotonic() - t0
     log(f"LUT {key}: {len(lut.entries)} signatures, {lut_s:.0f} s (0 when cached)")

@@ -202,6 +202,36 @@ def macs_timer(conv: nn.Conv2d, cin: int, cout: int, hw: tuple[int, int], dw: bo
     return h * w * cout * per_out / 1e6
 
 
+def ort_timer(runs: int = 3, threads: int = 1) -> Callable[[nn.Conv2d, int, int, tuple[int, int], bool], float]:
+    """A timer that measures each conv in ONNX Runtime (CPU, ``threads`` threads): the LUT of the runtime the
+    compressed model ships in. The one-node model is built with ``onnx.helper`` (no export), batch 1."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+
+    def time_conv(conv: nn.Conv2d, cin: int, cout: int, hw: tuple[int, int], dw: bool) -> float:
+        groups = cin if dw else 1 if conv.groups == 1 else _groups(conv, cin, cout)
+        k = conv.kernel_size
+        w = np.random.rand(cout, cin // groups, *k).astype(np.float32)
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(k), strides=list(conv.stride),
+                                pads=[conv.padding[0], conv.padding[1]] * 2, dilations=list(conv.dilation),
+                                group=groups)
+        graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                 [1, cin, *hw])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w"),
+                                   numpy_helper.from_array(np.zeros(cout, np.float32), "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        x = np.random.rand(1, cin, *hw).astype(np.float32)
+        return measure_latency(lambda: sess.run(None, {"x": x}), warmup=1, runs=runs)["min"]
+    del onnx
+    return time_conv
+
+
 def lut_path(key: str) -> str:
     """Workspace-relative path of a device's LUT cache."""
     return f"models/latency/{key}.json"
@@ -226,4 +256,4 @@ def save_cached(ws: Any, lut: LatencyLUT) -> str:
 
 
 __all__ = ["FRACTIONS", "measure_latency", "torch_latency", "device_key", "conv_signature", "LatencyLUT",
-           "conv_inputs", "build_lut", "macs_timer", "lut_path", "load_cached", "save_cached"]
+           "conv_inputs", "build_lut", "macs_timer", "ort_timer", "lut_path", "load_cached", "save_cached"]

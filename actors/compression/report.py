@@ -119,7 +119,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     from actors.compression.export import export_onnx, onnx_session, save_compressed
     from actors.compression.finetune import FinetuneConfig, evaluate_outputs, finetune, load_split, onnx_runner
     from actors.compression.fold import fold_batchnorm
-    from actors.compression.latency import build_lut, device_key, load_cached, save_cached
+    from actors.compression.latency import build_lut, device_key, load_cached, ort_timer, save_cached
     from actors.compression.net import final_layers, tensor_module
     from actors.compression.prune import latency_aware_prune
     from actors.compression.quantize import fake_quantize, quantize_static, spiq_ranges
@@ -148,8 +148,9 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
 
     base = tensor_module(det)
     example = torch.rand(1, 3, *hw)
-    key = device_key("cpu")
-    lut = build_lut(base, hw, cache=load_cached(ws, key), fractions=cfg.lut_fractions)
+    key = device_key("cpu") + "-onnxruntime"  # the LUT is timed in the runtime the model ships in
+    lut = build_lut(base, hw, device=key, cache=load_cached(ws, key), fractions=cfg.lut_fractions,
+                    timer=ort_timer(threads=cfg.threads))
     lut_rel = save_cached(ws, lut)
     log(f"latency LUT {lut.device}: {len(lut.entries)} layer signatures ({lut_rel})")
 
