@@ -10,8 +10,11 @@ fractions (depthwise convs: one axis, ``in == out == groups``). A layer's latenc
 bilinear interpolation of its grid. Entries are keyed by the layer's signature (kernel, stride, padding, groups kind,
 channels, input H×W), so identical layers are timed once, and cached per device in the workspace at
 ``models/latency/<device key>.json``; a later run (another model with the same layers) only times what is missing.
-The LUT times layers in PyTorch eager on this device; what the knapsack needs is the ranking of choices, and the
-plan's end-to-end latency is always *measured* on the pruned model (never predicted) before it is reported.
+By default each grid point is timed in PyTorch eager on the model's device; :func:`ort_timer` times it in ONNX
+Runtime instead, which is what ``assay compress`` and the benchmark use (HALP's point: the LUT must come from the
+runtime that ships — a LUT timed in PyTorch eager over-prices depthwise convs that ONNX Runtime runs cheaply, and
+the first benchmark run, committed with that LUT, pruned for latency that never showed up in ONNX Runtime). The
+LUT only ranks choices; every reported latency is *measured* on the exported model.
 """
 
 from __future__ import annotations
