@@ -44,7 +44,7 @@ def _settings(a: argparse.Namespace) -> dict:
             "epochs": a.epochs, "splits": [["train", 0.15], ["val", 0.25], ["pool", 0.6]], "max_pool": None}
 
 
-def run_seed(seed: int, s: dict, work: str) -> dict:
+def run_seed(seed: int, s: dict, work: str, names: tuple[str, ...] = STRATEGIES, tag: str = "") -> dict:
     """All strategies on one world seed; returns {strategy: {n_labeled, map50, map, seconds}}."""
     import torch
 
@@ -61,14 +61,16 @@ def run_seed(seed: int, s: dict, work: str) -> dict:
                    classes=("shape", "face"), splits=[tuple(x) for x in s["splits"]], workers=1)
     ws = Workspace(out / "workspace")
     world_s = time.perf_counter() - t0
-    res: dict = {"world_seconds": world_s}
-    first = None
-    for name in STRATEGIES:
+    partial = Path(work) / f"partial-{seed}.json"
+    res: dict = json.loads(partial.read_text()) if partial.exists() else {}
+    res.setdefault("world_seconds", world_s)
+    first = "bench-random" if ws.exists("runs/bench-random/models/round-0.pt") else None
+    for name in names:
         strategy, pseudo = name.split("+")[0], name.endswith("+pseudo")
         cfg = LearnConfig(rounds=s["rounds"], budget=s["budget"], strategy=strategy, pseudo=pseudo,
                           initial=s["initial"], max_pool=s["max_pool"], seed=seed,
                           train=TrainConfig(epochs=s["epochs"], seed=seed))
-        run_id = f"bench-{name.replace('+', '-')}"
+        run_id = f"bench-{name.replace('+', '-')}{tag}"
         if first is not None:  # round 0 is the same model for every strategy: reuse it
             ws.makedirs(f"runs/{run_id}/models")
             shutil.copy(ws.local_path(f"runs/{first}/models/round-0.pt"), ws.local_path(f"runs/{run_id}/models/round-0.pt"))
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=15)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
+                   help="Run only these (others are taken from --work's partial results).")
+    p.add_argument("--tag", default="", help="Suffix of the run ids (a rerun next to earlier runs).")
     p.add_argument("--jobs", type=int, default=1, help="Seeds run in parallel processes.")
     p.add_argument("--work", default=None, help="Scratch folder for the worlds (default: a temp dir).")
     p.add_argument("--out", default=None, help="JSON path (default bench/active_learning.json; with --smoke a temp "
@@ -160,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                     if (Path(work) / f"partial-{sd}.json").exists()}
     elif a.jobs > 1 and len(seeds) > 1:
         with ProcessPoolExecutor(min(a.jobs, len(seeds)), mp_context=get_context("spawn")) as ex:
-            per_seed = dict(zip(seeds, ex.map(run_seed, seeds, [s] * len(seeds), [work] * len(seeds))))
+            per_seed = dict(zip(seeds, ex.map(run_seed, seeds, [s] * len(seeds), [work] * len(seeds),
+                                              [tuple(a.strategies)] * len(seeds), [a.tag] * len(seeds))))
     else:
-        per_seed = {sd: run_seed(sd, s, work) for sd in seeds}
+        per_seed = {sd: run_seed(sd, s, work, tuple(a.strategies), a.tag) for sd in seeds}
     doc = {"bench": "active_learning", "smoke": a.smoke, "seeds": seeds, "tuning_seed": TUNING_SEED, "settings": s,
            "per_seed": {str(k): v for k, v in per_seed.items()}, "summary": summarize(per_seed, s),
            "seconds": time.perf_counter() - t0, "cpu_count": os.cpu_count(),

@@ -12,6 +12,8 @@ Scores (after "Not All Labels Are Equal", CVPR'22, implemented from the formulas
 * **inconsistency** (:func:`inconsistency_scores`): boxes of the image and of its flip are matched greedily by IoU
   (>= ``MATCH_IOU``); a matched pair scores the symmetric KL divergence of their class distributions plus
   ``box_weight`` × (1 − IoU); a confident box without a partner scores ``UNMATCHED``. Reduced per image by the max.
+  When neither view has a confident detection, all detections take part (a weak early detector has few confident
+  boxes; without this fallback most images tie at 0 and the cascade degenerates to entropy alone).
 * **cascade** (:func:`cascade_select`): the top ``factor`` × budget images by uncertainty, then the budget by
   inconsistency among them; **weighted** (:func:`weighted_scores`): a weighted sum of the two rank-normalised scores.
 * **class balance** (:func:`balanced_order`): a greedy pick that discounts an image whose predicted classes the
@@ -142,9 +144,11 @@ def image_inconsistency(d: Detections, f: Detections, *, min_score: float = MIN_
                         box_weight: float = 1.0, unmatched: float = UNMATCHED, reduce: str = "max") -> float:
     """Disagreement between an image's detections ``d`` and its flip's ``f`` (already in the original frame).
 
-    Only detections with score >= ``min_score`` take part. Each matched pair scores symmetric KL of the class
+    Only detections with score >= ``min_score`` take part (all of them when neither view has one). Each matched pair scores symmetric KL of the class
     distributions + ``box_weight`` × (1 − IoU); each unmatched confident box, in either view, scores ``unmatched``.
     """
+    if not ((d.scores >= min_score).any() or (f.scores >= min_score).any()):
+        min_score = -np.inf  # neither view is confident: compare all detections (as uncertainty falls back)
     d = Detections(d.boxes[d.scores >= min_score], d.scores[d.scores >= min_score], d.probs[d.scores >= min_score])
     f = Detections(f.boxes[f.scores >= min_score], f.scores[f.scores >= min_score], f.probs[f.scores >= min_score])
     pairs = match_boxes(d.boxes, f.boxes, np.argsort(-d.scores), iou)

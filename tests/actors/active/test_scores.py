@@ -101,3 +101,12 @@ def test_balanced_order_spreads_classes():
 def test_detections_shape_check():
     with pytest.raises(ValueError, match="expected boxes"):
         Detections(np.zeros((2, 4)), np.zeros(2), np.zeros((3, 5)))
+
+
+def test_inconsistency_falls_back_to_all_detections_when_none_is_confident():
+    d = D([[0, 0, 10, 10]], [0.2], [[0.9, 0.1]])
+    f = D([[0, 0, 10, 10]], [0.3], [[0.1, 0.9]])
+    assert image_inconsistency(d, f) == pytest.approx(float(symmetric_kl(np.array([0.9, 0.1]), np.array([0.1, 0.9]))))
+    # one confident view: the threshold holds (the weak box on the other side does not count)
+    g = D([[0, 0, 10, 10]], [0.9], [[0.1, 0.9]])
+    assert image_inconsistency(d, g) == pytest.approx(1.0)  # g's box is unmatched
