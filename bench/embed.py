@@ -121,6 +121,8 @@ def _patient_ray_start(wait_s: float = 240.0) -> None:
     average of 20+ misses; let that lookup retry for ``wait_s`` instead (a private Ray function, so only here)."""
     import ray._private.services as services
 
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(int(wait_s * 1000)))  # the raylet's wait for its agents
+
     get_node = services.get_node
 
     def patient(*args, **kwargs):
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         train_backbone(Workspace(world / "workspace"), max_minutes=0.05 if args.smoke else 2.5, progress=False)
     ws = subset_workspace(world, args.limit)
     cat = ws.read_table(IMAGES).to_pylist()
-    uris = [r["uri"] for r in sorted(cat, key=lambda r: r["image_id"]) if r["split"] == "pool" and r["status"] != "error"]
+    uris = [r["uri"] for r in sorted(cat, key=lambda r: r["image_id"])
+            if r["split"] == "pool" and r["status"] != "error"]
     cores = os.cpu_count() or 1
     res = Resources.auto(pool_size=args.actors or None, batch_size=args.batch_size or None)
     dev = device()
