@@ -13,8 +13,9 @@ original and the BN-folded model is given too (ONNX Runtime folds BN itself, so 
 Accuracy: mAP@.5 and mAP@[.5:.95] on the validation split, decoded outside the graph by the detector's code.
 
 ``python bench/compression.py`` writes ``bench/compression.json`` and ``.md``; ``--smoke`` runs a tiny world into
-``--out`` in a minute or two (what ``tests/bench/test_compression_smoke.py`` runs). Pruned models are cached in
-``<out>/cache/`` (weights-only files), so a killed run resumes without re-pruning.
+``--out`` in a few minutes (what ``tests/bench/test_compression_smoke.py`` runs). Pruned models are cached
+(weights-only files) in the system temp folder (``<out>/cache/`` for ``--smoke``), so a killed run resumes without
+re-pruning; the JSON/Markdown are rewritten after every measured model and say when a run did not finish.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.monotonic()
     out = Path(args.out)
-    cache = out / "cache" if args.smoke else out / f".{args.name}-cache"
+    cache = out / "cache" if args.smoke else Path(tempfile.gettempdir()) / f"assay-bench-{args.name}-cache"
     cache.mkdir(parents=True, exist_ok=True)
     ws, rel = prepare(args)
     det = load_detector(ws, rel)
