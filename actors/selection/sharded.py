@@ -89,6 +89,26 @@ class ShardedIndex:
         return cls(ws, root, **kw)
 
     @classmethod
+    def from_index(cls, ws: Workspace, model: str, *, n_shards: int, progress: bool = False,
+                   **kw) -> "ShardedIndex":
+        """Shard ``model``'s built region index: its trained quantizer (emptied) is every shard's template, its
+        centre and cell pooling are kept, and every ok feature map of the store is added to its hash's shard (the
+        vectors of the single index, so searches return what the single index returns)."""
+        from actors.features.store import iter_feature_maps
+        from actors.selection.index import cell_vectors, load_index
+
+        single = load_index(ws, model, mmap=False)
+        man = single.manifest
+        template = faiss_clone_empty(single.index)
+        idx = cls.create(ws, model, template, n_shards=n_shards, factory=man.factory, nprobe=man.nprobe,
+                         center=single.center, cell_pool=man.cell_pool, trained_on=man.trained_on, **kw)
+        del single, template
+        idx.add((fm.image_id, *cell_vectors(fm, "region", idx.center, man.cell_pool))
+                for fm in iter_feature_maps(ws, model))
+        idx.save()
+        return idx
+
+    @classmethod
     def open(cls, ws: Workspace, model: str, *, root: str | None = None, **kw) -> "ShardedIndex":
         """Start one actor per saved shard; each memory-maps its shard file."""
         return cls(ws, root or shards_root(model), **kw)
@@ -162,6 +182,15 @@ class ShardedIndex:
         self.actors = []
 
 
+def faiss_clone_empty(index):
+    """A copy of ``index`` with its vectors removed and its training (IVF quantizer, PQ codebooks) kept."""
+    from actors.selection._faiss import faiss
+
+    out = faiss.clone_index(index)
+    out.reset()
+    return out
+
+
 def batches(image_ids: Sequence[str], xb: np.ndarray, counts: Sequence[int], rows: np.ndarray,
             cols: np.ndarray) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """Split flat arrays (``counts[i]`` vectors per image) into :meth:`ShardedIndex.add`'s per-image tuples."""
@@ -170,4 +199,4 @@ def batches(image_ids: Sequence[str], xb: np.ndarray, counts: Sequence[int], row
         yield image_id, xb[e - c:e], rows[e - c:e], cols[e - c:e]
 
 
-__all__ = ["ShardActor", "ShardedIndex", "batches"]
+__all__ = ["ShardActor", "ShardedIndex", "batches", "faiss_clone_empty"]

@@ -167,3 +167,24 @@ def test_incremental_add_routes_new_images_to_their_hash_shard_equals_a_rebuild_
         assert reopened.lookup(S2, I2) == got and np.array_equal(D2, D)
     finally:
         reopened.close()
+
+
+def test_sharding_a_built_region_index_returns_what_it_returns(ray_cluster, workspace):
+    from actors.selection.index import build_index, cell_vectors, load_index
+    from actors.selection.sharded import ShardedIndex
+    from tests.actors.selection.test_index import maps, write
+
+    fms = maps([f"im{k}" for k in range(12)], hw=(5, 6))
+    write(workspace, fms)
+    build_index(workspace, "toy", factory="IVF4,Flat", nprobe=2, cell_pool=2, progress=False)
+    single = load_index(workspace, "toy")
+    xq = np.concatenate([cell_vectors(f, center=single.center, cell_pool=2)[0][:3] for f in fms[::3]])
+    D1, I1 = single.search(xq, 6)
+    idx = ShardedIndex.from_index(workspace, "toy", n_shards=2)
+    try:
+        D, S, I = idx.search(xq, 6)
+        assert idx.lookup(S, I) == single.lookup(I1)  # same trained quantizer, same vectors, same hits
+        np.testing.assert_allclose(D, D1, atol=1e-5)
+        assert sum(s["n"] for s in idx.stats()) == single.ntotal
+    finally:
+        idx.close()
