@@ -24,8 +24,12 @@ current size (the CLI default), under which requests beyond the truth's largest 
 as such, not as successes. Failures are also charged a penalty equal to the cap reference's cost (``--penalty-x``
 times it) in the all-runs cost.
 
-    python bench/estimators.py --lcdb PATH [--max-curves 600] [--folds 5] [--jobs 1]
+    python bench/estimators.py --lcdb PATH [--max-curves 600] [--sim-curves 200] [--folds 5] [--jobs 1]
     python bench/estimators.py --smoke          # seconds, synthetic curves, writes into a temp dir
+    # the committed figures: both halves side by side on a busy machine, then merged
+    python bench/estimators.py --lcdb PATH --part estimation --max-curves 250 --jobs 2 --out /tmp/est.json
+    python bench/estimators.py --lcdb PATH --part simulation --max-curves 250 --sim-curves 100 --jobs 2 --out /tmp/sim.json
+    python bench/estimators.py --merge /tmp/est.json /tmp/sim.json
 
 Prints markdown tables, writes them to ``bench/estimators.md`` and the numbers to ``bench/estimators.json``.
 """
