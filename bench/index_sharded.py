@@ -56,6 +56,17 @@ def per_image(xb: np.ndarray, first_image: int, per: int):
         yield image_id, x, (r // side).astype(np.int16), (r % side).astype(np.int16)
 
 
+def stream_images(c: np.ndarray, n: int, per: int):
+    """The n-vector stream (CHUNK-seeded, as the exact search reads it) as whole images: image j holds global
+    vectors [j·per, (j+1)·per), so a hit's (image, row, col) gives back its global vector number."""
+    carry, first = np.zeros((0, DIM), np.float32), 0
+    for s in range(0, n, CHUNK):
+        x = np.concatenate([carry, chunk(c, s, min(CHUNK, n - s))])
+        full = len(x) if s + CHUNK >= n else len(x) // per * per
+        yield from per_image(x[:full], first, per)
+        first, carry = first + -(-full // per), x[full:]
+
+
 def recall(I: np.ndarray, gt: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, gt)]))
 
@@ -110,9 +121,10 @@ def run(args) -> dict:
     start_s = time.perf_counter() - t0
     rss_empty = [st["rss"] / 2**20 for st in idx.stats()]  # actor baseline: Python, Ray, FAISS, empty template
     t0 = time.perf_counter()
-    for s in range(0, n, CHUNK):
-        idx.add(per_image(chunk(c, s, min(CHUNK, n - s)), s // args.per_image, args.per_image))
+    idx.add(stream_images(c, n, args.per_image))
     mans = idx.save()
+    if sum(m["n"] for m in mans) != n:
+        raise RuntimeError(f"shards hold {sum(m['n'] for m in mans)} vectors, expected {n}")
     sharded_build = time.perf_counter() - t0
     qps_sharded = []
     for _ in range(args.runs):

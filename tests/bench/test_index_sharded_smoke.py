@@ -33,3 +33,22 @@ def test_index_sharded_smoke(tmp_path):
     assert "Sizing" in out.with_suffix(".md").read_text()
     after = hashlib.sha256(committed.read_bytes()).hexdigest() if committed.exists() else None
     assert before == after
+
+
+def test_stream_images_keeps_images_whole_across_chunks(monkeypatch):
+    """Images straddling the generator's chunks get their vectors in stream order, so a hit's (image, row, col)
+    maps back to its global vector number (what recall and the equality check rely on)."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import index_scale
+    import index_sharded
+
+    monkeypatch.setattr(index_sharded, "CHUNK", 1000)
+    c = index_scale.centres()
+    imgs = list(index_sharded.stream_images(c, 3500, 48))
+    ref = np.concatenate([index_scale.chunk(c, s, min(1000, 3500 - s)) for s in range(0, 3500, 1000)])
+    np.testing.assert_array_equal(np.concatenate([i[1] for i in imgs]), ref)
+    assert [i[0] for i in imgs] == index_sharded.image_ids(0, 73) and len(set(i[0] for i in imgs)) == 73
+    gid = [k * 48 + r * 7 + col for k, im in enumerate(imgs) for r, col in zip(im[2], im[3])]
+    assert gid == list(range(3500))
