@@ -124,7 +124,7 @@ def test_sharded_search_equals_a_single_index(ray_cluster, workspace, factory):
         for q in range(len(xq)):
             a, b, cut = got[q * k:(q + 1) * k], want[q * k:(q + 1) * k], D1[q, -1] + 1e-5
             assert sorted(h for h, d in zip(a, D[q]) if d > cut) == sorted(h for h, d in zip(b, D1[q]) if d > cut)
-            assert sum(d > cut for d in D[q]) >= k // 2
+        assert (D1 > D1[:, -1:] + 1e-5).mean() > 0.7  # most hits are above the tied boundary: the check has teeth
     else:
         assert got == want  # same vectors, same order
 
