@@ -1,6 +1,8 @@
 """active: active-learning scores from saved predictions, the acquisition-strategy registry, pseudo-labels, labels
 from a labeling team, and the rounds loop (score -> select -> label -> retrain -> curve)."""
 
+from actors.core.lazy import lazy_exports
+
 _PUBLIC = {
     "Detections": "scores",
     "uncertainty_scores": "scores",
@@ -19,13 +21,4 @@ _PUBLIC = {
     "run_learning": "rounds",
 }
 
-
-def __getattr__(name: str):  # PEP 562: hand on public names without importing torch until one is used
-    import importlib
-
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

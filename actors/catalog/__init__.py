@@ -1,6 +1,8 @@
 """catalog: which images and boxes the workspace knows. The tables' schemas and ids, ingest from a folder, a
 Parquet/CSV manifest or COCO JSON, and the embedded offline world (default data)."""
 
+from actors.core.lazy import lazy_exports
+
 _PUBLIC = {
     "IMAGES": "schema",
     "LABELS": "schema",
@@ -20,13 +22,4 @@ _PUBLIC = {
     "WorldConfig": "world",
 }
 
-
-def __getattr__(name: str):  # PEP 562: hand on public names without importing torch/ray until one is used
-    import importlib
-
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -2,6 +2,8 @@
 latency-aware (knapsack) structured pruning on Torch-Pruning's dependency graph, int8 quantization (ONNX Runtime
 static QDQ; SPIQ-style data-free), export (ONNX + state dict) and the before/after report."""
 
+from actors.core.lazy import lazy_exports
+
 _PUBLIC = {
     "FoldReport": "fold",
     "fold_batchnorm": "fold",
@@ -33,13 +35,4 @@ _PUBLIC = {
     "CompressConfig": "report",
 }
 
-
-def __getattr__(name: str):  # PEP 562: hand on public names without importing torch until one is used
-    import importlib
-
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

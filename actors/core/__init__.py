@@ -2,6 +2,8 @@
 sharded datasets, the Ray runtime (init, auth, devices, resources), image decoding from any workspace-readable URI,
 and the user-error type the CLI reports as a one-line message."""
 
+from .lazy import lazy_exports
+
 _PUBLIC = {
     "UserError": "errors",
     "Workspace": "workspace",
@@ -17,13 +19,4 @@ _PUBLIC = {
     "decode_batch": "images",
 }
 
-
-def __getattr__(name: str):  # PEP 562: hand on public names without importing torch/ray until one is used
-    import importlib
-
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -2,6 +2,8 @@
 EfficientNet-Lite0), the region encoder, the box vector (regions), the feature store (shards, row reads) and the
 Ray Data embedding pipeline."""
 
+from actors.core.lazy import lazy_exports
+
 _PUBLIC = {
     "FeatureExtractor": "backbones",
     "get_backbone": "backbones",
@@ -19,13 +21,4 @@ _PUBLIC = {
     "measure_backbone_curve": "curve",
 }
 
-
-def __getattr__(name: str):  # PEP 562: hand on public names without importing torch/ray until one is used
-    import importlib
-
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -1,6 +1,8 @@
 """selection: targeted selection. The FAISS region/global index, the template-matching kernels (pure torch), the
 fine-stage matcher and its Ray actor, and mining (coarse FAISS search -> dense re-rank -> selections)."""
 
+from actors.core.lazy import lazy_exports
+
 _PUBLIC = {
     "build_index": "index",
     "add_to_index": "index",
@@ -18,13 +20,4 @@ _PUBLIC = {
     "Selector": "mine",
 }
 
-
-def __getattr__(name: str):  # PEP 562: hand on public names without importing torch/ray until one is used
-    import importlib
-
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_PUBLIC)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)
