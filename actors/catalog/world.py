@@ -67,7 +67,9 @@ class WorldConfig:
 
     ``size`` is ``(W, H)`` in pixels; ``object_area`` the range of an object's box area as a fraction of the image
     (log-uniform); ``clutter`` the range of distractors per image; ``occlusion`` the chance an object gets an
-    occluder; ``classes`` category or group names (``digit``, ``face``, ``shape``), ``None`` for all.
+    occluder; ``classes`` category or group names (``digit``, ``face``, ``shape``), ``None`` for all;
+    ``class_weights`` relative sampling weights of some categories (the rest weigh 1), e.g. ``(("star", 0.05),)``
+    makes ``star`` a rare class; ``None`` (uniform) leaves the output of earlier worlds unchanged.
     """
 
     seed: int = 0
@@ -79,6 +81,7 @@ class WorldConfig:
     clutter: tuple[int, int] = (2, 6)
     occlusion: float = 0.3
     splits: tuple[tuple[str, float], ...] = DEFAULT_SPLITS
+    class_weights: tuple[tuple[str, float], ...] | None = None  # (category, relative weight); others weigh 1
     image_format: str = "jpg"
     jpeg_quality: int = 90
     workers: int = field(default=0, compare=False)  # 0: one per CPU (at most 8); never changes the output
@@ -115,8 +118,19 @@ class WorldConfig:
         fracs = [f for _, f in self.splits]
         if not self.splits or min(fracs) < 0 or abs(sum(fracs) - 1) > 1e-6:
             raise UserError(f"split fractions must be >= 0 and sum to 1, got {self.splits}")
-        self.categories()
+        cats = self.categories()
+        for name, wgt in self.class_weights or ():
+            if name not in cats or not wgt > 0:
+                raise UserError(f"class_weights: {name!r} must be a category in use with a weight > 0, got {wgt!r}")
         return self
+
+    def class_probs(self) -> np.ndarray | None:
+        """Sampling probabilities of :meth:`categories` (None: uniform, the original draw)."""
+        if not self.class_weights:
+            return None
+        wgt = dict(self.class_weights)
+        p = np.array([float(wgt.get(c, 1.0)) for c in self.categories()])
+        return p / p.sum()
 
 
 @dataclass
@@ -357,13 +371,13 @@ def render_image(cfg: WorldConfig, index: int, min_objects: int = 0,
     instance}]); ``held_out``: digits and faces use only the query instances (the ``queries`` split)."""
     rng = np.random.default_rng([cfg.seed, index])
     W, H = cfg.size
-    cats = cfg.categories()
+    cats, probs = cfg.categories(), cfg.class_probs()
     img = _background(rng, W, H)
     _clutter(img, rng, int(rng.integers(cfg.clutter[0], cfg.clutter[1] + 1)), math.sqrt(cfg.object_area[1] * W * H))
     n = max(int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1)), min_objects)
     objects: list[dict[str, Any]] = []
     for _ in range(100 if n else 0):
-        name = cats[rng.integers(len(cats))]
+        name = cats[rng.integers(len(cats))] if probs is None else cats[rng.choice(len(cats), p=probs)]
         placed = _place_object(img, rng, cfg, name, [o["bbox"] for o in objects], held_out)
         if placed:
             objects.append({"category": name, "bbox": placed[0], "area": placed[1], "instance": placed[2]})
@@ -459,9 +473,14 @@ def _read_progress(out_dir: Path) -> dict[int, tuple]:
     return done
 
 
+def _config_dict(cfg: WorldConfig) -> dict[str, Any]:
+    """The config a world records (no ``workers``; no ``class_weights`` when uniform, as before the option)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "workers" and not (k == "class_weights" and v is None)}
+
+
 def _start_or_resume(out: Path, cfg: WorldConfig) -> None:
     """Refuse a folder holding a complete world or another world's partial run; mark this run as in progress."""
-    config = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    config = _config_dict(cfg)
     if (out / "world.json").exists():
         raise UserError(f"{out}: already holds a world; choose another --out or delete it")
     partial = out / PARTIAL
@@ -495,7 +514,8 @@ def make_world(out_dir: str | os.PathLike, *, seed: int = 0, n_images: int = 200
                objects_per_image: tuple[int, int] = (1, 4), object_area: tuple[float, float] = (0.0015, 0.012),
                clutter: tuple[int, int] = (2, 6), occlusion: float = 0.3,
                splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS, image_format: str = "jpg",
-               workers: int = 0, workspace: Any = None, progress: bool = False) -> WorldSummary:
+               workers: int = 0, workspace: Any = None, progress: bool = False,
+               class_weights: Sequence[tuple[str, float]] | None = None) -> WorldSummary:
     """Generate the world into ``out_dir`` and ingest its COCO files into a workspace catalog.
 
     Parameters are those of :class:`WorldConfig`; ``workspace`` is a Workspace or a path/URI (default
@@ -513,7 +533,8 @@ def make_world(out_dir: str | os.PathLike, *, seed: int = 0, n_images: int = 200
     cfg = WorldConfig(seed=seed, n_images=n_images, size=tuple(size), objects_per_image=tuple(objects_per_image),
                       classes=None if classes is None else tuple(classes), object_area=tuple(object_area),
                       clutter=tuple(clutter), occlusion=occlusion, splits=tuple(tuple(s) for s in splits),
-                      image_format=image_format, workers=workers)
+                      image_format=image_format, workers=workers,
+                      class_weights=None if not class_weights else tuple((c, float(w)) for c, w in class_weights))
     return generate_world(out_dir, cfg.validate(), workspace=workspace, progress=progress)
 
 
@@ -543,7 +564,7 @@ def generate_world(out_dir: str | os.PathLike, cfg: WorldConfig, *, workspace: A
         images_per_split={s: len(rs) for s, rs in by_split.items()},
         objects_per_split={s: sum(len(r[2]) for r in rs) for s, rs in by_split.items()},
         annotation_files=files, categories=list(cfg.categories()), seconds=seconds)
-    meta = {"config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
+    meta = {"config": _config_dict(cfg),
             "counts": {k: getattr(summary, k) for k in ("n_images", "n_objects", "images_per_split",
                                                          "objects_per_split")},
             "annotation_files": files, "categories": summary.categories}
