@@ -143,11 +143,15 @@ def _mine(ws, top_k: int) -> dict:
 def _estimate_and_plan(n, v) -> dict:
     from estimators.curves import make_curve
     from estimators.loc import plan_collection
+    from estimators.prior import load_prior
     from estimators.requirement import estimate_requirement
 
     curve = make_curve(n, v, name="detector val mAP@.5")
     target = min(99.0, round(max(v) + 5.0))
-    est = estimate_requirement(curve, target).to_dict()
+    prior = load_prior()  # as `assay estimate` / `assay plan` without --past
+    source = f"default: the shipped {prior.describe()}"
+    console.print(f"using {source}")
+    est = estimate_requirement(curve, target, selection=prior.selection, prior=source).to_dict()
     lo, hi = est["interval"]
     if est["required_n"] is None:
         console.print(f"to reach {target:g}% val mAP@.5: unreachable by the fitted curve "
@@ -156,7 +160,8 @@ def _estimate_and_plan(n, v) -> dict:
         console.print(f"to reach {target:g}% val mAP@.5: n = {est['required_n']:,.0f} labeled images "
                       f"(interval {fmt(lo) if lo is not None else 'unbounded'} – "
                       f"{fmt(hi) if hi is not None else 'unbounded'}, law {est['law']}; now {max(n):,})")
-    plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n)).to_dict()
+    plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n),
+                          correction=prior.correction("power")).to_dict()
     console.print(table("LOC plan: cost 1 per image, acceptable risk 10%, at most 50x today's set, 3 rounds",
                         ["round", "collect", "cumulative total"],
                         [(i + 1, a, t) for i, (a, t) in
