@@ -17,12 +17,12 @@ import typer
 from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, WorkspaceOpt
 
-APP = Path(__file__).resolve().parents[1] / "planner" / "app.py"  # run by apps.planner.serve
+APP = Path(__file__).resolve().parents[1] / "planner" / "app.py"
 
 
 def streamlit_command(port: int = 8501, host: str = "127.0.0.1", *, headless: bool = True) -> list[str]:
     """The ``streamlit run`` command line that serves the planner (the workspace travels in ``ASSAY_WORKSPACE``)."""
-    return [sys.executable, "-m", "apps.planner.serve",
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true" if headless else "false",
             "--browser.gatherUsageStats", "false",

@@ -1,6 +1,6 @@
 """The planner's router: ``streamlit run apps/planner/app.py`` (started by ``assay app --workspace WS``).
 
-Multipage navigation with ``st.navigation``; each page is a script in ``apps/planner/pages/``. The workspace comes
+Multipage navigation with ``st.navigation``; each page is a script in ``apps/planner/views/``. The workspace comes
 from ``$ASSAY_WORKSPACE`` (see :func:`apps.planner.common.workspace_uri`).
 """
 
@@ -11,11 +11,11 @@ import streamlit as st
 from apps.planner.common import workspace_uri
 
 PAGES = (
-    ("pages/requirements.py", "Data requirements", ":material/trending_up:"),
-    ("pages/plan.py", "Collection plan", ":material/event_note:"),
-    ("pages/selection.py", "Targeted selection", ":material/image_search:"),
-    ("pages/active.py", "Active learning", ":material/model_training:"),
-    ("pages/compression.py", "Compression", ":material/compress:"),
+    ("views/requirements.py", "Data requirements", ":material/trending_up:"),
+    ("views/plan.py", "Collection plan", ":material/event_note:"),
+    ("views/selection.py", "Targeted selection", ":material/image_search:"),
+    ("views/active.py", "Active learning", ":material/model_training:"),
+    ("views/compression.py", "Compression", ":material/compress:"),
 )
 
 st.set_page_config(page_title="Assay planner", page_icon=":material/insights:", layout="wide")

@@ -92,7 +92,7 @@ def test_upload_a_curve_and_see_the_required_n_and_the_chart(app_server, tmp_pat
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            # a page URL on a fresh server goes through the router (its navigation titles), not pages/ alone
+            # a page URL on a fresh server goes through the router (its navigation titles), not a page script alone
             page.goto(url + "/active", wait_until="domcontentloaded")
             page.get_by_text("assay learn --workspace").first.wait_for(timeout=60_000)
             nav = page.locator('[data-testid="stSidebarNav"]').inner_text()

@@ -12,8 +12,8 @@ CURVE_CSV = b"n,value\n250,41.0\n500,48.6\n1000,55.1\n2000,60.2\n4000,64.4\n8000
 
 
 def page(name: str) -> AppTest:
-    """An AppTest of one page script (``apps/planner/pages/<name>.py``), run once."""
-    at = AppTest.from_file(str(PLANNER / "pages" / f"{name}.py"), default_timeout=120)
+    """An AppTest of one page script (``apps/planner/views/<name>.py``), run once."""
+    at = AppTest.from_file(str(PLANNER / "views" / f"{name}.py"), default_timeout=120)
     return at.run()
 
 

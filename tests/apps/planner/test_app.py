@@ -63,7 +63,7 @@ def test_assay_app_binds_localhost_unless_told(monkeypatch, tmp_path):
     assert main(["app", "-w", str(tmp_path), "--port", "8600"]) == 0
     cmd, env = calls[-1]
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8600"
-    assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none" and cmd[1:3] == ["-m", "apps.planner.serve"]
+    assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none" and cmd[1:4] == ["-m", "streamlit", "run"]
     assert app_mod.APP.is_file()
     assert env["ASSAY_WORKSPACE"] == str(tmp_path)
     assert main(["app", "-w", str(tmp_path), "--host", "0.0.0.0"]) == 0
@@ -94,7 +94,7 @@ def test_the_curve_picked_on_one_page_is_offered_on_the_other(ws_dir):
 
     at = ok(AppTest.from_file(str(PLANNER / "app.py"), default_timeout=120).run())
     ok(upload_curve(at))
-    at.switch_page("pages/plan.py")
+    at.switch_page("views/plan.py")
     ok(at.run())
     assert at.radio(key="plan_source").options == ["Upload a file", "Curve from the other page"]
     at.radio(key="plan_source").set_value("Curve from the other page")

@@ -72,7 +72,7 @@ def test_target_already_met_is_a_message_not_a_traceback(ws_dir):
 
 
 def test_sources_are_validated_row_by_row():
-    from apps.planner.pages import plan as plan_page  # noqa: F401  (importing runs nothing outside Streamlit)
+    from apps.planner.views import plan as plan_page  # noqa: F401  (importing runs nothing outside Streamlit)
 
     good = pd.DataFrame([{"source": "labeled", "cost per sample": 2.0, "value": 1.0, "available": None},
                          {"source": "pseudo", "cost per sample": 0.1, "value": 0.3, "available": 1000.0}])
@@ -88,7 +88,7 @@ def test_sources_are_validated_row_by_row():
 
 
 def test_plan_json_is_strict_json():
-    from apps.planner.pages.plan import _finite
+    from apps.planner.views.plan import _finite
 
     assert json.dumps(_finite({"a": [math.inf, 1.0], "b": {"c": math.nan}}), allow_nan=False) == \
         '{"a": [null, 1.0], "b": {"c": null}}'

@@ -1,1 +1,0 @@
-"""The planner's pages, one script each (run by ``st.navigation`` in :mod:`apps.planner.app`)."""
