@@ -12,10 +12,15 @@ Contract
   (temp + rename) to ``ckpt`` in the workspace. With ``resume=True`` an existing checkpoint whose ``config``
   matches is continued from; one that does not match is an error, never silently mixed.
 * Checkpoints load with ``torch.load(weights_only=True)`` (:func:`load_detector`).
+* Warm start (``warm_start=True``): training starts from ``det``'s current weights instead of ``det.reset(seed)``
+  — trainable layers are not re-initialised, whatever their shapes (a pruned model's narrower layers included).
+  The checkpoint's ``config`` then records ``init``, a fingerprint of those starting weights
+  (:func:`weights_fingerprint`), so a resume only continues a run that started from the same weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import time
@@ -101,9 +106,22 @@ def _batch(det: Detector, data: DetectionData, idx: torch.Tensor, flips: torch.T
     return torch.stack(xs), bs, labels
 
 
-def config_of(det: Detector, cfg: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint records to rebuild the detector and check a resume."""
-    return {"detector": det.config, "classes": list(det.classes), "train": asdict(cfg)}
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A short sha256 of a state dict (names, shapes and values): which weights a warm-started run began from."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def config_of(det: Detector, cfg: TrainConfig, init: str | None = None) -> dict[str, Any]:
+    """What a checkpoint records to rebuild the detector and check a resume (``init``: warm-start fingerprint)."""
+    out = {"detector": det.config, "classes": list(det.classes), "train": asdict(cfg)}
+    if init is not None:
+        out["init"] = init
+    return out
 
 
 def _save(ws: Workspace, rel: str, det: Detector, opt, sched, epoch: int, config: dict) -> None:
@@ -144,8 +162,12 @@ def load_detector(ws: Workspace, rel: str) -> Detector:
 def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None = None, *,
                    ws: Workspace | None = None, ckpt: str | None = None, resume: bool = True,
                    on_step: Callable[[int, int], None] | None = None,
-                   on_epoch: Callable[[int, float], None] | None = None, progress: bool = False) -> TrainResult:
+                   on_epoch: Callable[[int, float], None] | None = None, progress: bool = False,
+                   warm_start: bool = False) -> TrainResult:
     """Train ``det`` in place; see the module contract. ``on_step(epoch, step)`` / ``on_epoch(epoch, loss)`` hooks.
+
+    ``warm_start=True`` trains from ``det``'s current weights (no ``det.reset``): fine-tuning a trained or a
+    pruned detector, or continuing from an earlier run's model.
 
     Raises
     ------
@@ -158,12 +180,17 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
     if len(data) == 0:
         raise UserError("no labeled images to train the detector on")
     t0 = time.monotonic()
-    det.reset(cfg.seed)  # a fresh and a resumed run start from the same weights
+    init = None
+    if warm_start:
+        init = weights_fingerprint(det.trainable_state())
+        torch.manual_seed(cfg.seed)
+    else:
+        det.reset(cfg.seed)  # a fresh and a resumed run start from the same weights
     params = [p for p in det.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup))
-    config, start = config_of(det, cfg), 0
+    config, start = config_of(det, cfg, init), 0
     if ckpt and ws is not None and resume and ws.exists(ckpt):
         ck = read_checkpoint(ws, ckpt)
         if ck["config"] != config:
@@ -230,4 +257,4 @@ def predict(det: Detector, data: DetectionData, *, mirrored: bool = False, batch
 
 
 __all__ = ["TrainConfig", "DetectionData", "TrainResult", "train_detector", "predict", "load_detector",
-           "read_checkpoint", "config_of"]
+           "read_checkpoint", "config_of", "weights_fingerprint"]

@@ -81,3 +81,58 @@ def test_every_detector_trains_a_step_and_predicts(name):
     for r in out:
         assert r["boxes"].shape[1] == 4 and r["probs"].shape[1] == len(CLASSES)
         assert torch.allclose(r["probs"].sum(1), torch.ones(len(r["probs"])), atol=1e-4)
+
+
+def _shift(state, by=0.05):
+    return {k: v + by if v.is_floating_point() else v for k, v in state.items()}
+
+
+def test_warm_start_trains_from_the_given_weights_and_resumes(workspace):
+    """warm_start=True keeps the given (here: non-default, narrower) weights as the start; a cold run resets them;
+    a killed warm-started run resumes to the uninterrupted result, and other starting weights are refused."""
+    from actors.detection.head import DenseHead
+
+    data, cfg = _data(n=4), TrainConfig(epochs=1, batch_size=4, lr=1e-7, warmup=0.0, seed=3)
+    base = _det()
+    narrow = DenseHead(len(CLASSES), type(base.head.cfg)(**{**base.head.cfg.to_dict(), "width": 8}))
+    base.head = narrow  # an architecture the registry does not build (like a pruned head)
+    start = _shift(base.trainable_state())
+    warm = _det()
+    warm.head = DenseHead(len(CLASSES), narrow.cfg)
+    warm.load_trainable_state(start)
+    train_detector(warm, data, cfg, ws=workspace, ckpt="runs/w/model.pt", warm_start=True)
+    got = warm.trainable_state()
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in start.items()}  # not re-initialised
+    assert all(torch.allclose(got[k].float(), start[k].float(), atol=1e-4) for k in got)  # lr ~ 0: stays put
+    assert read_checkpoint(workspace, "runs/w/model.pt")["config"]["init"]
+    cold = _det()
+    cold.head = DenseHead(len(CLASSES), narrow.cfg)
+    cold.load_trainable_state(start)
+    train_detector(cold, data, cfg)  # no warm start: the head is re-drawn from the seed
+    assert any(not torch.allclose(cold.trainable_state()[k].float(), start[k].float(), atol=1e-2) for k in start)
+
+    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-2, seed=3)
+
+    def fresh():
+        d = _det()
+        d.load_trainable_state(_shift(_det().trainable_state()))
+        return d
+
+    full = fresh()
+    train_detector(full, data, cfg, ws=workspace, ckpt="runs/a/model.pt", warm_start=True)
+
+    def kill(epoch, step):
+        if (epoch, step) == (1, 0):
+            raise Killed()
+
+    with pytest.raises(Killed):
+        train_detector(fresh(), data, cfg, ws=workspace, ckpt="runs/b/model.pt", on_step=kill, warm_start=True)
+    again = fresh()
+    res = train_detector(again, data, cfg, ws=workspace, ckpt="runs/b/model.pt", warm_start=True)
+    assert res.resumed_from == 1
+    a, b = full.trainable_state(), again.trainable_state()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    other = _det()
+    other.load_trainable_state(_shift(_det().trainable_state(), 0.1))
+    with pytest.raises(UserError, match="another configuration"):
+        train_detector(other, data, cfg, ws=workspace, ckpt="runs/b/model.pt", warm_start=True)
