@@ -14,11 +14,16 @@ Contract
   ``curve.parquet`` (round, n_labeled, n, metric, value, seconds; mAP@.5 in percent on ``eval_split``: what
   ``assay estimate`` / ``assay plan`` read), ``metrics.json`` (every COCO metric per round),
   ``round-<r>/scores.parquet`` and ``models/round-<r>.pt`` (the detector checkpoint, written every epoch).
-* Resumable: a finished round is never redone; a round killed mid-training resumes from its last epoch.
+* Resumable: a finished round is never redone; a round killed mid-training resumes from its last epoch; a run
+  resumed between rounds scores the pool with the previous round's checkpoint.
+* Scoring runs in-process, or as a Ray Data stage (:mod:`actors.active.ray_score`: batched actors, GPU when the
+  cluster has one) with ``ray_scoring=True``; by default (None) on Ray when ``RAY_ADDRESS`` names a cluster.
+  Both give the same scores.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -122,6 +127,7 @@ class _Run:
         if not self.eval:
             raise UserError(f"{ws.uri}: no images in the evaluation split {cfg.eval_split!r}")
         self.initial = _sample(split(cfg.initial_split), cfg.initial, cfg.seed, 0)
+        self.trained_round: int | None = None  # the round whose weights self.det holds
 
     # ---------------------------------------------------------------- state
     def labeled(self) -> list[dict]:
@@ -170,6 +176,7 @@ class _Run:
         train_detector(self.det, self.data(ids, labels), train_cfg, ws=self.ws,
                        ckpt=f"{self.dir}/models/round-{round_}.pt", progress=self.progress)
         self.n_train = (n_human, len(ids))
+        self.trained_round = round_
 
     def evaluate(self) -> dict:
         from actors.detection.data import labels_by_image
@@ -182,14 +189,26 @@ class _Run:
         return evaluate_detections(gt, {k: (v["boxes"], v["scores"], v["labels"]) for k, v in p.items()},
                                    self.classes).to_dict()
 
-    def candidates(self) -> tuple[Candidates, dict]:
-        from actors.detection.train import predict
+    def candidates(self, round_: int, ray: bool = False) -> tuple[Candidates, dict]:
+        """The unlabeled pool scored by the model of round ``round_ - 1`` (in-process, or on Ray Data)."""
+        from actors.detection.train import predict, read_checkpoint
 
         done = {r["image_id"] for r in self.labeled()}
         ids = [i for i in sorted(self.pool) if i not in done]
         needs_flip = self.cfg.strategy in ("uncertainty_robustness", "weighted")
-        preds = predict(self.det, self.data(ids))
-        flipped = predict(self.det, self.data(ids, mirrored=True), mirrored=True) if needs_flip else {}
+        ckpt = f"{self.dir}/models/round-{round_ - 1}.pt"
+        if ray:
+            from actors.active.ray_score import score_pool_on_ray
+
+            ps = score_pool_on_ray(self.ws, ckpt, [self.rows[i] for i in ids], len(self.classes), flip=needs_flip)
+            preds, flipped = ps.preds, ps.flipped
+        else:
+            if self.trained_round != round_ - 1:  # resumed between rounds: the previous round's weights
+                self.det.load_trainable_state(read_checkpoint(self.ws, ckpt)["model"])
+                self.det.eval()
+                self.trained_round = round_ - 1
+            preds = predict(self.det, self.data(ids))
+            flipped = predict(self.det, self.data(ids, mirrored=True), mirrored=True) if needs_flip else {}
         emb = lab_emb = None
         if self.cfg.strategy == "coreset":
             if not self.det.cached:
@@ -210,8 +229,12 @@ class _Run:
 
 def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id: str | None = None,
                  priority: list[str] | None = None, progress: bool = True,
-                 on_round: Callable[[int, dict], None] | None = None) -> LearnReport:
+                 on_round: Callable[[int, dict], None] | None = None,
+                 ray_scoring: bool | None = None) -> LearnReport:
     """Run (or resume) ``cfg.rounds`` rounds after round 0; see the module contract.
+
+    ``ray_scoring``: score the pool on Ray Data (True), in-process (False), or on Ray when ``RAY_ADDRESS`` is set
+    (None).
 
     Raises
     ------
@@ -222,6 +245,7 @@ def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id:
     cfg = cfg or LearnConfig()
     run_id = run_id or f"learn-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run = _Run(ws, cfg, run_id, progress)
+    use_ray = bool(os.environ.get("RAY_ADDRESS")) if ray_scoring is None else ray_scoring
     conf_rel = f"runs/{run_id}/config.json"
     if ws.exists(conf_rel) and ws.read_json(conf_rel) != _jsonable(cfg.to_dict()):
         raise UserError(f"{ws.path(conf_rel)}: run {run_id!r} exists with another configuration; use a new --run")
@@ -237,7 +261,7 @@ def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id:
         if round_ < len(curve):
             continue  # finished before a restart
         if round_ > 0 and not any(r["round"] == round_ for r in run.labeled()):
-            c, preds = run.candidates()
+            c, preds = run.candidates(round_, ray=use_ray)
             picked = select(cfg.strategy, c, cfg.budget, np.random.default_rng([cfg.seed, 7, round_]),
                             priority=priority)
             run.write_scores(round_, c, picked)

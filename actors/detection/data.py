@@ -91,7 +91,8 @@ class FeatureCache:
             x = torch.from_numpy(np.stack(g)).permute(0, 3, 1, 2).float() / 255.0  # B×3×H×W in [0, 1]
             if mirrored:
                 x = x.flip(-1)
-            out += list(self.det.inputs(x))
+            dev = next(self.det.parameters()).device  # the trunk runs where the detector lives (GPU actors)
+            out += list(self.det.inputs(x.to(dev)).cpu())
         return out
 
 

@@ -54,6 +54,9 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
           max_pool: Annotated[Optional[int], typer.Option("--max-pool", help="Score at most this many pool "
                                                           "images (seeded sample).")] = None,
           run: Annotated[Optional[str], typer.Option("--run", help="Run id (resume it when it exists).")] = None,
+          ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", help="Score the pool as a Ray Data stage "
+                                                      "(batched actors, GPU when present); default: on Ray when "
+                                                      "RAY_ADDRESS is set.")] = None,
           seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Retrain a detector in rounds: score the pool, label the most informative images, retrain, measure mAP."""
     from actors.active.rounds import LearnConfig, run_learning
@@ -65,7 +68,7 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
                       detector=detector, max_pool=max_pool, seed=seed, train=TrainConfig(epochs=epochs, seed=seed))
     _check_strategy(strategy)
     console.quiet = as_json
-    rep = run_learning(ws, cfg, run_id=run, priority=_priority(ws, priority), progress=not as_json,
+    rep = run_learning(ws, cfg, run_id=run, priority=_priority(ws, priority), progress=not as_json, ray_scoring=ray,
                        on_round=lambda r, row: console.print(
                            f"round {r}: {row['n_labeled']} labeled images, mAP@.5 {row['value']:.1f}% "
                            f"({row['seconds']:.0f}s)"))
