@@ -16,7 +16,7 @@ Fits are weighted least squares with bounds (``scipy.optimize.least_squares``, t
 deterministic set of starts: the linear parameters of a coarse grid of starts are solved in closed form, and the best
 few seed the non-linear fits (``n_starts=1`` by default: on LCDB curves more starts changed the fitted cost by
 about 1% at three times the time). The power law is linear in θ1 and θ3 for a fixed exponent, so it is started by
-variable projection (:func:`power_profile`, exact on a fine exponent grid, vectorized over many curves at once —
+variable projection (:func:`estimators.profile.power_profile`, exact on a fine exponent grid, vectorized over many curves at once —
 the bootstrap uses it to fit all resamples in one call). Internally sizes are divided by the largest fitted size, so parameters stay O(1);
 ``params_`` reports them in the raw units of the table above. ``m4`` is fitted on the horizontal (log n) residuals,
 which is the error that matters for data requirements and keeps its implicit form cheap.
@@ -276,76 +276,13 @@ class PowerLaw(Law):
         return out
 
     def _best_starts(self, x, y, sw) -> list[np.ndarray]:
+        from estimators.profile import power_profile  # profile.py imports N_MAX from here
+
         a, b, c = power_profile(x, y[None, :], sw ** 2)  # variable projection: one near-optimal start
         return [np.array([a[0], b[0], c[0]])]
 
     def _raw_params(self, p, s):
         return {"theta1": float(p[0] * s ** (-p[1])), "theta2": float(p[1]), "theta3": float(p[2])}
-
-
-B_GRID = np.linspace(-4.0, 2.0, 241)  # exponents searched by power_profile (the PowerLaw bounds)
-
-
-def _profile_rss(xb, w, yc, vary):
-    """Weighted residual variance of the best ``a·xb + c`` for each row; xb (..., K, m), yc (..., m) centered."""
-    xc = xb - (xb @ w)[..., None]
-    varx = (xc ** 2) @ w
-    cov = np.einsum("...km,m,...m->...k", xc, w, yc)
-    ok = varx > 1e-300
-    a = np.where(ok, cov / np.where(ok, varx, 1.0), 0.0)
-    return np.where(ok, vary[..., None] - cov * a, vary[..., None]), a
-
-
-def power_profile(x, Y, w, *, grid=B_GRID, zooms: int = 2):
-    """Weighted least-squares power laws ``c + a·x^b`` for many curves at once, by variable projection.
-
-    For a fixed exponent b, a and c are linear and solved in closed form; b is found on ``grid`` and refined by
-    ``zooms`` local grids (each 10× finer), all vectorized over the rows of ``Y``.
-
-    Parameters
-    ----------
-    x : ndarray of shape (m,)
-        Sizes (any positive scale; :class:`PowerLaw` uses n / n_max).
-    Y : ndarray of shape (B, m)
-        Scores, one curve per row.
-    w : ndarray of shape (m,)
-        Non-negative point weights.
-
-    Returns
-    -------
-    a, b, c : ndarray of shape (B,)
-    """
-    x, Y, w = np.asarray(x, float), np.atleast_2d(np.asarray(Y, float)), np.asarray(w, float)
-    w = w / w.sum()
-    my = Y @ w
-    yc = Y - my[:, None]
-    vary = (yc ** 2) @ w
-    rss, _ = _profile_rss(np.power(x[None, :], grid[:, None])[None], w, yc, vary)   # (B, G)
-    b = grid[np.argmin(rss, axis=1)]
-    h = float(grid[1] - grid[0])
-    for _ in range(zooms):
-        cand = np.clip(b[:, None] + np.linspace(-h, h, 21)[None, :], grid[0], grid[-1])     # (B, 21)
-        rss, _ = _profile_rss(np.power(x[None, None, :], cand[..., None]), w, yc, vary)
-        b = cand[np.arange(len(b)), np.argmin(rss, axis=1)]
-        h /= 10
-    xb = np.power(x[None, :], b[:, None])                                                   # (B, m)
-    _, a = _profile_rss(xb[:, None, :], w, yc, vary)
-    a = a[:, 0]
-    c = my - a * (xb @ w)
-    return a, b, c
-
-
-def power_required_n(a, b, c, scale: float, target: float, *, lo: float = 1.0) -> np.ndarray:
-    """Smallest n in [lo, N_MAX] where ``c + a·(n/scale)^b >= target``, vectorized over fits; inf if never."""
-    a, b, c = (np.asarray(v, float) for v in (a, b, c))
-    with np.errstate(all="ignore"):
-        v_lo = c + a * np.power(lo / scale, b)
-        n_sol = scale * np.power((target - c) / a, 1.0 / b)
-    rising = a * b > 0
-    out = np.where(rising & np.isfinite(n_sol) & ((target - c) / np.where(a == 0, 1, a) > 0), np.maximum(n_sol, lo),
-                   np.inf)
-    out = np.where(out > N_MAX, np.inf, out)
-    return np.where(v_lo >= target, lo, out)
 
 
 @register_law

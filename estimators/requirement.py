@@ -28,7 +28,7 @@ import numpy as np
 
 from estimators.curves import LearningCurve, true_required_n
 from estimators.errors import EstimatorInputError
-from estimators.laws import PAPER_LAWS, get_law, list_laws, power_profile, power_required_n
+from estimators.laws import PAPER_LAWS, get_law, list_laws
 from estimators.past import (  # noqa: F401  (re-exported: the past-curve API lived here)
     Correction,
     Selection,
@@ -42,7 +42,7 @@ from estimators.past import (  # noqa: F401  (re-exported: the past-curve API li
     select_law,
     selection_from_estimates,
 )
-from estimators.profile import log_profile, log_required_n
+from estimators.profile import log_profile, log_required_n, power_profile, power_required_n
 
 STATUSES = ("estimate", "open", "unreachable", "reached", "worse")
 __all__ = ["STATUSES", "Correction", "EstimatePolicy", "RequirementResult", "RoundsResult", "Selection", "Task",

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from estimators.curves import make_curve
-from estimators.laws import get_law, power_profile, power_required_n
+from estimators.laws import get_law
+from estimators.profile import power_profile, power_required_n
 from estimators.loc import LOCPlanner, calibrate_draws, learn_distribution
 from estimators.requirement import (
     Correction,
