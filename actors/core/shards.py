@@ -9,8 +9,12 @@ finished shards and adds new ones for the keys not covered yet: incremental work
 Contract
 --------
 * ``plan(keys)`` is deterministic: the same keys in any order give the same shards.
-* A shard file exists ⇔ that shard is completely written (atomic rename).
-* ``_manifest.json`` records, per shard, its keys' count and its status; it is rewritten atomically.
+* A shard file exists ⇔ that shard is completely written (atomic rename). Whoever computes a shard writes it
+  (a Ray worker, through the workspace URI); the driver then records it in the manifest (:meth:`commit`). A shard
+  written but not committed (the driver stopped in between) is still done: it is never redone, and the next run
+  commits it.
+* ``_manifest.json`` records, per shard, its keys and, once committed, ``done`` (a small dict of counts); it is
+  rewritten atomically, by the driver only.
 """
 
 from __future__ import annotations
@@ -89,12 +93,10 @@ class ShardedDataset:
         start = len(shards)
         for i in range(0, len(new), shard_size):
             shards.append(Shard(start + i // shard_size, new[i : i + shard_size]))
-        manifest = {
-            "meta": meta or saved_meta,
-            "shard_size": shard_size,
-            "shards": [{"index": s.index, "name": s.name, "keys": s.keys} for s in shards],
-        }
-        self._save_manifest(manifest)
+        if new or not manifest["shards"] or (meta and meta != saved_meta):
+            entries = list(manifest["shards"])  # planned shards keep what was recorded of them (``done``)
+            entries += [{"index": s.index, "name": s.name, "keys": s.keys} for s in shards[start:]]
+            self._save_manifest({"meta": meta or saved_meta, "shard_size": shard_size, "shards": entries})
         return shards
 
     def shards(self) -> list[Shard]:
@@ -105,6 +107,39 @@ class ShardedDataset:
         """Shards whose output file does not exist yet."""
         done = set(self.ws.listdir(self.rel, ".parquet"))
         return [s for s in (self.shards() if shards is None else shards) if s.name not in done]
+
+    def committed(self) -> dict[int, dict[str, Any]]:
+        """Shard index -> what :meth:`commit` recorded, for the committed shards."""
+        return {s["index"]: s["done"] for s in self.manifest()["shards"] if s.get("done") is not None}
+
+    def commit(self, done: dict[int, dict[str, Any]]) -> None:
+        """Record finished shards (index -> counts) in the manifest (atomic rewrite; the driver's job).
+
+        Raises ``WorkspaceError`` for a shard that is not planned or whose file does not exist.
+        """
+        if not done:
+            return
+        manifest = self.manifest()
+        files = set(self.ws.listdir(self.rel, ".parquet"))
+        by_index = {s["index"]: s for s in manifest["shards"]}
+        for i, info in done.items():
+            if i not in by_index or by_index[i]["name"] not in files:
+                raise WorkspaceError(f"{self.ws.path(self.rel)}: cannot commit shard {i}: not planned or not written")
+            by_index[i]["done"] = dict(info)
+        self._save_manifest(manifest)
+
+    def remove_orphans(self) -> int:
+        """Delete temp files left by writers killed mid-write (``.part-*.tmp-*``); returns how many."""
+        from pyarrow import fs as pafs
+
+        sel = pafs.FileSelector(self.ws.path(self.rel), allow_not_found=True, recursive=True)
+        orphans = [i.path for i in self.ws.fs.get_file_info(sel) if ".tmp-" in posixpath.basename(i.path)]
+        for p in orphans:
+            try:
+                self.ws.fs.delete_file(p)
+            except (OSError, FileNotFoundError):
+                pass
+        return len(orphans)
 
     def write_shard(self, shard: Shard, table: pa.Table, **kwargs: Any) -> str:
         """Atomically write one shard's output (``kwargs`` go to ``pyarrow.parquet.write_table``)."""

@@ -2,12 +2,21 @@
 
 Images go through :class:`~actors.features.encoder.RegionEncoder` (the one encoder pool and query images share).
 :func:`embed_pool` plans shards over catalog image ids (:class:`~actors.core.shards.ShardedDataset`, resumable) and
-runs, per group of pending shards, a Ray Data pipeline: ``from_items`` -> decode in tasks
-(:func:`actors.core.images.decode_batch`) -> :class:`EmbedActor` pool -> rows streamed back to the driver, which
-writes each shard atomically as soon as all its rows arrived. Unreadable images become ``status="error"`` rows.
+runs **one** Ray Data pipeline per run over the pending shards: ``from_items`` (one item per shard: its keys and
+URIs) -> :class:`EmbedActor` pool. An actor decodes its shard's images (a thread prefetches the next batch),
+embeds them, encodes the cells with the store's codec (:mod:`actors.features.codecs`) and writes the shard itself,
+atomically, through the workspace URI (:func:`embed_shard`; local path or object storage). Only a one-row summary
+per shard comes back; the driver commits it into the manifest (:meth:`ShardedDataset.commit`). No feature byte
+passes through the driver and nothing depends on the driver's disk. Unreadable images become ``status="error"``
+rows.
 
-Storage budget (fp16 grid, default 8-px cells): a 512×384 image with assay-small (stride 8, 64 ch) gives
-48×64 cells × 64 × 2 B = 384 KiB; ``pca_dim=32`` halves it.
+Fault tolerance: a shard file exists only complete (temp + rename), and it is a pure function of its keys, so an
+actor killed mid-shard is restarted by Ray Data and its shard redone (at most an orphaned temp file, removed at the
+end of the run); a shard written but not yet committed when the driver died is adopted on the next run from its row
+summary, not recomputed. An image is in the store exactly once.
+
+Storage per 512×384 image (8-px cells, 64 channels): fp16 384 KiB, int8 192 KiB; 16-px cells a quarter of that;
+``pca_dim`` and ``codec="pq"`` shrink it further (``bench/feature_store.py`` measures what each keeps).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -31,35 +40,75 @@ from actors.core.runtime import Resources, init_ray
 from actors.core.shards import Shard, ShardedDataset
 from actors.core.workspace import Workspace
 from actors.features.backbones import parse_spec
+from actors.features.codecs import CODECS, Codec, save_codebook, train_pq
 from actors.features.encoder import (CELL_STRIDE, RegionEncoder, _backbone, _save_pca, fit_pca, load_region_encoder,
                                      store_name)
-from actors.features.store import FEATURE_SCHEMA, encode_rows, features_dir, write_feature_shard
+from actors.features.store import (FEATURE_SCHEMA, encode_rows, feature_rows, features_dir, store_codec,
+                                   write_feature_shard)
+
+DEFAULT_CODEC = "int8"  # new stores (bench/feature_store.py); an existing store keeps the codec it was made with
+LEFT_CATALOG = "left the catalog (removed, or now status 'error') before its shard was embedded"
 
 
-def embed_table(encoder: RegionEncoder, batch: dict[str, np.ndarray]) -> pa.Table:
-    """Decoded batch (``image_id``, ``image``, ``error``, optional ``shard``) -> feature rows (+ ``shard``)."""
+def embed_table(encoder: RegionEncoder, batch: dict[str, np.ndarray], codec: Codec | None = None) -> pa.Table:
+    """Decoded batch (``image_id``, ``image``, ``error``) -> feature rows in ``codec`` (default fp16)."""
     ids = [str(i) for i in batch["image_id"]]
     ok = [i for i, e in enumerate(batch["error"]) if not e]
     fms = iter(encoder.encode_batch([np.asarray(batch["image"][i], np.uint8) for i in ok], [ids[i] for i in ok],
-                                    half=True))
+                                    half=codec is None or codec.name == "fp16"))
     oks = set(ok)
-    table = encode_rows(next(fms) if i in oks else (ids[i], batch["error"][i]) for i in range(len(ids)))
-    if "shard" in batch:
-        table = table.append_column("shard", pa.array(np.asarray(batch["shard"], np.int64)))
-    return table
+    return encode_rows((next(fms) if i in oks else (ids[i], batch["error"][i]) for i in range(len(ids))), codec)
+
+
+def embed_shard(ws: Workspace, name: str, encoder: RegionEncoder, codec: Codec, shard: Shard,
+                uris: Sequence[str | None], batch_size: int) -> dict[str, int]:
+    """Decode, embed and encode one shard's images and write the shard (atomically) through ``ws``.
+
+    ``uris[i]`` is the image of ``shard.keys[i]``; None = the key left the catalog (an error row). The next batch
+    is decoded on a thread while this one is embedded. Returns the shard's summary: ``shard``, ``ok``, ``err``,
+    ``gone`` (rows for keys that left the catalog), ``bytes`` (feature bytes of the ok rows).
+    """
+    live = [(k, u) for k, u in zip(shard.keys, uris) if u is not None]
+    lost = [k for k, u in zip(shard.keys, uris) if u is None]
+    chunks = [live[i:i + batch_size] for i in range(0, len(live), batch_size)]
+
+    def decode(chunk: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        return decode_batch({"image_id": np.array([k for k, _ in chunk], object),
+                             "uri": np.array([u for _, u in chunk], object)})
+
+    tables = [encode_rows(((k, LEFT_CATALOG) for k in lost), codec)]
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(decode, chunks[0]) if chunks else None
+        for j in range(len(chunks)):
+            batch = ahead.result()
+            ahead = pool.submit(decode, chunks[j + 1]) if j + 1 < len(chunks) else None
+            tables.append(embed_table(encoder, batch, codec))
+    t = _write_shard(ShardedDataset(ws, features_dir(name)), shard, tables)
+    ok = t.filter(pc.equal(t["status"], "ok"))
+    return {"shard": shard.index, "ok": ok.num_rows, "err": t.num_rows - ok.num_rows, "gone": len(lost),
+            "bytes": int(pc.sum(pc.binary_length(ok["fmap"])).as_py() or 0)}
 
 
 class EmbedActor:
-    """Ray Data callable class: loads the store's encoder once, then embeds decoded batches."""
+    """Ray Data callable class: loads the store's encoder and codec once, then embeds and writes whole shards.
+
+    A batch holds shards (``shard`` index, ``keys``, ``uris``; a None URI = the key left the catalog); the output
+    is one summary row per shard (:func:`embed_shard`): the feature bytes go to the workspace, never back.
+    """
 
     def __init__(self, workspace: str, model: str, device: str | None = None, threads: int | None = None,
                  batch_size: int = 16) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.encoder = load_region_encoder(Workspace(workspace), model, device=device, batch_size=batch_size)
+        self.ws, self.model, self.batch_size = Workspace(workspace), model, batch_size
+        self.encoder = load_region_encoder(self.ws, model, device=device, batch_size=batch_size)
+        self.codec = store_codec(self.ws, model)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return embed_table(self.encoder, batch)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [embed_shard(self.ws, self.model, self.encoder, self.codec, Shard(int(i), [str(k) for k in keys]),
+                            [None if u is None else str(u) for u in uris], self.batch_size)
+                for i, keys, uris in zip(batch["shard"], batch["keys"], batch["uris"])]
+        return {k: np.array([r[k] for r in rows], np.int64) for k in ("shard", "ok", "err", "gone", "bytes")}
 
 
 # ------------------------------------------------------------------------------------------------ the step
@@ -81,9 +130,11 @@ class EmbedReport:
     bytes_per_image: float
     seconds: float
     images_per_s: float
-    startup_s: float = math.nan  # from the call until the first embedded rows came back (workers, model load)
+    startup_s: float = math.nan  # from the call until the first shard was committed (workers, model load)
     steady_images_per_s: float = math.nan  # images/s after that (what a long run converges to)
     n_left_catalog: int = 0  # keys of pending shards no longer in the catalog: written as error rows (in n_errors)
+    codec: str = "fp16"
+    shards_adopted: int = 0  # written by an earlier run's actors but not committed then: committed now, not redone
 
 
 def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa.Table:
@@ -93,15 +144,12 @@ def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa
     without copying the feature bytes; a full sort is the fallback."""
     tables = sorted((t.select(FEATURE_SCHEMA.names) for t in tables if t.num_rows),
                     key=lambda t: t["image_id"][0].as_py())
-    table = pa.concat_tables(tables).cast(FEATURE_SCHEMA)
+    table = pa.concat_tables(tables).cast(FEATURE_SCHEMA) if tables else FEATURE_SCHEMA.empty_table()
     ids = table["image_id"].to_pylist()
     if any(a > b for a, b in zip(ids, ids[1:])):
         table = table.sort_by("image_id")
     write_feature_shard(ds, shard, table)
     return table
-
-
-LEFT_CATALOG = "left the catalog (removed, or now status 'error') before its shard was embedded"
 
 
 def _catalog(ws: Workspace, splits: Iterable[str] | None) -> dict[str, str]:
@@ -111,33 +159,54 @@ def _catalog(ws: Workspace, splits: Iterable[str] | None) -> dict[str, str]:
             if r["status"] != "error" and (wanted is None or r["split"] in wanted)}
 
 
+def _sample_cells(enc: RegionEncoder, uris: dict[str, str], what: str) -> np.ndarray:
+    """N×D cells (at most 50,000, seeded) of the first 32 readable images, for fitting the PCA or the codebook."""
+    sample = sorted(uris)[:32]
+    dec = decode_batch({"image_id": np.array(sample, object), "uri": np.array([uris[i] for i in sample], object)})
+    fms = enc.encode_batch([im for im, e in zip(dec["image"], dec["error"]) if not e])
+    if not fms:
+        raise UserError(f"cannot fit the {what}: none of the first 32 images is readable")
+    cells = np.concatenate([f.fmap.reshape(f.fmap.shape[0], -1).T for f in fms])  # N×C
+    return cells[np.random.default_rng(0).permutation(len(cells))[:50000]]
+
+
 def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbone_cfg: dict[str, Any],
-             pool: int | None, max_side: int | None, pca_dim: int | None, uris: dict[str, str]) -> dict[str, Any]:
-    """Build the store's meta (fitting and saving the PCA if asked); refuses to mix with an existing store."""
+             pool: int | None, max_side: int | None, pca_dim: int | None, uris: dict[str, str],
+             codec: str | None = None, pq_m: int | None = None) -> dict[str, Any]:
+    """Build the store's meta (fitting and saving the PCA and PQ codebook if asked); refuses to mix with an
+    existing store. Settings left None take the existing store's (so a store made before codecs stays fp16)."""
     base, path = parse_spec(spec)
     checkpoint = checkpoint or path
     checkpoint = os.path.abspath(checkpoint) if checkpoint else None
+    ds = ShardedDataset(ws, features_dir(name))
+    manifest = ds.manifest()
+    old = manifest["meta"] if manifest["shards"] else {}
+    codec = codec or (old.get("codec", "fp16") if old else DEFAULT_CODEC)
+    if codec not in CODECS:
+        raise UserError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
     ext = _backbone(ws, base, checkpoint, backbone_cfg)
-    pool = pool or max(1, CELL_STRIDE // ext.stride)
+    pool = pool or old.get("pool") or max(1, CELL_STRIDE // ext.stride)
     rel = f"{features_dir(name)}/pca.npz" if pca_dim else None
     meta = {"model": name, "backbone": base, "checkpoint": checkpoint, "backbone_cfg": backbone_cfg,
             "weights_id": ext.weights_id, "backbone_dim": ext.dim, "backbone_stride": ext.stride, "pool": pool,
             "stride": ext.stride * pool, "dim": pca_dim or ext.dim, "max_side": max_side, "pca": rel}
-    ds = ShardedDataset(ws, features_dir(name))
-    manifest = ds.manifest()
-    if manifest["shards"] and manifest["meta"] and manifest["meta"] != meta:
-        raise UserError(f"{ws.path(features_dir(name))}: existing features were made with {manifest['meta']}, "
+    if codec != "fp16":  # fp16 stores keep the meta they had before codecs existed
+        meta["codec"] = codec
+    if codec == "pq":
+        pq_m = pq_m or old.get("pq_m") or max(1, (pca_dim or ext.dim) // 4)
+        meta.update(pq=f"{features_dir(name)}/pq.npz", pq_m=pq_m)
+    if old and old != meta:
+        raise UserError(f"{ws.path(features_dir(name))}: existing features were made with {old}, "
                          f"not {meta}; pass another name or delete the folder")
-    if rel and not (manifest["shards"] and ws.exists(rel)):
+    if rel and not (old and ws.exists(rel)):
         enc = RegionEncoder(ext, pool=pool, max_side=max_side, device="cpu")
-        sample = sorted(uris)[:32]
-        dec = decode_batch({"image_id": np.array(sample, object), "uri": np.array([uris[i] for i in sample], object)})
-        fms = enc.encode_batch([im for im, e in zip(dec["image"], dec["error"]) if not e])
-        if not fms:
-            raise UserError("cannot fit the PCA: none of the first 32 images is readable")
-        cells = np.concatenate([f.fmap.reshape(f.fmap.shape[0], -1).T for f in fms])  # N×C
-        cells = cells[np.random.default_rng(0).permutation(len(cells))[:50000]]
-        _save_pca(ws, rel, *fit_pca(cells, pca_dim))
+        _save_pca(ws, rel, *fit_pca(_sample_cells(enc, uris, "PCA"), pca_dim))
+    if codec == "pq" and not (old and ws.exists(meta["pq"])):
+        from actors.features.encoder import _load_pca
+
+        enc = RegionEncoder(ext, pool=pool, max_side=max_side, device="cpu",
+                            pca=_load_pca(ws, rel) if rel else None)
+        ws.write_bytes(meta["pq"], save_codebook(train_pq(_sample_cells(enc, uris, "PQ codebook"), pq_m)))
     return meta
 
 
@@ -146,7 +215,7 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
                progress: bool = True, max_side: int | None = None, pca_dim: int | None = None,
                pool: int | None = None, checkpoint: str | None = None, backbone_cfg: dict[str, Any] | None = None,
                local: bool = False, device: str | None = None, threads: int | None = None,
-               group_shards: int = 32, decode_cpus: float = 0.5) -> EmbedReport:
+               codec: str | None = None, pq_m: int | None = None) -> EmbedReport:
     """Embed the catalog's images into ``features/<name>/`` (resumable; finished shards are never recomputed).
 
     Parameters
@@ -162,20 +231,21 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
     resources : Resources, optional
         Actor pool size, per-actor CPUs/GPUs and batch size (default ``Resources.auto()``).
     pool, max_side, pca_dim : see :class:`RegionEncoder`; ``pool`` defaults to 8 // backbone stride (stride-8 cells).
+    codec : {"fp16", "int8", "pq"}, optional
+        How cells are stored (:mod:`actors.features.codecs`); default :data:`DEFAULT_CODEC` for a new store, the
+        existing store's codec otherwise. ``pq_m``: PQ bytes per cell (default dim / 4; must divide dim).
     local : bool
         Run in-process, shard by shard, without Ray (same functions, same output).
     threads : int, optional
         torch threads per actor (default: torch's default divided by the pool size).
-    group_shards : int
-        Pending shards per Ray pipeline: bounds driver memory (rows wait there until their shard is complete).
 
     Raises
     ------
     WorkspaceError
         No catalog. ``UserError``: the store exists with other settings, or no weights.
     RuntimeError
-        Rows of some shards never came back from the Ray pipeline, even after one redo (nothing is dropped silently:
-        those shards are not written, so a re-run redoes them).
+        Some shards never reported back from the Ray pipeline, even after one redo (nothing is dropped silently:
+        those shards are not committed, so a re-run redoes or adopts them).
 
     Notes
     -----
@@ -189,43 +259,37 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
     name = name or store_name(model)
     planned = _catalog(ws, splits)  # this run's splits: the new images to plan
     uris = _catalog(ws, None)  # every embeddable image: a pending shard is always redone whole
-    meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, planned)
+    meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, planned,
+                    codec, pq_m)
     ds = ShardedDataset(ws, features_dir(name))
     shards = ds.plan(planned, shard_size, meta)
     pending = ds.pending(shards)
-    gone = {s.index: [k for k in s.keys if k not in uris] for s in pending}  # keys that left the catalog
-    work = [Shard(s.index, [k for k in s.keys if k in uris]) for s in pending if len(gone[s.index]) < len(s.keys)]
+    adopted = _adopt(ws, name, ds, shards, pending)
+    work = {s.index: [uris.get(k) for k in s.keys] for s in pending}
     from tqdm.auto import tqdm
 
-    bar = _Progress(tqdm(total=sum(len(s.keys) for s in work), desc=f"embed {name}", unit="img",
+    bar = _Progress(tqdm(total=sum(len(s.keys) for s in pending), desc=f"embed {name}", unit="img",
                          disable=not progress))
     stats = {"ok": 0, "err": 0, "bytes": 0, "written": 0, "gone": 0}
 
-    def finish(shard: Shard, tables: list[pa.Table]) -> None:
-        lost = gone.get(shard.index) or []
-        t = _write_shard(ds, shard, [*tables, encode_rows((k, LEFT_CATALOG) for k in lost)])
-        ok = t.filter(pc.equal(t["status"], "ok"))
-        stats["ok"] += ok.num_rows
-        stats["err"] += t.num_rows - ok.num_rows
-        stats["gone"] += len(lost)
-        stats["bytes"] += pc.sum(pc.binary_length(ok["fmap"])).as_py() or 0
+    def commit(summary: dict[str, int]) -> None:
+        ds.commit({summary["shard"]: {k: int(summary[k]) for k in ("ok", "err", "bytes")}})
+        for k in ("ok", "err", "gone", "bytes"):
+            stats[k] += int(summary[k])
         stats["written"] += 1
+        bar.update(int(summary["ok"] + summary["err"]))
 
-    for s in pending:  # every key gone: the shard is only error rows
-        if len(gone[s.index]) == len(s.keys):
-            finish(s, [])
     th = threads or max(1, torch.get_num_threads() // max(1, res.pool_size))
     if local:
-        _run_local(ws, name, work, uris, res, device, finish, bar)
+        _run_local(ws, name, pending, work, res, device, commit)
     else:
-        left: list[Shard] = []
-        for i in range(0, len(work), group_shards):
-            left += _run_ray(ws, name, work[i:i + group_shards], uris, res, device, th, decode_cpus, finish, bar)
-        if left:  # rows that never came back: redo those shards once, then refuse to finish silently
-            left = _run_ray(ws, name, left, uris, res, device, th, decode_cpus, finish, bar)
+        left = _run_ray(ws, name, pending, work, res, device, th, commit)
+        if left:  # shards that never reported: redo them once, then refuse to finish silently
+            left = _run_ray(ws, name, left, work, res, device, th, commit)
         if left:
-            raise RuntimeError(f"embedding lost rows of {len(left)} shard(s) ({', '.join(s.name for s in left)}) "
-                               "twice; they were not written, so a re-run redoes them")
+            raise RuntimeError(f"embedding lost {len(left)} shard(s) ({', '.join(s.name for s in left)}) "
+                               "twice; they were not committed, so a re-run redoes them")
+    ds.remove_orphans()
     bar.close()
     secs = time.monotonic() - t0
     n = stats["ok"] + stats["err"]
@@ -238,7 +302,25 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
                        bytes_per_image=stats["bytes"] / max(1, stats["ok"]), seconds=secs,
                        images_per_s=n / secs if secs > 0 else math.nan, startup_s=startup,
                        steady_images_per_s=(bar.n - bar.first_n) / rest if rest > 0 else math.nan,
-                       n_left_catalog=stats["gone"])
+                       n_left_catalog=stats["gone"], codec=meta.get("codec", "fp16"), shards_adopted=adopted)
+
+
+def _adopt(ws: Workspace, name: str, ds: ShardedDataset, shards: list[Shard], pending: list[Shard]) -> int:
+    """Commit shards whose file exists but the manifest does not record (written by actors of a run whose driver
+    stopped before committing them; or a store made before commits were recorded), from their row summaries."""
+    done = ds.committed()
+    todo = {s.index for s in shards} - {s.index for s in pending} - set(done)
+    if not todo:
+        return 0
+    rows = feature_rows(ws, name, columns=["image_id", "status"])
+    status = dict(zip(rows["image_id"].to_pylist(), rows["status"].to_pylist()))
+    info = {}
+    for s in shards:
+        if s.index in todo:
+            ok = sum(status.get(k) == "ok" for k in s.keys)
+            info[s.index] = {"ok": ok, "err": len(s.keys) - ok, "bytes": -1}  # -1: not measured at commit time
+    ds.commit(info)
+    return len(info)
 
 
 class _Progress:
@@ -261,44 +343,37 @@ class _Progress:
         self.bar.close()
 
 
-def _run_local(ws, name, pending, uris, res, device, finish, bar) -> None:
+def _run_local(ws, name, pending, work, res, device, commit) -> None:
+    if not pending:
+        return
     encoder = load_region_encoder(ws, name, device=device, batch_size=res.batch_size)
+    codec = store_codec(ws, name)
     for shard in pending:
-        tables = []
-        for j in range(0, len(shard.keys), res.batch_size):
-            keys = shard.keys[j:j + res.batch_size]
-            batch = decode_batch({"image_id": np.array(keys, object), "uri": np.array([uris[k] for k in keys], object)})
-            tables.append(embed_table(encoder, batch))
-            bar.update(len(keys))
-        finish(shard, tables)
+        commit(embed_shard(ws, name, encoder, codec, shard, work[shard.index], res.batch_size))
 
 
-def _run_ray(ws, name, pending, uris, res, device, threads, decode_cpus, finish, bar) -> list[Shard]:
-    """Embed ``pending`` shards through Ray Data, finishing each shard as its last row arrives; returns the shards
-    still incomplete when the stream ends (never dropped silently: the caller redoes them or raises)."""
+def _run_ray(ws, name, pending, work, res, device, threads, commit) -> list[Shard]:
+    """Embed ``pending`` shards in one Ray Data pipeline (actors write the shards); the driver commits each
+    summary as it arrives. Returns the shards that never reported (the caller redoes them or raises)."""
+    if not pending:
+        return []
     import ray
 
     init_ray()
-    items = [{"image_id": k, "uri": uris[k], "shard": s.index} for s in pending for k in s.keys]
-    want = {s.index: len(s.keys) for s in pending}
-    by_index = {s.index: s for s in pending}
-    got: dict[int, list[pa.Table]] = defaultdict(list)
-    count: dict[int, int] = defaultdict(int)
-    data = (ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, res.batch_size)))
-            .map_batches(decode_batch, batch_size=res.batch_size, num_cpus=decode_cpus)
-            # fault tolerance is Ray Data's default (Ray 2.60: tasks max_retries=-1, pool actors max_restarts=-1 and
-            # max_task_retries=-1; passing them is deprecated): a dead actor (node lost, OOM kill) is restarted and
-            # its batch re-run, and rows reach a shard once (tests/e2e/test_multinode.py kills one mid-step)
-            .map_batches(EmbedActor, compute=ray.data.ActorPoolStrategy(size=res.pool_size),
-                         batch_size=res.batch_size, num_gpus=res.num_gpus, num_cpus=res.num_cpus,
+    items = [{"shard": s.index, "keys": list(s.keys), "uris": work[s.index]} for s in pending]
+    seen: set[int] = set()
+    data = (ray.data.from_items(items, override_num_blocks=len(items))
+            # fault tolerance is Ray Data's default (Ray 2.60: pool actors max_restarts=-1 and
+            # max_task_retries=-1): a dead actor (node lost, OOM kill) is restarted and its shard redone; the
+            # shard file is written atomically and is the same whichever attempt writes it
+            .map_batches(EmbedActor, compute=ray.data.ActorPoolStrategy(size=res.pool_size), batch_size=1,
+                         num_gpus=res.num_gpus, num_cpus=res.num_cpus,
                          fn_constructor_kwargs={"workspace": ws.uri, "model": name, "device": device,  # absolute
                                                 "threads": threads, "batch_size": res.batch_size}))
-    for batch in data.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for idx in np.unique(batch["shard"].to_numpy()):
-            part = batch.filter(pc.equal(batch["shard"], int(idx)))
-            got[int(idx)].append(part)
-            count[int(idx)] += part.num_rows
-            bar.update(part.num_rows)
-            if count[int(idx)] == want[int(idx)]:
-                finish(by_index[int(idx)], got.pop(int(idx)))
-    return [by_index[i] for i in sorted(want) if count[i] != want[i]]  # shards whose rows did not all come back
+    for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+        for row in zip(*(batch[k] for k in ("shard", "ok", "err", "gone", "bytes"))):
+            summary = dict(zip(("shard", "ok", "err", "gone", "bytes"), map(int, row)))
+            if summary["shard"] not in seen:  # a retried shard reports once
+                seen.add(summary["shard"])
+                commit(summary)
+    return [s for s in pending if s.index not in seen]

@@ -9,13 +9,14 @@ grid_w     int32     columns of the region grid
 dim        int32     channels per cell
 stride_y   float32   image pixels per grid row   (cell (i, j) covers y in [i*stride_y, (i+1)*stride_y))
 stride_x   float32   image pixels per grid column
-fmap       binary    float16 C×H×W, C-order (empty when status != "ok")
+fmap       binary    the grid C×H×W in the store's codec (:mod:`actors.features.codecs`: fp16, int8 or pq;
+                     empty when status != "ok")
 status     string    "ok" or "error"
 error      string    why the image failed (unreadable, corrupt…), "" when ok
 =========  ========  =================================================================================
 
 The dataset's ``_manifest.json`` ``meta`` holds at least ``model`` and ``dim`` (and, when PCA-reduced, the
-path of the projection in the workspace). Writers use :class:`actors.core.shards.ShardedDataset` so work is resumable.
+path of the projection in the workspace; ``codec`` and, for PQ, the codebook's path, when not fp16). Writers use :class:`actors.core.shards.ShardedDataset` so work is resumable.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from actors.core.errors import UserError
+from actors.features.codecs import Codec, load_codebook, make_codec
 from actors.core.shards import Shard, ShardedDataset
 from actors.core.workspace import Workspace, WorkspaceError
 
@@ -62,18 +64,20 @@ class FeatureMap:
     stride_x: float
 
 
-def encode_rows(items: Iterable[FeatureMap | tuple[str, str]]) -> pa.Table:
+def encode_rows(items: Iterable[FeatureMap | tuple[str, str]], codec: Codec | None = None) -> pa.Table:
     """Build a shard table from feature maps and ``(image_id, error)`` pairs for failed images.
 
-    The ``fmap`` column is assembled from the arrays' fp16 bytes with one copy (no per-row Python ``bytes``).
+    ``codec`` (default fp16) turns each map into its ``fmap`` bytes; the column is assembled with one copy (no
+    per-row Python ``bytes``).
     """
+    codec = codec or Codec()
     cols: dict[str, list] = {f.name: [] for f in FEATURE_SCHEMA if f.name != "fmap"}
     blobs: list[np.ndarray] = []
     for it in items:
         if isinstance(it, FeatureMap):
             c, h, w = it.fmap.shape  # C×H×W
             row = (it.image_id, h, w, c, it.stride_y, it.stride_x, "ok", "")
-            blobs.append(np.ascontiguousarray(it.fmap, dtype=np.float16).reshape(-1).view(np.uint8))
+            blobs.append(codec.encode(it.fmap))
         else:
             image_id, err = it
             row = (image_id, 0, 0, 0, 0.0, 0.0, "error", str(err))
@@ -101,13 +105,21 @@ def _binary_column(blobs: list[np.ndarray], chunk_bytes: int = 1 << 30) -> pa.Ch
     return pa.chunked_array(chunks, pa.binary())
 
 
-def decode_row(row: dict) -> FeatureMap:
+def decode_row(row: dict, codec: Codec | None = None) -> FeatureMap:
     """Inverse of :func:`encode_rows` for one ``status == "ok"`` row (a dict; ``fmap`` bytes or any buffer)."""
     shape = (row["dim"], row["grid_h"], row["grid_w"])
-    fmap = np.frombuffer(row["fmap"], dtype=np.float16)
-    if fmap.size != int(np.prod(shape)):
-        raise WorkspaceError(f"feature row {row['image_id']}: fmap holds {fmap.size} values, expected {shape}")
-    return FeatureMap(row["image_id"], fmap.reshape(shape), float(row["stride_y"]), float(row["stride_x"]))
+    try:
+        fmap = (codec or Codec()).decode(row["fmap"], shape)
+    except ValueError as e:
+        raise WorkspaceError(f"feature row {row['image_id']}: {e}") from e
+    return FeatureMap(row["image_id"], fmap, float(row["stride_y"]), float(row["stride_x"]))
+
+
+def store_codec(ws: Workspace, model: str, meta: dict | None = None) -> Codec:
+    """The codec a store's rows are written in (its manifest ``meta``; fp16 when it names none)."""
+    meta = feature_meta(ws, model) if meta is None else meta
+    name = meta.get("codec") or "fp16"
+    return make_codec(name, load_codebook(ws.read_bytes(meta["pq"])) if name == "pq" else None)
 
 
 ROW_GROUP_ROWS = 1  # rows per Parquet row group in feature shards: one image is one independently readable unit
@@ -126,8 +138,11 @@ class FeatureReader:
     def __init__(self, ws: Workspace, model: str, *, threads: int = 4) -> None:
         self.ws, self.model, self.threads = ws, model, threads
         self.ds = ShardedDataset(ws, features_dir(model))
+        manifest = self.ds.manifest()
+        self.codec = store_codec(ws, model, manifest["meta"]) if manifest["shards"] else Codec()
         self._where: dict[str, tuple[str, int]] = {}
         self._groups: dict[str, np.ndarray] = {}  # shard name -> first row of each row group
+        self._footers: dict[str, pq.FileMetaData] = {}  # shard name -> its parsed Parquet footer
         self.refresh()
 
     def refresh(self) -> None:
@@ -146,7 +161,8 @@ class FeatureReader:
         """The given rows (positions in the shard) of one shard file, reading only their row groups; each row is
         a dict like :func:`decode_row` takes, ``fmap`` as a zero-copy Arrow buffer (no Python ``bytes`` copy)."""
         with self.ws.fs.open_input_file(self.ws.path(f"{self.ds.rel}/{name}")) as f:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, metadata=self._footers.get(name))
+            self._footers[name] = pf.metadata
             starts = self._groups.get(name)
             if starts is None:  # first row of each row group, and the total at the end
                 md = pf.metadata
@@ -187,7 +203,7 @@ class FeatureReader:
                     raise WorkspaceError(f"{self.ws.path(self.ds.rel)}/{name}: row {r} holds {row['image_id']!r}, "
                                          f"the manifest says {image_id!r}; the store was modified, re-embed it")
                 if row["status"] == "ok":
-                    out.append(decode_row(row))
+                    out.append(decode_row(row, self.codec))
             return out
 
         items = list(per_file.items())
@@ -221,12 +237,14 @@ def iter_feature_maps(ws: Workspace, model: str, image_ids: Iterable[str] | None
                 yield from reader.get(wanted_ids[i:i + batch_size])
             return
     wanted = None if image_ids is None else pa.array(wanted_ids, pa.string())
+    manifest = ds.manifest()
+    codec = store_codec(ws, model, manifest["meta"]) if manifest["shards"] else Codec()
     for batch in ds.iter_batches(batch_size=batch_size):
         mask = pc.equal(batch.column("status"), "ok")
         if wanted is not None:
             mask = pc.and_(mask, pc.is_in(batch.column("image_id"), value_set=wanted))
         for row in batch.filter(mask).to_pylist():
-            yield decode_row(row)
+            yield decode_row(row, codec)
 
 
 ROWS_DIR = "_rows"  # per shard, its rows without ``fmap``: metadata scans read kilobytes, not the feature bytes
@@ -274,11 +292,16 @@ STORE_KEYS = ("backbone", "weights_id", "stride", "pool", "dim", "pca")
 
 def store_fingerprint(ws: Workspace, model: str) -> dict:
     """What identifies the vectors of a feature store: backbone, weights id, cell stride, pooling, dim and the PCA
-    (its path and the SHA-256 of its file). An index records it; a different one means the index is stale."""
+    (its path and the SHA-256 of its file), and the codec (with the PQ codebook's SHA-256) when it is not fp16 (so
+    fingerprints of stores written before codecs are unchanged). An index records it; a different one means the
+    index is stale."""
     import hashlib
 
     meta = feature_meta(ws, model)
     out = {k: meta.get(k) for k in STORE_KEYS}
     out["pca_sha256"] = hashlib.sha256(ws.read_bytes(meta["pca"])).hexdigest()[:16] if meta.get("pca") else None
+    if meta.get("codec") not in (None, "fp16"):
+        out["codec"] = meta["codec"]
+        out["pq_sha256"] = hashlib.sha256(ws.read_bytes(meta["pq"])).hexdigest()[:16] if meta.get("pq") else None
     return out
 

@@ -66,6 +66,13 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                   "--max-side", help="Resize so the longer side is this many pixels.")] = None,
               layer: Annotated[Optional[str], typer.Option(
                   "--layer", help="Torchvision trunk: last stage kept (e.g. layer2).")] = None,
+              codec: Annotated[Optional[str], typer.Option(
+                  "--codec", help="How cells are stored: int8 (default for a new store), fp16, pq; an existing "
+                                  "store keeps its own.")] = None,
+              pq_m: Annotated[Optional[int], typer.Option(
+                  "--pq-m", help="With --codec pq: bytes per cell (divides the dim; default dim/4).")] = None,
+              pool: Annotated[Optional[int], typer.Option(
+                  "--pool", help="Average k x k backbone cells into one stored cell (default: 8-px cells).")] = None,
               shard_size: Annotated[int, typer.Option("--shard-size", help="Images per output shard.")] = 256,
               local: Annotated[bool, typer.Option("--local", help="Run in-process, without Ray.")] = False,
               as_json: JsonOpt = False) -> None:
@@ -78,9 +85,10 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
     rep = asdict(embed_pool(workspace, model=backbone, name=name, splits=splits, resources=res,
                             shard_size=shard_size, progress=not as_json, max_side=max_side, pca_dim=pca_dim,
-                            backbone_cfg={"layer": layer} if layer else None, local=local))
+                            backbone_cfg={"layer": layer} if layer else None, local=local,
+                            codec=codec, pq_m=pq_m, pool=pool))
     emit(rep, as_json, lambda r: console.print(table(
-        f"features/{r['model']} ({r['mode']})", ["images", "embedded", "errors", "shards new/done", "dim",
+        f"features/{r['model']} ({r['mode']}, {r['codec']})", ["images", "embedded", "errors", "shards new/done", "dim",
                                                  "cell px", "KiB/image", "images/s (steady)"],
         [(r["n_images"], r["n_embedded"], r["n_errors"], f"{r['shards_written']}/{r['shards_skipped']}", r["dim"],
           r["cell_stride"], r["bytes_per_image"] / 1024,

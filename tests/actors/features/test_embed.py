@@ -81,7 +81,7 @@ def test_fit_pca_gives_orthonormal_top_axes():
 
 
 def test_local_embed_records_bad_images_and_query_encoder_matches_store(toy):
-    rep = embed_pool(toy, local=True, resources=RES, shard_size=3, pca_dim=16, progress=False)
+    rep = embed_pool(toy, local=True, resources=RES, shard_size=3, pca_dim=16, progress=False, codec="fp16")
     assert (rep.n_images, rep.n_embedded, rep.n_errors, rep.dim) == (8, 6, 2, 16)
     table = ShardedDataset(toy, features_dir("assay-small")).read()
     errors = table.filter(pc.equal(table["status"], "error")).to_pylist()
@@ -105,6 +105,46 @@ def test_store_refuses_other_settings_and_changed_weights(toy):
         load_region_encoder(toy, "assay-small")
 
 
+def _driver_dies_after_first_commit(monkeypatch):
+    real, calls = ShardedDataset.commit, []
+
+    def commit(self, done):
+        if calls:
+            raise KeyboardInterrupt("driver killed")
+        calls.append(sorted(done))
+        return real(self, done)
+
+    monkeypatch.setattr(ShardedDataset, "commit", commit)
+
+
+def test_actors_write_shards_driver_commits_and_a_rerun_adopts_uncommitted_ones(toy, ray_cluster, monkeypatch):
+    local = embed_pool(toy, name="local", local=True, resources=RES, shard_size=3, progress=False)
+    _driver_dies_after_first_commit(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    monkeypatch.undo()
+    ds = ShardedDataset(toy, features_dir("ray"))
+    assert len(ds.committed()) == 1  # the driver committed one shard, then died
+    written = {os.path.basename(p): os.path.getmtime(p) for p in ds.part_paths()}  # actors may have written more
+    rep = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    assert rep.shards_total == 3 and rep.shards_written == 3 - len(written)
+    assert rep.shards_adopted == len(written) - 1  # written by an actor, not committed: committed now, not redone
+    assert {os.path.basename(p): os.path.getmtime(p) for p in ds.part_paths() if os.path.basename(p) in written} \
+        == written
+    assert sorted(ds.committed()) == [0, 1, 2] and ds.pending() == []
+    ids = ds.read(columns=["image_id"])["image_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 8  # nothing lost, nothing twice
+    assert ShardedDataset(toy, features_dir("local")).read().equals(ds.read())
+    assert local.n_errors == 2 and local.codec == embed.DEFAULT_CODEC
+    rows = feature_rows(toy, "ray")  # every shard has its row summary, equal to the shard without fmap
+    assert toy.listdir(f"{features_dir('ray')}/_rows", ".parquet") == toy.listdir(features_dir("ray"), ".parquet")
+    assert rows.sort_by("image_id").equals(ds.read().drop_columns(["fmap"]).sort_by("image_id"))
+    assert {pq.read_metadata(p).num_row_groups for p in ds.part_paths()} == {2, 3}  # one image per row group
+    assert not [n for n in os.listdir(toy.local_path(features_dir("ray"))) if ".tmp-" in n]
+    again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    assert again.shards_written == 0 and again.shards_skipped == 3 and again.shards_adopted == 0
+
+
 def _crash_after_first_shard(monkeypatch):
     real, calls = embed._write_shard, []
 
@@ -115,30 +155,6 @@ def _crash_after_first_shard(monkeypatch):
         return real(ds, shard, tables)
 
     monkeypatch.setattr(embed, "_write_shard", write)
-
-
-def test_ray_path_resumes_after_a_crash_and_matches_local(toy, ray_cluster, monkeypatch):
-    local = embed_pool(toy, name="local", local=True, resources=RES, shard_size=3, progress=False)
-    _crash_after_first_shard(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
-    monkeypatch.undo()
-    ds = ShardedDataset(toy, features_dir("ray"))
-    done = ds.part_paths()
-    assert len(done) == 1
-    mtime = os.path.getmtime(done[0])
-    rep = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
-    assert (rep.shards_total, rep.shards_skipped, rep.shards_written) == (3, 1, 2)
-    n_done = pq.read_metadata(done[0]).num_rows  # Ray may finish either a 3-image or the 2-image shard first
-    assert rep.n_embedded + rep.n_errors == 8 - n_done and os.path.getmtime(done[0]) == mtime
-    assert ShardedDataset(toy, features_dir("local")).read().equals(ds.read())
-    assert local.n_errors == 2
-    rows = feature_rows(toy, "ray")  # every shard has its row summary, equal to the shard without fmap
-    assert toy.listdir(f"{features_dir('ray')}/_rows", ".parquet") == toy.listdir(features_dir("ray"), ".parquet")
-    assert rows.sort_by("image_id").equals(ds.read().drop_columns(["fmap"]).sort_by("image_id"))
-    assert {pq.read_metadata(p).num_row_groups for p in ds.part_paths()} == {2, 3}  # one image per row group
-    again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
-    assert again.shards_written == 0 and again.shards_skipped == 3
 
 
 def test_pending_shard_whose_key_left_the_catalog_is_redone_with_an_error_row_not_skipped(toy, monkeypatch):
@@ -160,24 +176,24 @@ def test_pending_shard_whose_key_left_the_catalog_is_redone_with_an_error_row_no
     assert rep.n_embedded + rep.n_errors == len(pending_keys)
 
 
-def test_shards_still_incomplete_at_the_end_are_redone_then_raise_never_discarded(toy, monkeypatch):
+def test_shards_that_never_report_are_redone_then_raise_never_discarded(toy, monkeypatch):
     calls = []
 
-    def lossy(ws, name, pending, *a, **k):  # the stream ended before these shards' rows all came back
+    def lossy(ws, name, pending, *a, **k):  # the stream ended before these shards reported back
         calls.append([s.index for s in pending])
         return list(pending)
 
     monkeypatch.setattr(embed, "_run_ray", lossy)
-    with pytest.raises(RuntimeError, match=r"lost rows of 3 shard\(s\).*re-run redoes them"):
+    with pytest.raises(RuntimeError, match=r"lost 3 shard\(s\).*re-run redoes them"):
         embed_pool(toy, name="r", resources=RES, shard_size=3, progress=False)
     assert calls == [[0, 1, 2], [0, 1, 2]]  # redone once before giving up
     assert ShardedDataset(toy, features_dir("r")).part_paths() == []
 
-    def lossy_once(ws, name, pending, uris, res, device, threads, decode_cpus, finish, bar):
+    def lossy_once(ws, name, pending, work, res, device, threads, commit):
         if not calls:
             calls.append("first")
             return list(pending)
-        embed._run_local(ws, name, pending, uris, res, device, finish, bar)
+        embed._run_local(ws, name, pending, work, res, device, commit)
         return []
 
     calls.clear()

@@ -1,0 +1,167 @@
+"""Cell codecs of the feature store: how one image's C×H×W region grid becomes the bytes of its ``fmap`` cell.
+
+=======  =========================================  ============================================================
+codec    bytes per cell                             what is stored
+=======  =========================================  ============================================================
+fp16     2·C                                        the grid as float16, C-order (every store before codecs)
+int8     C (+ 8·C per image)                        per image and channel: ``lo``, ``scale`` (float32), then the
+                                                    grid as uint8 ``round((x - lo) / scale)``, C-order
+pq       M (+ the codebook once per store)          product quantization: the C channels split into M groups of
+                                                    C/M, each cell's group replaced by the index (uint8) of its
+                                                    nearest of 256 centroids; codes H×W×M, cell-major
+=======  =========================================  ============================================================
+
+Decoding gives float32 (fp16 stays float16, as stored). Codecs are pure numpy; the store's manifest ``meta`` names
+the codec (``codec``; absent = fp16, so stores written before codecs read unchanged) and, for ``pq``, the
+workspace path of the codebook (``pq``: an ``.npz`` with ``centroids`` M×256×(C/M)).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from actors.core.errors import UserError
+
+CODECS = ("fp16", "int8", "pq")
+PQ_BITS = 8
+PQ_K = 2 ** PQ_BITS
+
+
+class Codec:
+    """fp16: the grid as float16 bytes. Subclasses override :meth:`encode` / :meth:`decode`."""
+
+    name = "fp16"
+
+    def encode(self, fmap: np.ndarray) -> np.ndarray:
+        """C×H×W array -> flat uint8 bytes of the row's ``fmap`` cell."""
+        return np.ascontiguousarray(fmap, dtype=np.float16).reshape(-1).view(np.uint8)
+
+    def decode(self, buf: Any, shape: tuple[int, int, int]) -> np.ndarray:
+        """Bytes (any buffer) + (C, H, W) -> the grid; ``ValueError`` when the byte count does not fit."""
+        x = np.frombuffer(buf, dtype=np.float16)
+        if x.size != int(np.prod(shape)):
+            raise ValueError(f"fmap holds {x.size} fp16 values, expected {shape}")
+        return x.reshape(shape)
+
+    def nbytes(self, shape: tuple[int, int, int]) -> int:
+        return 2 * int(np.prod(shape))
+
+
+class Int8Codec(Codec):
+    """Per-image, per-channel affine uint8: ``x ≈ lo + scale · q`` (error ≤ scale / 2 = range / 510)."""
+
+    name = "int8"
+
+    def encode(self, fmap: np.ndarray) -> np.ndarray:
+        c = fmap.shape[0]
+        x = np.asarray(fmap, np.float32).reshape(c, -1)  # C×(H·W)
+        lo = x.min(1) if x.shape[1] else np.zeros(c, np.float32)
+        hi = x.max(1) if x.shape[1] else np.zeros(c, np.float32)
+        scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+        q = np.rint((x - lo[:, None]) / scale[:, None]).clip(0, 255).astype(np.uint8)
+        return np.concatenate([lo.astype(np.float32).view(np.uint8), scale.view(np.uint8), q.reshape(-1)])
+
+    def decode(self, buf: Any, shape: tuple[int, int, int]) -> np.ndarray:
+        c = shape[0]
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        if raw.size != self.nbytes(shape):
+            raise ValueError(f"fmap holds {raw.size} bytes, expected {self.nbytes(shape)} for int8 {shape}")
+        lo = raw[:4 * c].view(np.float32)
+        scale = raw[4 * c:8 * c].view(np.float32)
+        q = raw[8 * c:].reshape(c, -1)
+        return (q * scale[:, None] + lo[:, None]).astype(np.float32, copy=False).reshape(shape)
+
+    def nbytes(self, shape: tuple[int, int, int]) -> int:
+        return 8 * shape[0] + int(np.prod(shape))
+
+
+class PQCodec(Codec):
+    """Product quantization with ``centroids`` M×256×d (C = M·d): M bytes per cell."""
+
+    name = "pq"
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        self.centroids = np.ascontiguousarray(centroids, np.float32)  # M×K×d
+        self.m, self.k, self.d = self.centroids.shape
+        self._norms = (self.centroids ** 2).sum(-1)  # M×K
+
+    def encode(self, fmap: np.ndarray) -> np.ndarray:
+        c, h, w = fmap.shape
+        if c != self.m * self.d:
+            raise ValueError(f"PQ codebook is for {self.m * self.d} channels, the map has {c}")
+        x = np.asarray(fmap, np.float32).reshape(c, h * w).T.reshape(h * w, self.m, self.d)  # N×M×d
+        codes = np.empty((h * w, self.m), np.uint8)
+        for j in range(self.m):  # nearest centroid: argmin |c|² - 2 x·c
+            codes[:, j] = np.argmin(self._norms[j][None] - 2 * x[:, j] @ self.centroids[j].T, axis=1)
+        return codes.reshape(-1)
+
+    def decode(self, buf: Any, shape: tuple[int, int, int]) -> np.ndarray:
+        c, h, w = shape
+        codes = np.frombuffer(buf, dtype=np.uint8)
+        if codes.size != h * w * self.m or c != self.m * self.d:
+            raise ValueError(f"fmap holds {codes.size} PQ codes, expected {h * w * self.m} for {shape}")
+        cells = self.centroids[np.arange(self.m)[None], codes.reshape(h * w, self.m)]  # N×M×d
+        return np.ascontiguousarray(cells.reshape(h * w, c).T).reshape(shape)
+
+    def nbytes(self, shape: tuple[int, int, int]) -> int:
+        return self.m * shape[1] * shape[2]
+
+
+def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np.ndarray:
+    """k-means (256 centroids) per group of C/m channels of N×C cells -> centroids m×256×(C/m), float32.
+
+    Raises ``UserError`` when m does not divide C or there are fewer cells than centroids.
+    """
+    n, c = cells.shape
+    if m < 1 or c % m:
+        raise UserError(f"pq_m={m} must divide the cell dimension {c} (after PCA, if any)")
+    if n < PQ_K:
+        raise UserError(f"PQ needs at least {PQ_K} training cells, got {n}")
+    rng = np.random.default_rng(seed)
+    x = np.asarray(cells, np.float32).reshape(n, m, c // m)
+    out = np.empty((m, PQ_K, c // m), np.float32)
+    for j in range(m):
+        xj = x[:, j]
+        cent = xj[rng.choice(n, PQ_K, replace=False)].copy()
+        for _ in range(iters):
+            assign = np.argmin((cent ** 2).sum(1)[None] - 2 * xj @ cent.T, axis=1)
+            sums = np.zeros_like(cent)
+            np.add.at(sums, assign, xj)
+            counts = np.bincount(assign, minlength=PQ_K)
+            empty = counts == 0
+            cent[~empty] = sums[~empty] / counts[~empty, None]
+            if empty.any():  # re-seed empty centroids on random cells
+                cent[empty] = xj[rng.choice(n, int(empty.sum()), replace=False)]
+        out[j] = cent
+    return out
+
+
+def save_codebook(centroids: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, centroids=centroids)
+    return buf.getvalue()
+
+
+def load_codebook(data: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return z["centroids"]
+
+
+def make_codec(name: str | None, centroids: np.ndarray | None = None) -> Codec:
+    """The codec called ``name`` (None = fp16); ``pq`` needs its ``centroids``."""
+    name = name or "fp16"
+    if name == "fp16":
+        return Codec()
+    if name == "int8":
+        return Int8Codec()
+    if name == "pq":
+        if centroids is None:
+            raise UserError("the pq codec needs its codebook")
+        return PQCodec(centroids)
+    raise UserError(f"unknown feature codec {name!r}; choose one of {', '.join(CODECS)}")
+
+
+__all__ = ["CODECS", "Codec", "Int8Codec", "PQCodec", "load_codebook", "make_codec", "save_codebook", "train_pq"]
