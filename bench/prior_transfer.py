@@ -81,6 +81,7 @@ def detector_curve(seed: int, s: dict, work: str) -> dict:
     order = [train_ids[i] for i in np.random.default_rng([seed, 11]).permutation(len(train_ids))]
     val = build_data(det, [rows[i] for i in val_ids], cache=cache)
     gt = {i: labels[i] for i in val_ids}
+    res["n_train"], res["n_val"] = len(order), len(val_ids)
     for n in sizes_for(len(order), s["first"]):
         if n in res["n"]:
             continue
@@ -96,8 +97,28 @@ def detector_curve(seed: int, s: dict, work: str) -> dict:
         tmp.write_text(json.dumps(res))
         tmp.replace(part)
         print(f"seed {seed}: n={n} mAP@.5={100 * m.map50:.2f} ({res['seconds'][-1]:.0f} s)", flush=True)
-    res["n_train"], res["n_val"] = len(order), len(val_ids)
     return res
+
+
+def _partial(work: Path, seed: int) -> dict:
+    """The curve a (possibly unfinished) run left in ``work``, with its world's split sizes."""
+    c = json.loads((work / f"curve-{seed}.json").read_text())
+    if "n_train" not in c:
+        coco = {k: json.loads((work / f"world-{seed}" / "annotations" / f"{k}.json").read_text())
+                for k in ("train", "val")}
+        c["n_train"] = len({a["image_id"] for a in coco["train"]["annotations"]})
+        c["n_val"] = len(coco["val"]["images"])
+    return c
+
+
+def cut_curves(curves: dict, max_n: int | None = None) -> dict:
+    """Every curve cut at ``max_n`` (default: the largest size every curve reached), sorted by size."""
+    cap = max_n if max_n is not None else min(max(c["n"]) for c in curves.values())
+    out = {}
+    for sd, c in curves.items():
+        pts = sorted((n, m) for n, m in zip(c["n"], c["map50"]) if n <= cap)
+        out[sd] = {**c, "n": [n for n, _ in pts], "map50": [m for _, m in pts], "cut_at": cap}
+    return out
 
 
 def synthetic_curves(seeds, seed0: int = 0) -> dict:
@@ -174,7 +195,12 @@ def markdown(doc: dict) -> str:
              f"({s['epochs']} epochs) on nested random subsets of the train split, mAP@.5 (%) on val. "
              "Fit on the points up to 10% / 20% of the whole split; target = mAP at the whole split − margin "
              f"(margins {', '.join(f'{m:g}' for m in doc['margins'])} points); n* where the measured curve first "
-             "reaches it.", "", "## Curves (mAP@.5 %)", "",
+             "reaches it.", ""]
+    c0 = next(iter(doc["curves"].values()))
+    if c0.get("n_train") and c0.get("cut_at", c0["n_train"]) < c0["n_train"]:
+        lines += [f"The curves are cut at n = {c0['cut_at']} of the {c0['n_train']}-image train split (the run was "
+                  "stopped there, see the JSON's note): the largest size measured plays the whole split.", ""]
+    lines += ["## Curves (mAP@.5 %)", "",
              "| seed | " + " | ".join(f"n={n}" for n in next(iter(doc["curves"].values()))["n"]) + " |",
              "|---|" + "---|" * len(next(iter(doc["curves"].values()))["n"])]
     for sd, c in doc["curves"].items():
@@ -216,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="Seeds trained in parallel processes.")
     p.add_argument("--n-boot", type=int, default=200)
     p.add_argument("--work", default=None, help="Scratch folder for worlds and partial curves (resumable).")
+    p.add_argument("--from-partials", action="store_true", help="No training: read the curves --work holds (an "
+                   "unfinished run), every seed cut at the largest size all of them reached (or --max-n).")
+    p.add_argument("--max-n", type=int, default=None, help="Cut every curve at this size (the 'whole split' of the "
+                   "protocol becomes the largest size measured up to it).")
     p.add_argument("--verdict", default=None, help="A file whose text is the summary paragraph of the .md.")
     p.add_argument("--out", default=None, help="JSON path (default bench/prior_transfer.json; with --smoke a temp "
                    "file, never the committed one).")
@@ -226,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     work = a.work or tempfile.mkdtemp(prefix="assay-pt-")
     if a.smoke:
         curves = synthetic_curves(a.seeds)
+    elif a.from_partials:
+        curves = {sd: _partial(Path(work), sd) for sd in a.seeds}
+        if (Path(work) / "settings.json").exists():  # the settings the curves were trained with
+            s = json.loads((Path(work) / "settings.json").read_text())
     elif a.jobs > 1 and len(a.seeds) > 1:
         with ProcessPoolExecutor(min(a.jobs, len(a.seeds)), mp_context=get_context("spawn")) as ex:
             curves = dict(zip(a.seeds, ex.map(detector_curve, a.seeds, [s] * len(a.seeds),
@@ -233,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         curves = {sd: detector_curve(sd, s, work) for sd in a.seeds}
     t_train = time.perf_counter() - t0
+    curves = cut_curves(curves, a.max_n)
     margins = MARGINS[:1] if a.smoke else MARGINS
     rows = evaluate_transfer(curves, margins, n_boot=10 if a.smoke else a.n_boot)
     doc = {"bench": "prior_transfer", "smoke": a.smoke, "seeds": a.seeds, "settings": s, "margins": list(margins),
