@@ -41,7 +41,8 @@ def _settings(a: argparse.Namespace) -> dict:
         return {"images": 40, "size": [128, 96], "initial": 6, "budget": 4, "rounds": 1, "epochs": 1,
                 "splits": [["train", 0.3], ["val", 0.3], ["pool", 0.4]], "max_pool": None}
     return {"images": a.images, "size": a.size, "initial": a.initial, "budget": a.budget, "rounds": a.rounds,
-            "epochs": a.epochs, "splits": [["train", 0.15], ["val", 0.25], ["pool", 0.6]], "max_pool": None}
+            "epochs": a.epochs, "splits": [["train", 0.15], ["val", 0.25], ["pool", 0.6]], "max_pool": None,
+            "warm_start": a.warm_start, "pseudo_threshold": a.pseudo_threshold}
 
 
 def run_seed(seed: int, s: dict, work: str, names: tuple[str, ...] = STRATEGIES, tag: str = "") -> dict:
@@ -64,11 +65,13 @@ def run_seed(seed: int, s: dict, work: str, names: tuple[str, ...] = STRATEGIES,
     partial = Path(work) / f"partial-{seed}.json"
     res: dict = json.loads(partial.read_text()) if partial.exists() else {}
     res.setdefault("world_seconds", world_s)
-    first = "bench-random" if ws.exists("runs/bench-random/models/round-0.pt") else None
+    first = f"bench-random{tag}" if ws.exists(f"runs/bench-random{tag}/models/round-0.pt") else None
     for name in names:
         strategy, pseudo = name.split("+")[0], name.endswith("+pseudo")
+        extra = {"pseudo_threshold": s["pseudo_threshold"]} if s.get("pseudo_threshold") is not None else {}
         cfg = LearnConfig(rounds=s["rounds"], budget=s["budget"], strategy=strategy, pseudo=pseudo,
                           initial=s["initial"], max_pool=s["max_pool"], seed=seed,
+                          warm_start=bool(s.get("warm_start")), **extra,
                           train=TrainConfig(epochs=s["epochs"], seed=seed))
         run_id = f"bench-{name.replace('+', '-')}{tag}"
         if first is not None:  # round 0 is the same model for every strategy: reuse it
@@ -145,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=15)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--warm-start", action="store_true", help="Rounds >= 1 fine-tune the previous round's model.")
+    p.add_argument("--pseudo-threshold", type=float, default=None, help="Pseudo-label confidence (default: "
+                   "LearnConfig's).")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
                    help="Run only these (others are taken from --work's partial results).")
     p.add_argument("--tag", default="", help="Suffix of the run ids (a rerun next to earlier runs).")
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = {sd: run_seed(sd, s, work, tuple(a.strategies), a.tag) for sd in seeds}
     doc = {"bench": "active_learning", "smoke": a.smoke, "seeds": seeds, "tuning_seed": TUNING_SEED, "settings": s,
            "per_seed": {str(k): v for k, v in per_seed.items()}, "summary": summarize(per_seed, s),
-           "seconds": time.perf_counter() - t0, "cpu_count": os.cpu_count(),
+           "seconds": time.perf_counter() - t0, "cpu_count": os.cpu_count(), "torch_threads": 1,
+           "loadavg": list(os.getloadavg()),
            "note": "wall times measured on 2 CPU cores shared with other jobs"}
     out = Path(a.out or (Path(work) / "smoke.json" if a.smoke else ROOT / "bench" / "active_learning.json"))
     out.parent.mkdir(parents=True, exist_ok=True)

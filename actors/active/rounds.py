@@ -5,7 +5,7 @@ Contract
 * Round 0 trains on the initial labeled set: ``initial`` images drawn (seeded) from ``initial_split``, or every
   image the run's ``labeled.parquet`` already lists. Each later round predicts on the unlabeled ``pool_split``
   images and on their mirror images, scores them (:mod:`actors.active.scores`), selects ``budget`` with the
-  strategy (a ``priority`` list first), obtains their labels and retrains from the seed on everything labeled so far
+  strategy (a ``priority`` list first), obtains their labels and retrains from the seed (``warm_start``: from the previous round's model) on everything labeled so far
   (+ this run's pseudo-labels with ``pseudo=True``).
 * Labels come from the oracle: the catalog's human rows of the selected images (on the embedded world, its ground
   truth). A selected image with no human row waits in ``runs/<run_id>/to_label.json`` until ``assay labels import``
@@ -63,6 +63,7 @@ class LearnConfig:
     detector: str = "dense-lite0"
     backbone: str = "efficientnet-lite0"
     seed: int = 0
+    warm_start: bool = False  # rounds >= 1 fine-tune the previous round's model instead of training from the seed
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -167,14 +168,26 @@ class _Run:
         return ids, human
 
     # ---------------------------------------------------------------- steps
+    def load_round(self, round_: int) -> None:
+        """Put the weights of round ``round_``'s checkpoint into the detector (no-op when it holds them)."""
+        from actors.detection.train import read_checkpoint
+
+        if self.trained_round != round_:
+            self.det.load_trainable_state(read_checkpoint(self.ws, f"{self.dir}/models/round-{round_}.pt")["model"])
+            self.det.eval()
+            self.trained_round = round_
+
     def train(self, round_: int) -> None:
         from actors.detection.train import train_detector
 
         ids, labels = self.training_set()
         n_human = len([r for r in self.labeled()])
         train_cfg = TrainConfig(**{**asdict(self.cfg.train), "seed": self.cfg.seed})
+        warm = self.cfg.warm_start and round_ > 0
+        if warm:
+            self.load_round(round_ - 1)
         train_detector(self.det, self.data(ids, labels), train_cfg, ws=self.ws,
-                       ckpt=f"{self.dir}/models/round-{round_}.pt", progress=self.progress)
+                       ckpt=f"{self.dir}/models/round-{round_}.pt", progress=self.progress, warm_start=warm)
         self.n_train = (n_human, len(ids))
         self.trained_round = round_
 
@@ -191,7 +204,7 @@ class _Run:
 
     def candidates(self, round_: int, ray: bool = False) -> tuple[Candidates, dict]:
         """The unlabeled pool scored by the model of round ``round_ - 1`` (in-process, or on Ray Data)."""
-        from actors.detection.train import predict, read_checkpoint
+        from actors.detection.train import predict
 
         done = {r["image_id"] for r in self.labeled()}
         ids = [i for i in sorted(self.pool) if i not in done]
@@ -203,10 +216,7 @@ class _Run:
             ps = score_pool_on_ray(self.ws, ckpt, [self.rows[i] for i in ids], len(self.classes), flip=needs_flip)
             preds, flipped = ps.preds, ps.flipped
         else:
-            if self.trained_round != round_ - 1:  # resumed between rounds: the previous round's weights
-                self.det.load_trainable_state(read_checkpoint(self.ws, ckpt)["model"])
-                self.det.eval()
-                self.trained_round = round_ - 1
+            self.load_round(round_ - 1)  # resumed between rounds: the previous round's weights
             preds = predict(self.det, self.data(ids))
             flipped = predict(self.det, self.data(ids, mirrored=True), mirrored=True) if needs_flip else {}
         emb = lab_emb = None
