@@ -199,6 +199,35 @@ def evaluate_curve(job):
     return out
 
 
+def _code_key(args) -> str:
+    """What an evaluation depends on besides the curve: the estimators' source, margin, bootstrap, folds."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "estimators").rglob("*.py")) + [ROOT / "estimators" / "data" / "prior.json"]:
+        h.update(f.read_bytes())
+    return f"margin={args.margin},n_boot={args.n_boot},folds={args.folds},code={h.hexdigest()[:16]}"
+
+
+def cached_evals(names, jobs, args, cache: Path | None, say=print) -> list:
+    """:func:`evaluate_curve` of every job, kept in ``cache`` per curve (resumable: a rerun after an interruption
+    evaluates only the curves not done yet; a change to ``estimators/`` starts a fresh key)."""
+    key = _code_key(args)
+    done = json.loads(cache.read_text()).get(key, {}) if cache and cache.exists() else {}
+    todo = [(nm, j) for nm, j in zip(names, jobs) if nm not in done]
+    for i in range(0, len(todo), 50):  # checkpoint every 50 curves
+        part = todo[i:i + 50]
+        for (nm, _), r in zip(part, _pmap(evaluate_curve, [j for _, j in part], args.jobs)):
+            done[nm] = {str(k): v for k, v in r.items()}
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + ".tmp")
+            tmp.write_text(json.dumps({key: done}))
+            tmp.replace(cache)
+        say(f"evaluated {len(names) - len(todo) + i + len(part)}/{len(names)} held-out curves")
+    return [{float(k): v for k, v in done[nm].items()} for nm in names]
+
+
 def ratio_stats(est, truth, n0, status=None) -> dict:
     """Median |log(n̂/n*)|, under-estimate share, share with no estimate; n̂ below n0 counts as n0."""
     est, truth, n0 = (np.asarray(v, float) for v in (est, truth, n0))
@@ -379,7 +408,8 @@ def main(argv=None) -> int:
         pasts = past_selections(curves, rows)
         say(f"{sum(r is not None for r in rows)} usable curves; evaluating {len(pick)} held-out curves ...")
         jobs = [(curves[i], priors[folds[curves[i].openmlid]], pasts[i], args.margin, args.n_boot) for i in pick]
-        evals = _pmap(evaluate_curve, jobs, args.jobs, label="evaluated")
+        evals = cached_evals([curves[i].curve.name for i in pick], jobs, args,
+                             None if args.smoke else CACHE / "bench-estimators-evals.json", say)
         report["fit_ms_20_points"] = time_20_point_fits(curves, k=5 if args.smoke else 40)
         report["estimation"] = estimation_tables(evals)
     if args.part in ("all", "simulation"):

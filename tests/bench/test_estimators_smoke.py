@@ -49,3 +49,23 @@ def test_smoke_without_out_writes_into_a_temp_dir_not_the_repo():
 
     args = _args(["--smoke"])
     assert not Path(args.out).resolve().is_relative_to(ROOT) and not Path(args.md).resolve().is_relative_to(ROOT)
+
+
+def test_held_out_evaluations_are_cached_per_curve_and_resumed(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import bench.estimators as be
+
+    calls = []
+
+    def fake(job):
+        calls.append(job)
+        return {0.1: {"n0": 10.0, "n_star": 40.0, "est": {"power": float("inf")}, "status": {}}}
+
+    monkeypatch.setattr(be, "evaluate_curve", fake)
+    args = be._args(["--smoke"])
+    cache = tmp_path / "evals.json"
+    first = be.cached_evals(["a", "b"], ["ja", "jb"], args, cache, say=lambda m: None)
+    assert calls == ["ja", "jb"] and first[0][0.1]["est"]["power"] == float("inf")
+    again = be.cached_evals(["a", "b", "c"], ["ja", "jb", "jc"], args, cache, say=lambda m: None)
+    assert calls == ["ja", "jb", "jc"]  # only the new curve is evaluated
+    assert again[:2] == first and set(again[2]) == {0.1}
