@@ -164,4 +164,66 @@ def lite0_backbone(*, checkpoint: str | None = None, random_init: bool = False, 
     return FeatureExtractor(body, name=name, normalize=False, weights_id=wid)
 
 
-__all__ = ["NAME", "lite0_backbone", "lite0_classifier", "map_keys", "weights_path", "Lite0Trunk"]
+# ------------------------------------------------------------------------------------------------ fine-tuned
+FT_NAME = NAME + "-ft"
+
+
+def finetuned_checkpoint(stride: int) -> str:
+    """Workspace path of the Lite0 trunk fine-tuned at ``stride`` (written by ``train_backbone``)."""
+    return f"models/{FT_NAME}-s{stride}.pt"
+
+
+def save_finetuned(ws: Any, trunk: nn.Module, stride: int, **extra: Any) -> str:
+    """Atomically write the fine-tuned trunk: dict(model=state_dict, config={stride}, **extra)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": trunk.state_dict(), "config": {"stride": stride}, **extra}, buf)
+    rel = finetuned_checkpoint(stride)
+    ws.write_bytes(rel, buf.getvalue())
+    return rel
+
+
+@register_backbone(FT_NAME)
+def lite0_finetuned_backbone(*, workspace: Any = None, checkpoint: str | None = None, stride: int = 8,
+                             random_init: bool = False, **_: Any) -> FeatureExtractor:
+    """The Lite0 trunk fine-tuned on the workspace's labels (``models/efficientnet-lite0-ft-s<stride>.pt``, or
+    ``checkpoint``), loaded with ``weights_only=True``; raises UserError naming the command when absent."""
+    import io
+
+    import timm
+
+    from actors.core.workspace import Workspace
+
+    body = Lite0Trunk(timm.create_model("efficientnet_lite0", pretrained=False), _cut([1, 2, 2, 3, 3, 4, 1], stride,
+                                                                                       None))
+    for m in body.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+    if random_init:
+        return FeatureExtractor(body, name=FT_NAME, normalize=False)
+    rel = finetuned_checkpoint(stride)
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise UserError(f"{FT_NAME} checkpoint {checkpoint} does not exist")
+        with open(checkpoint, "rb") as f:
+            data = f.read()
+    else:
+        ws = Workspace(workspace) if isinstance(workspace, (str, os.PathLike)) else workspace
+        if ws is None or not ws.exists(rel):
+            raise UserError(f"no fine-tuned Lite0 weights at {ws.path(rel) if ws is not None else rel}; run "
+                            f"`assay backbone train --backbone {NAME} --stride {stride}` first (or pass another "
+                            "--backbone)")
+        data = ws.read_bytes(rel)
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if int(ckpt.get("config", {}).get("stride", stride)) != stride:
+        raise UserError(f"{rel}: trained at stride {ckpt['config']['stride']}, asked for stride {stride}")
+    try:
+        body.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{rel}: weights do not fit {FT_NAME} at stride {stride}") from e
+    return FeatureExtractor(body, name=FT_NAME, normalize=False, weights_id=hashlib.sha256(data).hexdigest()[:16])
+
+
+__all__ = ["NAME", "FT_NAME", "lite0_backbone", "lite0_classifier", "map_keys", "weights_path", "Lite0Trunk",
+           "finetuned_checkpoint", "save_finetuned", "lite0_finetuned_backbone"]

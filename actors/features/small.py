@@ -93,6 +93,13 @@ def save_small_checkpoint(ws: Workspace, body: nn.Module, cfg: SmallConfig, **ex
 
 
 # ------------------------------------------------------------------------------------------------ training
+TRAINABLE = ("assay-small", "efficientnet-lite0")
+
+
+def _ident(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @dataclass
 class TrainReport:
     """What :func:`train_backbone` did; accuracies are crop-classification accuracies over (classes + background)."""
@@ -109,6 +116,7 @@ class TrainReport:
     majority: float
     seconds: float
     stopped_early: bool
+    steps: int = 0
 
 
 
@@ -191,7 +199,7 @@ class RoiCosineHead(nn.Module):
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, w: Windows, crop: int, batch_size: int = 256) -> float:
+def _accuracy(model: nn.Module, w: Windows, crop: int, batch_size: int = 256, prep=None) -> float:
     from actors.core.images import augment_objects
 
     model.eval()
@@ -199,7 +207,7 @@ def _accuracy(model: nn.Module, w: Windows, crop: int, batch_size: int = 256) ->
     for i in range(0, len(w), batch_size):
         b = w.take(torch.arange(i, min(i + batch_size, len(w))))
         xb, boxes = augment_objects(b.x, b.wh, b.scale, crop, train=False)
-        hits += int((model(_norm(xb), boxes).argmax(1) == b.y).sum())
+        hits += int((model((prep or _norm)(xb), boxes).argmax(1) == b.y).sum())
     return hits / max(1, len(w))
 
 
@@ -207,8 +215,16 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
+def _freeze_bn(model: nn.Module) -> None:
+    """BatchNorm layers to eval mode: a pretrained trunk keeps its running statistics (small crop batches would
+    move them away from whole images')."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
 def _batch(w: Windows, idx: torch.Tensor, bg_idx: torch.Tensor, n_classes: int, crop: int, paste: float,
-           g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           g: torch.Generator, prep=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Augmented batch: a ``paste`` fraction of its objects copy-pasted onto random background windows."""
     from actors.core.images import augment_objects, paste_objects
 
@@ -221,7 +237,7 @@ def _batch(w: Windows, idx: torch.Tensor, bg_idx: torch.Tensor, n_classes: int, 
             x = x.clone()
             x[m] = paste_objects(x[m], b.wh[m], bg)
     xb, boxes = augment_objects(x, b.wh, b.scale, crop, g)
-    return _norm(xb).contiguous(memory_format=torch.channels_last), boxes, b.y
+    return (prep or _norm)(xb).contiguous(memory_format=torch.channels_last), boxes, b.y
 
 
 def _lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
@@ -235,10 +251,19 @@ def _lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
 
 
 def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: int = 15, crop: int = 48,
-                   batch_size: int = 64, lr: float = 3e-3, seed: int = 0, max_minutes: float = 2.5,
+                   batch_size: int = 64, lr: float | None = None, seed: int = 0, max_minutes: float | None = 2.5,
                    max_windows: int = 8000, config: SmallConfig | None = None, paste: float = 0.5,
-                   repeats: int = 4, progress: bool = True) -> TrainReport:
-    """Train assay-small on the workspace's train-split labels and save ``models/assay-small.pt``.
+                   repeats: int = 4, progress: bool = True, steps: int | None = None,
+                   stride: int = 8) -> TrainReport:
+    """Train assay-small (or fine-tune the ImageNet EfficientNet-Lite0 trunk) on the workspace's train-split labels.
+
+    ``name="assay-small"`` trains from scratch and saves ``models/assay-small.pt``; ``name="efficientnet-lite0"``
+    fine-tunes the pretrained Lite0 trunk cut at ``stride`` (8 or 16; BatchNorm statistics frozen) with the same
+    loss and batches and saves ``models/efficientnet-lite0-ft-s<stride>.pt`` (the ``efficientnet-lite0-ft``
+    backbone). ``steps`` fixes the number of optimisation steps (the learning-rate schedule spans them and no
+    wall-clock budget applies: a loaded machine trains as long as a quiet one); without it the budget is
+    ``epochs`` epochs, shortened to fit ``max_minutes`` (None: no wall-clock limit). ``lr`` defaults to 3e-3
+    from scratch and 1e-3 when fine-tuning.
 
     Recipe: windows around every labeled train object (native scale, with context; objects larger than 0.8·crop
     are shrunk to fit) and as many background windows (half of them the most textured of 3 candidates: hard
@@ -265,8 +290,8 @@ def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: in
     import numpy as np
     from tqdm.auto import tqdm
 
-    if name != "assay-small":
-        raise UserError(f"only 'assay-small' can be trained, got {name!r}")
+    if name not in TRAINABLE:
+        raise UserError(f"only {', '.join(TRAINABLE)} can be trained, got {name!r}")
     ws = Workspace(ws) if isinstance(ws, (str, os.PathLike)) else ws
     t0, cfg = time.monotonic(), config or SmallConfig()
     torch.manual_seed(seed)
@@ -279,26 +304,37 @@ def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: in
         perm = torch.randperm(len(tr), generator=g)
         cut = max(1, len(tr) // 5)
         va, tr = tr.take(perm[:cut]), tr.take(perm[cut:])
-    trunk = small_trunk(cfg).to(memory_format=torch.channels_last)
-    model = RoiCosineHead(trunk, cfg.widths[-1], len(classes) + 1, cfg.stride)
+    prep, pretrained = None, name != "assay-small"
+    lr = lr if lr is not None else 1e-3 if pretrained else 3e-3
+    if pretrained:  # the pretrained trunk takes [0, 1] images and scales them itself
+        from actors.features.lite0 import lite0_backbone
+
+        ext = lite0_backbone(stride=stride)
+        trunk, dim, out_stride, prep = ext.body.to(memory_format=torch.channels_last), ext.dim, ext.stride, _ident
+    else:
+        trunk = small_trunk(cfg).to(memory_format=torch.channels_last)
+        dim, out_stride = cfg.widths[-1], cfg.stride
+    model = RoiCosineHead(trunk, dim, len(classes) + 1, out_stride)
     per_pass = max(1, (len(tr) + batch_size - 1) // batch_size)
     per_epoch = per_pass * max(1, repeats)
-    cap = epochs * per_epoch
+    cap = steps if steps is not None else epochs * per_epoch
     budget = {"total": cap}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, budget["total"]))
     loss_fn, stopped = nn.CrossEntropyLoss(label_smoothing=0.1), False
     bg_idx = torch.nonzero(tr.y == len(classes)).flatten()
     order, step, t_loop = torch.randperm(len(tr), generator=g), 0, time.monotonic()
-    limit = 60 * max_minutes - (t_loop - t0)
+    limit = None if steps is not None or max_minutes is None else 60 * max_minutes - (t_loop - t0)
     bar = tqdm(total=budget["total"], desc="train assay-small", unit="step", disable=not progress)
     model.train()
+    if pretrained:
+        _freeze_bn(model)
     torch.set_flush_denormal(True)  # decaying weights / gradients as denormals slow CPU math many-fold
     while step < budget["total"]:
         pos = (step % per_pass) * batch_size
         if pos == 0 and step:
             order = torch.randperm(len(tr), generator=g)
-        xb, boxes, yb = _batch(tr, order[pos:pos + batch_size], bg_idx, len(classes), crop, paste, g)
+        xb, boxes, yb = _batch(tr, order[pos:pos + batch_size], bg_idx, len(classes), crop, paste, g, prep)
         loss = loss_fn(model(xb, boxes), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -308,17 +344,26 @@ def train_backbone(ws: Workspace | str, *, name: str = "assay-small", epochs: in
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if limit is None:
+                continue
             used = time.monotonic() - t_loop
             fit = int(step * (0.95 * limit - 5) / max(used, 1e-6))  # steps that fit, keeping time for evaluation
             budget["total"] = max(step, min(cap, fit))  # re-projected as the machine's load changes
             stopped, bar.total = budget["total"] < cap, budget["total"]
     bar.close()
     torch.set_flush_denormal(False)
-    metrics = {"train_accuracy": _accuracy(model, tr, crop), "val_accuracy": _accuracy(model, va, crop)}
+    metrics = {"train_accuracy": _accuracy(model, tr, crop, prep=prep), "val_accuracy": _accuracy(model, va, crop,
+                                                                                                   prep=prep)}
     trunk = trunk.to(memory_format=torch.contiguous_format)
-    path = save_small_checkpoint(ws, trunk, cfg, epoch=step // per_epoch, steps=step, metrics=metrics,
-                                 classes=classes, seed=seed, crop=crop, prototypes=model.prototypes.detach())
+    extra = dict(epoch=step // per_epoch, steps=step, metrics=metrics, classes=classes, seed=seed, crop=crop,
+                 prototypes=model.prototypes.detach())
+    if pretrained:
+        from actors.features.lite0 import save_finetuned
+
+        path = save_finetuned(ws, trunk, stride, **extra)
+    else:
+        path = save_small_checkpoint(ws, trunk, cfg, **extra)
     return TrainReport(name=name, checkpoint=path, classes=classes, epochs=step // per_epoch, n_train=len(tr),
                        n_val=len(va), chance=1.0 / (len(classes) + 1),
                        majority=float(torch.bincount(va.y).max()) / max(1, len(va)),
-                       seconds=time.monotonic() - t0, stopped_early=stopped, **metrics)
+                       seconds=time.monotonic() - t0, stopped_early=stopped, steps=step, **metrics)

@@ -22,6 +22,8 @@ def list_cmd(as_json: JsonOpt = False) -> None:
     def how(name: str) -> str:
         if name == "assay-small":
             return "models/assay-small.pt in the workspace (assay backbone train)"
+        if name == "efficientnet-lite0-ft":
+            return "models/efficientnet-lite0-ft-s<stride>.pt (assay backbone train -b efficientnet-lite0)"
         if name == "torchscript":
             return "torchscript:/path/model.pt"
         return f"{name}:/path/ckpt.pt or the torch hub cache" if name in TORCHVISION_ARCHS else ""
@@ -36,13 +38,19 @@ def train_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
               epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
               crop: Annotated[int, typer.Option("--crop", help="Training crop side in pixels.")] = 48,
               max_minutes: Annotated[float, typer.Option("--max-minutes", help="Stop early after this long.")] = 2.5,
+              backbone: Annotated[str, typer.Option(
+                  "--backbone", "-b", help="assay-small (from scratch) | efficientnet-lite0 (fine-tune the "
+                  "ImageNet trunk; writes models/efficientnet-lite0-ft-s<stride>.pt)")] = "assay-small",
+              stride: Annotated[int, typer.Option("--stride", help="Lite0 trunk stride (8 or 16).")] = 8,
+              steps: Annotated[Optional[int], typer.Option(
+                  "--steps", help="Fixed number of optimisation steps (no wall-clock budget).")] = None,
               seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
-    """Train assay-small on the train-split labels; writes models/assay-small.pt."""
+    """Train assay-small (or fine-tune EfficientNet-Lite0) on the train-split labels; writes models/<name>.pt."""
     from actors.features.small import train_backbone
     from apps.cli.output import console, emit, table
 
-    rep = asdict(train_backbone(workspace, epochs=epochs, crop=crop, seed=seed, max_minutes=max_minutes,
-                                progress=not as_json))
+    rep = asdict(train_backbone(workspace, name=backbone, epochs=epochs, crop=crop, seed=seed,
+                                max_minutes=max_minutes, steps=steps, stride=stride, progress=not as_json))
     emit(rep, as_json, lambda r: console.print(table(
         f"{r['name']} -> {r['checkpoint']}", ["classes", "epochs", "train crops", "val crops", "train acc",
                                                "val acc", "majority", "seconds"],
