@@ -3,9 +3,9 @@
 Trains (or loads) ``assay-small`` on a world's train split, then measures on its val split:
 
 * crop accuracy over (classes + background) from :func:`actors.features.backbones.train_backbone` vs majority / chance;
-* an object-retrieval proxy of the real use: every val object's ROI feature (``roi_align`` of its box on the
-  :class:`actors.features.embed.RegionEncoder` grid, averaged to one vector, zero-mean + unit-norm over channels = the NCC of
-  a 1×1 template) is a query against all other val objects plus as many random background boxes; mAP and
+* an object-retrieval proxy of the real use: every val object's box vector (the matcher's own definition,
+  :func:`actors.features.regions.region_vectors` on the :class:`~actors.features.encoder.RegionEncoder` grid:
+  ROI-align 1×1, centred with the mean cell vector of the images used, unit norm) is a query against all other val objects plus as many random background boxes; mAP and
   precision@10 of retrieving same-class objects. The same proxy runs for baselines (random-init trunk, mean/std RGB
   of the box) and for a random ranking (chance).
 
@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,6 +38,7 @@ from actors.catalog.schema import IMAGES, LABELS
 from actors.features.backbones import get_backbone
 from actors.features.small import SMALL_CHECKPOINT, train_backbone
 from actors.features.encoder import CELL_STRIDE, RegionEncoder
+from actors.features.regions import box_vectors, centre_normalize
 from actors.core.images import load_image
 from actors.core.workspace import Workspace
 
@@ -95,16 +95,16 @@ def dataset(ws: Workspace, split: str, max_images: int, seed: int):
 # ------------------------------------------------------------------------------------------------ vectors
 @torch.no_grad()
 def roi_vectors(extractor, images, boxes) -> np.ndarray:
-    """One vector per box: ROI-align (2×2) on the RegionEncoder grid, averaged -> N×C."""
+    """One vector per box, exactly as the matcher builds it (:func:`actors.features.regions.region_vectors`):
+    ROI-align 1×1 on the RegionEncoder grid, centred with the mean cell vector of these images (the pool mean's
+    analogue), unit norm -> N×C."""
     enc = RegionEncoder(extractor, pool=max(1, CELL_STRIDE // extractor.stride), device="cpu", batch_size=8)
-    out = []
+    raw, cells = [], []
     for fm, b in zip(enc.encode_batch(images), boxes):
-        x = torch.from_numpy(fm.fmap)[None]  # 1×C×h×w
-        s = torch.tensor([fm.stride_x, fm.stride_y, fm.stride_x, fm.stride_y], dtype=torch.float32)
-        rois = torch.cat([torch.zeros(len(b), 1), torch.from_numpy(b) / s], 1)  # N×5 in cells
-        out.append(roi_align(x, rois, output_size=2, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-                   .mean(dim=(2, 3)).numpy())  # N×C
-    return np.concatenate(out)
+        x = torch.from_numpy(np.asarray(fm.fmap, np.float32))[None]  # 1×C×h×w
+        cells.append(x.mean(dim=(2, 3)))
+        raw.append(box_vectors(x.expand(len(b), -1, -1, -1), torch.from_numpy(b).float(), fm.stride_y, fm.stride_x))
+    return centre_normalize(torch.cat(raw), torch.cat(cells).mean(0)).numpy()
 
 
 def rgb_vectors(images, boxes) -> np.ndarray:
@@ -163,6 +163,8 @@ def run(args) -> dict:
                  "majority": None, "chance": None, "epochs": ckpt.get("epoch")}
     else:
         extra = {k: v for k, v in (("epochs", args.epochs), ("repeats", args.repeats)) if v is not None}
+        if args.steps is not None:
+            extra = {"steps": args.steps}
         rep = train_backbone(ws, seed=args.seed, max_minutes=args.max_minutes, progress=False, **extra)
         train = {k: getattr(rep, k) for k in ("val_accuracy", "train_accuracy", "majority", "chance", "seconds",
                                                "epochs", "n_train", "n_val", "stopped_early")}
@@ -171,9 +173,13 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     rand = get_backbone("assay-small", random_init=True, stride=trained.stride)
     t0 = time.monotonic()
-    res = {"assay-small": retrieval(ncc_normalize(roi_vectors(trained, images, boxes)), labels)}
+    res = {"assay-small": retrieval(roi_vectors(trained, images, boxes), labels)}
     embed_s = time.monotonic() - t0
-    res["random-init"] = retrieval(ncc_normalize(roi_vectors(rand, images, boxes)), labels)
+    res["random-init"] = retrieval(roi_vectors(rand, images, boxes), labels)
+    for key in args.lite0:  # pretrained / fine-tuned Lite0 trunks: "s8", "s16", "ft-s8", "ft-s16"
+        ft, stride = key.startswith("ft-"), int(key.split("s")[-1])
+        ext = get_backbone("efficientnet-lite0-ft" if ft else "efficientnet-lite0", workspace=ws, stride=stride)
+        res[f"lite0-{key}"] = retrieval(roi_vectors(ext, images, boxes), labels)
     res["mean-rgb"] = retrieval(ncc_normalize(rgb_vectors(images, boxes)), labels)
     res["chance"] = chance(labels)
     return {"world": os.path.abspath(args.world), "train": train, "retrieval": res,
@@ -209,10 +215,13 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default="current", help="name of this run in the JSON / table")
     p.add_argument("--load", action="store_true", help="use the workspace's existing assay-small checkpoint")
     p.add_argument("--max-minutes", type=float, default=2.5)
+    p.add_argument("--steps", type=int, default=None, help="a fixed number of training steps (no wall-clock budget)")
     p.add_argument("--epochs", type=int, default=None, help="train_backbone's epochs (default: its own)")
     p.add_argument("--repeats", type=int, default=None, help="train_backbone's passes per epoch (default: its own)")
     p.add_argument("--max-images", type=int, default=200, help="val images used by the retrieval proxy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lite0", nargs="*", default=[], help="also Lite0 trunks: s8 s16 (pretrained) ft-s8 ft-s16 "
+                   "(fine-tuned, from the workspace)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON path (default bench/backbone_quality.json)")
     args = p.parse_args(argv)
