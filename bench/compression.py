@@ -51,7 +51,10 @@ def prepare(args: argparse.Namespace) -> tuple[object, str]:
     if args.workspace:
         ws = Workspace(args.workspace)
         return ws, f"runs/{args.run}/models/detector.pt"
-    root = Path(args.out) / f"world-{args.seed}"
+    root = Path(args.world_dir or Path(tempfile.gettempdir()) / "assay-bench-compression") / \
+        f"world-{args.seed}-{args.images}-{args.detector_epochs}"
+    if args.smoke:
+        root = Path(args.out) / f"world-{args.seed}"
     if not (root / "world.json").exists():
         w, h = args.size
         make_world(root, seed=args.seed, n_images=args.images, size=(w, h), workers=1,
@@ -90,6 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "bench"))
     p.add_argument("--name", default="compression")
+    p.add_argument("--ft-lr", type=float, default=5e-4, help="fine-tuning learning rate")
+    p.add_argument("--distill", type=float, default=1.0, help="distillation weight (0: labels only)")
+    p.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor",
+                   help="channel importance of the latency-aware plans")
+    p.add_argument("--phase", choices=("all", "models", "measure"), default="all",
+                   help="models: prune + fine-tune into the cache and stop (run it niced); measure: time and "
+                        "evaluate the cached models (run it under the timing lock)")
+    p.add_argument("--world-dir", default=None, help="where worlds with trained detectors are kept (default: temp)")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -115,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.monotonic()
     out = Path(args.out)
-    cache = out / "cache" if args.smoke else Path(tempfile.gettempdir()) / f"assay-bench-{args.name}-cache"
+    cache = out / "cache" if args.smoke else Path(tempfile.gettempdir()) / \
+        f"assay-bench-{args.name}-{args.seed}-{args.images}-{args.detector_epochs}-cache"
     cache.mkdir(parents=True, exist_ok=True)
     ws, rel = prepare(args)
     det = load_detector(ws, rel)
@@ -149,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     scores = group_scores(copy.deepcopy(base), example, final_layers(base), "taylor", loss)  # once, all budgets
     log(f"Taylor importance on {args.taylor} training images: {time.monotonic() - t0:.0f} s")
-    ftc = FinetuneConfig(epochs=args.epochs)
+    ftc = FinetuneConfig(epochs=args.epochs, lr=args.ft_lr, distill=args.distill)
 
     spiq_for = f"latency-aware-{budgets[len(budgets) // 2]}"
 
@@ -162,7 +174,9 @@ def run(args: argparse.Namespace) -> dict:
             net, info = make()
             if ftc.epochs > 0:
                 info["map50_before_finetune"] = evaluate_outputs(torch_runner(net), net.head, val, classes)["map50"]
-            info["finetune"] = finetune(net, train, ftc, teacher=base)
+            info["finetune"] = finetune(net, train, ftc, teacher=base, source=det)
+            info["finetune_config"] = vars(ftc) if not hasattr(ftc, "__dataclass_fields__") else \
+                {k: getattr(ftc, k) for k in ftc.__dataclass_fields__}
             ranges = spiq_ranges(net) if name == spiq_for else None  # needs the BN statistics: before folding
             fold_batchnorm(net, example)
             if ranges is not None:
@@ -177,9 +191,10 @@ def run(args: argparse.Namespace) -> dict:
     for b in budgets:
         def make_la(b=b):
             net = copy.deepcopy(base)
-            plan = latency_aware_prune(net, example, lut, b, ignored=final_layers(net), importance="taylor",
-                                       scores=scores)
-            return net, {"kind": "latency-aware", "budget": b, "lut_ms": plan.predicted_ms,
+            plan = latency_aware_prune(net, example, lut, b, ignored=final_layers(net), importance=args.importance,
+                                       scores=scores if args.importance == "taylor" else None)
+            return net, {"kind": "latency-aware", "importance": args.importance, "budget": b,
+                         "lut_ms": plan.predicted_ms,
                          "feasible": plan.feasible, "plan": plan.to_dict()}
         nets[f"latency-aware-{b}"] = tuned(f"latency-aware-{b}", make_la)
         if b in mag_budgets:
@@ -191,6 +206,9 @@ def run(args: argparse.Namespace) -> dict:
                              "lut_ms": lut_ms_of(net, lut)}
             nets[f"magnitude-{b}"] = tuned(f"magnitude-{b}", make_mag)
 
+    if args.phase == "models":
+        log(f"models cached in {cache}; measure them with --phase measure")
+        return {"cache": str(cache), "models": sorted(models)}
     log("export + int8 (ONNX Runtime static QDQ, per-channel weights)")
     calib = [x.numpy() for x in calib_split.images[:args.calib]]
     paths = {}
@@ -240,7 +258,7 @@ def write(args, out, rows, key, hw, val, train, lut_s, eager, spiq, models, t_st
               "input_hw": list(hw), "n_val": len(val), "n_train": len(train), "lut_seconds": lut_s,
               "eager_ms": eager, "rows": rows, "spiq_data_free": spiq,
               "plans": {k: v.get("plan") for k, v in models.items() if v.get("plan")},
-              "seconds": time.monotonic() - t_start}
+              "seconds": time.monotonic() - t_start, "loadavg": list(os.getloadavg())}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=float))
     (out / f"{args.name}.md").write_text(markdown(result))

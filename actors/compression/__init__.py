@@ -22,6 +22,8 @@ _PUBLIC = {
     "magnitude_prune": "prune",
     "latency_aware_prune": "prune",
     "finetune": "finetune",
+    "finetune_on_ray": "ray_finetune",
+    "CompressedDetector": "detector",
     "FinetuneConfig": "finetune",
     "evaluate_outputs": "finetune",
     "list_importances": "prune",

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -57,15 +58,12 @@ def onnx_session(path: str, threads: int = 1) -> Any:
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def _gn_groups(net: nn.Module) -> dict[str, int]:
-    return {n: m.num_groups for n, m in net.named_modules() if isinstance(m, nn.GroupNorm)}
-
-
 def save_compressed(net: DenseNet, det: Any, path: str, *, folded: bool = True, extra: dict | None = None) -> str:
     """Write ``net``'s weights + what rebuilds it to ``path`` (atomic); ``det`` is the source detector."""
+    from actors.compression.net import net_spec
+
     ck = {"format": FORMAT, "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-          "config": {"detector": det.config, "classes": list(det.classes), "folded": folded,
-                     "gn_groups": _gn_groups(net), **(extra or {})}}
+          "config": {**net_spec(net, det, folded), **(extra or {})}}
     buf = io.BytesIO()
     torch.save(ck, buf)
     tmp = path + ".tmp"
@@ -75,38 +73,13 @@ def save_compressed(net: DenseNet, det: Any, path: str, *, folded: bool = True, 
     return path
 
 
-def _narrow(net: nn.Module, sd: dict[str, torch.Tensor], gn_groups: dict[str, int]) -> None:
-    """Replace every conv / GroupNorm whose stored weight has another shape by one of the stored shape."""
-    for name, m in list(net.named_modules()):
-        w = sd.get(f"{name}.weight")
-        if w is None:
-            continue
-        if isinstance(m, nn.Conv2d) and tuple(w.shape) != tuple(m.weight.shape):
-            dw = m.groups == m.in_channels == m.out_channels and m.groups > 1
-            out = w.shape[0]
-            groups = out if dw else m.groups
-            new = nn.Conv2d(w.shape[1] * groups, out, m.kernel_size, m.stride, m.padding, m.dilation, groups=groups,
-                            bias=f"{name}.bias" in sd)
-        elif isinstance(m, nn.Conv2d) and (m.bias is None) != (f"{name}.bias" not in sd):
-            new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                            groups=m.groups, bias=f"{name}.bias" in sd)
-        elif isinstance(m, nn.GroupNorm):
-            new = nn.GroupNorm(gn_groups.get(name, m.num_groups), w.shape[0], eps=m.eps, affine=m.affine)
-        else:
-            continue
-        parent, _, leaf = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, leaf, new)
-
-
 def load_compressed(path: str) -> tuple[DenseNet, Any]:
     """(tensor module in eval mode, the rebuilt detector whose ``head.decode`` decodes its outputs).
 
     Raises UserError (one line, naming ``path``) for an unreadable file, another format, or weights that do not
     fit the architecture the file names.
     """
-    from actors.compression.fold import fold_batchnorm
-    from actors.compression.net import tensor_module
-    from actors.detection.models import get_detector
+    from actors.compression.net import build_net
 
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,32 +92,57 @@ def load_compressed(path: str) -> tuple[DenseNet, Any]:
         raise UserError(f"{path}: not an Assay compressed model (expected format {FORMAT!r})")
     cfg, sd = ck["config"], ck["state_dict"]
     try:
-        det = _rebuild_detector(cfg, get_detector)
-        net = tensor_module(det)
-        if cfg.get("folded"):
-            fold_batchnorm(net)
-        for name, m in (("head.cls", net.head.cls), ("head.box", net.head.box), ("head.ctr", net.head.ctr)):
-            w = sd.get(f"{name}.weight")
-            if w is None or w.shape[0] != m.out_channels:  # outputs are never pruned: a mismatch is another model
-                raise ValueError(f"{name} has {None if w is None else w.shape[0]} outputs, "
-                                 f"{len(cfg['classes'])} classes need {m.out_channels}")
-        _narrow(net, sd, cfg.get("gn_groups", {}))
-        net.load_state_dict(sd, strict=True)
+        net, det = build_net(cfg, sd)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise UserError(f"{path}: weights do not fit {cfg.get('detector', {}).get('name', '?')} "
                         f"({str(e).strip().splitlines()[0][:200]})") from e
-    det.head = net.head  # decoding reads the head's config; the pruned head is the one that ran
     return net.eval().requires_grad_(False), det
 
 
-def _rebuild_detector(cfg: dict, get_detector: Any) -> Any:
-    dcfg = dict(cfg["detector"])
-    name = dcfg.pop("name")
-    opts: dict[str, Any] = {"backbone": dcfg["backbone"], "random_init": True}
-    if "head" in dcfg:
-        opts.update({k: v for k, v in dcfg["head"].items() if k not in ("in_channels", "stride")})
-        opts["fuse"] = dcfg.get("fuse", True)
-    return get_detector(name, cfg["classes"], **opts)
+def decoding_params(head: Any) -> dict[str, float]:
+    """What :func:`decode_numpy` needs besides the outputs: the head's stride and decoding thresholds."""
+    c = head.cfg
+    return {"stride": c.stride, "score_thresh": c.score_thresh, "nms_iou": c.nms_iou, "pre_nms": c.pre_nms,
+            "max_dets": c.max_dets}
 
 
-__all__ = ["FORMAT", "OUTPUT_NAMES", "export_onnx", "onnx_session", "save_compressed", "load_compressed"]
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    order, keep = np.argsort(-scores, kind="stable"), []
+    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    while len(order):
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = (rb - lt).clip(0).prod(1)
+        order = rest[inter / np.maximum(area[i] + area[rest] - inter, 1e-9) <= iou]
+    return keep
+
+
+def decode_numpy(outputs: Sequence[np.ndarray], size: tuple[int, int], *, stride: int, score_thresh: float,
+                 nms_iou: float, pre_nms: int, max_dets: int) -> dict[str, np.ndarray]:
+    """Detections of image 0 from the ONNX outputs ``(cls, ltrb, ctr)`` with numpy only (no torch): what a
+    deployment next to ONNX Runtime runs. ``size`` = (W, H); keyword arguments from :func:`decoding_params`
+    (``report.json: decoding_params``). Same rule as ``DenseHead.decode``: ``score = sqrt(max sigmoid(cls) ×
+    sigmoid(ctr))``, boxes = cell centre ∓ ltrb, clipped, top ``pre_nms`` above ``score_thresh``, class-agnostic
+    NMS, at most ``max_dets``. Returns boxes M×4, scores M, labels M."""
+    cls, ltrb, ctr = (np.asarray(o, np.float32)[0] for o in outputs)
+    k, h, w = cls.shape
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    p, q = sig(cls.reshape(k, -1).T), sig(ctr.reshape(-1))
+    lab, top = p.argmax(1), p.max(1)
+    score = np.sqrt(top * q)
+    keep = np.nonzero(score > score_thresh)[0]
+    keep = keep[np.argsort(-score[keep], kind="stable")[:pre_nms]]
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    c = np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], 1)[keep]
+    d = ltrb.reshape(4, -1).T[keep]
+    bx = np.concatenate([c - d[:, :2], c + d[:, 2:]], 1)
+    bx[:, 0::2] = bx[:, 0::2].clip(0, size[0])
+    bx[:, 1::2] = bx[:, 1::2].clip(0, size[1])
+    sel = _nms(bx, score[keep], nms_iou)[:max_dets]
+    return {"boxes": bx[sel], "scores": score[keep][sel], "labels": lab[keep][sel]}
+
+
+__all__ = ["FORMAT", "OUTPUT_NAMES", "export_onnx", "onnx_session", "save_compressed", "load_compressed",
+           "decoding_params", "decode_numpy"]

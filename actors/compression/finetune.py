@@ -5,25 +5,22 @@
 * :func:`evaluate_outputs` — mAP@.5 and mAP@[.5:.95] of any runner ``images -> (cls, ltrb, ctr)`` (PyTorch
   module or ONNX Runtime session) through the detector's own decoding and ``actors.detection``'s pycocotools
   evaluation, batch 1.
-* :func:`finetune` — the pruned end-to-end network trained with the detector's loss (``DenseHead.loss``: focal +
-  GIoU + centerness on the labels) plus distillation from the unpruned teacher's raw maps (MSE on class and
-  centerness logits, L1 on log box distances), AdamW with cosine decay, horizontal flips, seeded. Normalisation
-  layers keep their statistics (eval mode), as in the detector's own training of its frozen trunk. This is our own
-  loop, not :func:`actors.detection.train.train_detector`, because that loop trains only the head of a cached
-  detector and re-initialises trainable layers from the seed, which would wipe the pruned trunk.
+* :func:`finetune` — the pruned network trained end to end by the detector training loop itself
+  (:func:`actors.detection.train.train_detector` with ``warm_start=True``: nothing re-initialised, a checkpoint
+  every epoch when ``ws``/``ckpt`` are given, resumed after a kill) through
+  :class:`~actors.compression.detector.CompressedDetector`: the detector's loss (focal + GIoU + centerness) plus
+  distillation from the unpruned teacher's raw maps; normalisation layers keep their statistics. The same loop runs
+  on Ray Train in :mod:`actors.compression.ray_finetune`.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 Runner = Callable[[np.ndarray], Sequence[Any]]  # 1×3×H×W float32 -> (cls, ltrb, ctr)
 
@@ -95,23 +92,34 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     distill: float = 1.0
     hflip: bool = True
+    batch_size: int = 2
+    warmup: float = 0.05
     seed: int = 0
 
     @classmethod
     def get_default_config(cls) -> "FinetuneConfig":
         return cls()
 
+    def train_config(self) -> Any:
+        """The :class:`actors.detection.train.TrainConfig` of the detector loop these settings mean."""
+        from actors.detection.train import TrainConfig
 
-def _flip(x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = x.shape[-1]
-    b = boxes.clone()
-    b[:, 0], b[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
-    return x.flip(-1), b
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           warmup=self.warmup, hflip=self.hflip, seed=self.seed)
 
 
-def _distill(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor]) -> torch.Tensor:
-    return (F.mse_loss(s[0], t[0]) + F.mse_loss(s[2], t[2])
-            + F.l1_loss(torch.log(s[1].clamp(min=1e-3)), torch.log(t[1].clamp(min=1e-3))))
+def detection_data(data: Split) -> Any:
+    """:class:`actors.detection.train.DetectionData` (images as inputs) of the labeled images of ``data`` that have
+    the split's most common size (a batch must share one)."""
+    from actors.detection.train import DetectionData
+
+    hw = data.hw()
+    keep = [i for i in range(len(data)) if tuple(data.images[i].shape[-2:]) == hw]
+    return DetectionData(
+        inputs=torch.cat([data.images[i] for i in keep]) if keep else torch.zeros(0, 3, *hw),
+        boxes=[torch.from_numpy(np.asarray(data.boxes[i], np.float32)).reshape(-1, 4) for i in keep],
+        labels=[torch.from_numpy(np.asarray(data.labels[i], np.int64)) for i in keep],
+        sizes=[(hw[1], hw[0])] * len(keep), ids=[data.ids[i] for i in keep])
 
 
 def detection_loss(net: nn.Module, x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -120,44 +128,34 @@ def detection_loss(net: nn.Module, x: torch.Tensor, boxes: torch.Tensor, labels:
 
 
 def finetune(net: nn.Module, data: Split, cfg: FinetuneConfig | None = None, *, teacher: nn.Module | None = None,
-             progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
-    """Fine-tune ``net`` in place on ``data`` (batch 1); returns {"epochs", "losses", "seconds"}."""
+             source: Any = None, ws: Any = None, ckpt: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Fine-tune ``net`` in place on ``data`` with the detector training loop (warm start); returns
+    {"epochs", "losses", "seconds", "resumed_from", "loop"}. ``source``: the detector ``net`` came from (its
+    config and classes; default: a stand-in naming the head's classes). With ``ws`` and ``ckpt`` a checkpoint is
+    written every epoch and an existing one from the same start is resumed."""
+    from actors.compression.detector import from_net
+    from actors.detection.train import train_detector
+
     cfg = cfg or FinetuneConfig()
-    if not len(data) or cfg.epochs <= 0:
-        return {"epochs": 0, "losses": [], "seconds": 0.0}
-    t0 = time.monotonic()
-    g = torch.Generator().manual_seed(cfg.seed)
-    net.eval().requires_grad_(True)  # eval: normalisation statistics stay as trained
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(data)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
-    losses = []
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(data), generator=g).tolist()
-        run = 0.0
-        for step, i in enumerate(order):
-            x, b = data.images[i], torch.from_numpy(np.asarray(data.boxes[i], np.float32)).reshape(-1, 4)
-            lab = torch.from_numpy(np.asarray(data.labels[i], np.int64))
-            if cfg.hflip and bool(torch.rand(1, generator=g) < 0.5):
-                x, b = _flip(x, b)
-            out = net(x)
-            loss = sum(net.head.loss(out, [b], [lab]).values())
-            if teacher is not None and cfg.distill > 0:
-                with torch.no_grad():
-                    t = teacher(x)
-                loss = loss + cfg.distill * _distill(out, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            run += float(loss)
-            if progress is not None:
-                progress(epoch, step, float(loss))
-        losses.append(run / len(data))
+    dd = detection_data(data)
+    if not len(dd) or cfg.epochs <= 0:
+        return {"epochs": 0, "losses": [], "seconds": 0.0, "resumed_from": 0, "loop": "none"}
+    det = from_net(net, source or _Source(net), end_to_end=True, teacher=teacher,
+                   distill=cfg.distill if teacher is not None else 0.0)
+    res = train_detector(det, dd, cfg.train_config(), ws=ws, ckpt=ckpt, warm_start=True, on_step=progress)
     net.eval().requires_grad_(False)
-    return {"epochs": cfg.epochs, "losses": losses, "seconds": time.monotonic() - t0}
+    return {"epochs": res.epochs, "losses": res.losses, "seconds": res.seconds, "resumed_from": res.resumed_from,
+            "loop": "actors.detection.train.train_detector"}
+
+
+class _Source:
+    """What :func:`finetune` needs of a source detector when none is given."""
+
+    def __init__(self, net: nn.Module) -> None:
+        k = net.head.cls.out_channels
+        self.classes, self.config = [str(i) for i in range(k)], {"name": "dense-lite0"}
 
 
 __all__ = ["Split", "load_split", "torch_runner", "onnx_runner", "evaluate_outputs", "FinetuneConfig",
-           "detection_loss", "finetune"]
+           "detection_loss", "detection_data", "finetune"]

@@ -54,7 +54,8 @@ def tensor_module(det: nn.Module) -> DenseNet:
 
     if not isinstance(det, CachedDenseDetector):
         name = det.config.get("name", type(det).__name__)
-        raise UserError(f"compression supports the dense-lite0 detector; got {name}")
+        raise UserError(f"assay compress supports the dense-lite0 detector only (and models it compressed); "
+                        f"got {name}")
     fe = det.trunk
     body = copy.deepcopy(fe.body)
     trunk = nn.Sequential(Normalize(fe.mean.flatten().tolist(), fe.std.flatten().tolist()), body) if fe.normalize \
@@ -74,4 +75,67 @@ def decode(det: nn.Module, outputs: Sequence[Any], sizes: list[tuple[int, int]])
     return det.head.decode(outs, sizes)
 
 
-__all__ = ["Normalize", "DenseNet", "tensor_module", "final_layers", "decode"]
+def net_spec(net: nn.Module, det: nn.Module, folded: bool) -> dict[str, Any]:
+    """JSON-able description that, with ``net``'s state dict, rebuilds ``net`` (:func:`build_net`): the source
+    detector's config and classes, whether BN is folded, and every GroupNorm's group count."""
+    return {"detector": det.config, "classes": list(det.classes), "folded": folded,
+            "gn_groups": {n: m.num_groups for n, m in net.named_modules() if isinstance(m, nn.GroupNorm)}}
+
+
+def _narrow(net: nn.Module, sd: dict[str, torch.Tensor], gn_groups: dict[str, int]) -> None:
+    """Replace every conv / BN / GroupNorm whose stored weight has another shape by one of the stored shape."""
+    for name, m in list(net.named_modules()):
+        w = sd.get(f"{name}.weight")
+        if w is None:
+            continue
+        if isinstance(m, nn.Conv2d) and tuple(w.shape) != tuple(m.weight.shape):
+            dw = m.groups == m.in_channels == m.out_channels and m.groups > 1
+            out = w.shape[0]
+            groups = out if dw else m.groups
+            new = nn.Conv2d(w.shape[1] * groups, out, m.kernel_size, m.stride, m.padding, m.dilation, groups=groups,
+                            bias=f"{name}.bias" in sd)
+        elif isinstance(m, nn.Conv2d) and (m.bias is None) != (f"{name}.bias" not in sd):
+            new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                            groups=m.groups, bias=f"{name}.bias" in sd)
+        elif isinstance(m, nn.BatchNorm2d) and w.shape[0] != m.num_features:
+            new = nn.BatchNorm2d(w.shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine)
+        elif isinstance(m, nn.GroupNorm):
+            new = nn.GroupNorm(gn_groups.get(name, m.num_groups), w.shape[0], eps=m.eps, affine=m.affine)
+        else:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, new)
+
+
+def build_net(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[DenseNet, nn.Module]:
+    """(network in eval mode, its detector whose ``head.decode`` decodes its outputs) from :func:`net_spec` and a
+    state dict: the source architecture is built (random init, nothing downloaded), folded when ``spec`` says so,
+    every layer narrowed to the stored shapes, and the weights loaded strictly.
+
+    Raises ValueError / RuntimeError / KeyError when the weights do not fit.
+    """
+    from actors.compression.fold import fold_batchnorm
+    from actors.detection.models import get_detector
+
+    dcfg = dict(spec["detector"])
+    name = dcfg.pop("name")
+    opts: dict[str, Any] = {"backbone": dcfg["backbone"], "random_init": True}
+    if "head" in dcfg:
+        opts.update({k: v for k, v in dcfg["head"].items() if k not in ("in_channels", "stride")})
+        opts["fuse"] = dcfg.get("fuse", True)
+    det = get_detector(name, spec["classes"], **opts)
+    net = tensor_module(det)
+    if spec.get("folded"):
+        fold_batchnorm(net)
+    for lname, m in (("head.cls", net.head.cls), ("head.box", net.head.box), ("head.ctr", net.head.ctr)):
+        w = state.get(f"{lname}.weight")
+        if w is None or w.shape[0] != m.out_channels:  # outputs are never pruned: a mismatch is another model
+            raise ValueError(f"{lname} has {None if w is None else w.shape[0]} outputs, "
+                             f"{len(spec['classes'])} classes need {m.out_channels}")
+    _narrow(net, state, spec.get("gn_groups", {}))
+    net.load_state_dict(state, strict=True)
+    det.head = net.head  # decoding reads the head's config; the pruned head is the one that runs
+    return net.eval().requires_grad_(False), det
+
+
+__all__ = ["Normalize", "DenseNet", "tensor_module", "final_layers", "decode", "net_spec", "build_net"]

@@ -5,8 +5,10 @@
 
 1. measures (or reads from the workspace cache) the per-layer latency LUT on this device at the validation size;
 2. prunes to ``latency`` × the LUT latency with the knapsack (:mod:`~actors.compression.prune`), importance from
-   Taylor scores on training images (magnitude when there are none), and fine-tunes the pruned network
-   (:mod:`~actors.compression.finetune`);
+   Taylor scores on training images (magnitude when there are none), and fine-tunes the pruned network with the
+   detector training loop (:mod:`~actors.compression.finetune`; on Ray Train with ``ray``:
+   :mod:`~actors.compression.ray_finetune`), checkpointed every epoch to ``runs/<run>/compress/`` and resumed
+   from there when run again;
 3. folds BN (:mod:`~actors.compression.fold`), exports ONNX + the weights-only state dict
    (:mod:`~actors.compression.export`), and with ``int8`` the ONNX Runtime static int8 model calibrated on
    training images (:mod:`~actors.compression.quantize`);
@@ -50,6 +52,7 @@ class CompressConfig:
     round_to: int = 8
     max_val_images: int | None = None
     max_train_images: int | None = None
+    ray: bool = False
     seed: int = 0
 
     @classmethod
@@ -116,7 +119,7 @@ def _taylor_loss(train: Any, n: int) -> Callable[[torch.nn.Module], torch.Tensor
 def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None, *,
                  checkpoint: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Compress run ``run``'s detector into ``out``; returns the report (also written to ``out/report.json``)."""
-    from actors.compression.export import export_onnx, onnx_session, save_compressed
+    from actors.compression.export import decoding_params, export_onnx, onnx_session, save_compressed
     from actors.compression.finetune import FinetuneConfig, evaluate_outputs, finetune, load_split, onnx_runner
     from actors.compression.fold import fold_batchnorm
     from actors.compression.latency import build_lut, device_key, load_cached, ort_timer, save_cached
@@ -161,8 +164,16 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=final_layers(pruned),
                                importance=importance, loss_fn=loss, round_to=cfg.round_to)
     log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f}); fine-tuning")
-    ft = finetune(pruned, train, FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed),
-                  teacher=base)
+    ftc = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed)
+    ckpt = f"runs/{run}/compress/finetune-{cfg.importance}-{cfg.latency:g}.pt"  # resumable: same start, same file
+    if cfg.ray:
+        from actors.compression.ray_finetune import finetune_on_ray
+        from actors.core.runtime import init_ray
+
+        init_ray()
+        ft = finetune_on_ray(ws, pruned, det, train, ckpt, ftc, teacher=base)
+    else:
+        ft = finetune(pruned, train, ftc, teacher=base, source=det, ws=ws, ckpt=ckpt)
 
     spiq = spiq_ranges(pruned) if cfg.data_free else None  # needs the BN statistics: before folding
     folded_base = copy.deepcopy(base)
@@ -191,7 +202,9 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         "models": {k: {"latency_ms": lat[k], "accuracy": acc[k], **counts[k],
                        "file_bytes": os.path.getsize(p), "file": os.path.basename(p)} for k, p in paths.items()},
         "decoding": "outside the graph: sigmoid scores, centre -/+ ltrb boxes on the stride grid, NMS "
-                    "(actors.compression.net.decode / DenseHead.decode)",
+                    "(actors.compression.net.decode / DenseHead.decode; numpy only: "
+                    "actors.compression.export.decode_numpy with decoding_params)",
+        "decoding_params": decoding_params(pruned.head),
     }
     if spiq is not None:
         from actors.compression.finetune import torch_runner

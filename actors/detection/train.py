@@ -31,7 +31,7 @@ import torch
 
 from actors.core.errors import UserError
 from actors.core.workspace import Workspace
-from actors.detection.models import Detector, get_detector
+from actors.detection.models import Detector, get_detector, list_detectors
 
 
 @dataclass
@@ -143,10 +143,15 @@ def read_checkpoint(ws: Workspace, rel: str) -> dict[str, Any]:
 
 
 def load_detector(ws: Workspace, rel: str) -> Detector:
-    """Rebuild the detector a checkpoint was trained as, with its weights, in eval mode."""
+    """Rebuild the detector a checkpoint was trained as, with its weights, in eval mode (a detector that another
+    package registers, e.g. ``compressed``, names its module in the config and is imported from there)."""
     ck = read_checkpoint(ws, rel)
     dcfg = dict(ck["config"]["detector"])
     name = dcfg.pop("name")
+    if dcfg.get("module") and name not in list_detectors():  # a detector registered by another package
+        import importlib
+
+        importlib.import_module(dcfg["module"])
     opts = {"backbone": dcfg["backbone"]}
     if "head" in dcfg:
         opts.update({k: v for k, v in dcfg["head"].items() if k not in ("in_channels", "stride")})

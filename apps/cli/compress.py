@@ -30,14 +30,19 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                      "--timing-runs", help="Timed calls per round (3 rounds, alternating models).")] = 20,
                  max_val: Annotated[Optional[int], typer.Option("--max-val", help="Use at most N val images.")]
                  = None,
+                 ray: Annotated[bool, typer.Option("--ray/--local", help="Fine-tune on Ray Train (TorchTrainer; "
+                                                   "RAY_ADDRESS or a local instance) instead of in this process.")]
+                 = False,
                  seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
-    """Prune to a latency budget (device LUT + knapsack), fine-tune, fold BN, export ONNX + state dict, report."""
+    """Prune to a latency budget (device LUT + knapsack), fine-tune with the detector training loop (a checkpoint
+    every epoch; run again to resume), fold BN, export ONNX + state dict, report. dense-lite0 detectors only."""
     from actors.compression.report import CompressConfig, compress_run
     from actors.core.workspace import Workspace
     from apps.cli.output import console, emit
 
     cfg = CompressConfig(latency=latency, int8=int8, data_free=data_free, importance=importance, finetune_epochs=epochs,
-                         threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs)
+                         threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs,
+                         ray=ray)
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
 

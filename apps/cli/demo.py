@@ -1,6 +1,7 @@
 """``assay demo``: the whole flow on the embedded world, offline, on whatever machine this is.
 
-world → catalog → backbone + detector learning curve (active learning) → embed (Ray) → index → mine (template vs. global) → estimate → plan.
+world → catalog → backbone + detector learning curve (active learning) → embed (Ray) → index → mine (template vs. global) → estimate → plan
+→ compress the detector (latency budget 0.5, a short fine-tune, few val images: the before/after table).
 
 Every step is resumable: a second ``assay demo`` on the same folder reuses the world, the trained backbone, the
 feature shards and the index, and re-runs only the cheap steps. Each step calls one library function; this module
@@ -171,6 +172,28 @@ def _estimate_and_plan(n, v) -> dict:
     return {"target": target, "estimate": est, "plan": plan}
 
 
+def _compress(ws, root: Path) -> dict:
+    """Compress the learning run's detector to half its latency (short fine-tune, 12 val images so it stays
+    quick) and print the before/after table; a finished report is reused."""
+    import json
+
+    from actors.compression.report import CompressConfig, compress_run, summary
+
+    out = root / "workspace" / "runs" / "demo-learn" / "compressed"
+    if (out / "report.json").exists():
+        console.print(f"reusing the compressed model in {out}")
+        rep = json.loads((out / "report.json").read_text())
+    else:
+        cfg = CompressConfig(latency=0.5, finetune_epochs=1, max_val_images=12, max_train_images=12, taylor_images=4,
+                             timing_runs=5, lut_fractions=(0.25, 0.5, 1.0))
+        rep = compress_run(ws, "demo-learn", str(out), cfg, log=console.print)
+    console.print(summary(rep).split("\n\nPruning plan")[0])
+    console.print(f"wrote {out}/model.onnx, model.pt, report.json, summary.md")
+    return {"out": str(out), "models": {k: {"params": m["params"], "macs": m["macs"], "file_bytes": m["file_bytes"],
+                                            "latency_ms": m["latency_ms"], "accuracy": m["accuracy"]}
+                                        for k, m in rep["models"].items()}}
+
+
 def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo world and workspace.")] = DEMO_DIR,
          images: Annotated[int, typer.Option("--images", help="World size (images).")] = 600,
          top_k: Annotated[int, typer.Option("--top-k", help="Hits to show.")] = 10,
@@ -199,6 +222,9 @@ def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo wor
         _done(t0, "mining")
         _step("6. how much more data, and when to collect it")
         result["estimate"] = _estimate_and_plan(n, v)
+        t0 = _step("7. compress the detector (latency budget 0.5)")
+        result["compress"] = _compress(ws, root)
+        _done(t0, "compression")
     finally:
         console.quiet = False  # also when a step fails: the console is shared by every later command
     if as_json:

@@ -57,6 +57,9 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
           ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", help="Score the pool as a Ray Data stage "
                                                       "(batched actors, GPU when present); default: on Ray when "
                                                       "RAY_ADDRESS is set.")] = None,
+          init: Annotated[Optional[str], typer.Option("--init", help="Start from a compressed model (an `assay "
+                                                      "compress --out` folder): its pruned trunk, frozen, and head.")]
+          = None,
           seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Retrain a detector in rounds: score the pool, label the most informative images, retrain, measure mAP."""
     from actors.active.rounds import LearnConfig, run_learning
@@ -64,8 +67,15 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
     from actors.detection.train import TrainConfig
 
     ws = Workspace(workspace)
-    cfg = LearnConfig(rounds=rounds, budget=budget, strategy=strategy, pseudo=pseudo, initial=initial,
-                      detector=detector, max_pool=max_pool, seed=seed, train=TrainConfig(epochs=epochs, seed=seed))
+    extra = {}
+    if init is not None:  # the `compressed` detector registers itself on import (actors.compression.detector)
+        import os
+
+        import actors.compression.detector  # noqa: F401
+        extra = {"detector": "compressed", "backbone": os.path.abspath(init)}
+    cfg = LearnConfig(**{"rounds": rounds, "budget": budget, "strategy": strategy, "pseudo": pseudo,
+                         "initial": initial, "detector": detector, "max_pool": max_pool, "seed": seed,
+                         "train": TrainConfig(epochs=epochs, seed=seed), **extra})
     _check_strategy(strategy)
     console.quiet = as_json
     rep = run_learning(ws, cfg, run_id=run, priority=_priority(ws, priority), progress=not as_json, ray_scoring=ray,

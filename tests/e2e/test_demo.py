@@ -20,9 +20,16 @@ def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster):
         assert (out / "workspace" / "selections" / f"{sel['query_id']}.parquet").exists()
     assert len(result["estimate"]["plan"]["totals"]) == 3
     assert result["embed"]["n_embedded"] == result["catalog"]["images_by_split"]["pool"]["ok"]
+    cm = result["compress"]["models"]  # the detector compressed at the end, measured before/after
+    assert cm["compressed"]["macs"] < cm["original"]["macs"] and cm["compressed"]["params"] < cm["original"]["params"]
+    for m in cm.values():
+        assert m["latency_ms"]["p50"] > 0 and m["latency_ms"]["p95"] >= m["latency_ms"]["p50"]
+        assert 0 <= m["accuracy"]["map50"] <= 1 and 0 <= m["accuracy"]["map"] <= m["accuracy"]["map50"] + 1e-9
+    assert (out / "workspace" / "runs" / "demo-learn" / "compressed" / "model.onnx").exists()
 
     # a second run recomputes nothing: world, backbone, curve and feature shards are reused
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["embed"]["n_embedded"] == 0 and again["embed"]["shards_skipped"] >= 1
     assert again["curve"] == result["curve"]
+    assert again["compress"] == result["compress"]

@@ -74,3 +74,66 @@ def test_compress_errors_are_one_line(compressed, tmp_path, capsys):
     assert "round-0.pt" in err and len(err.strip().splitlines()) == 1
     assert main(["compress", "--workspace", ws, "--run", "r1", "--latency", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--latency" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_learn_starts_from_the_compressed_model(compressed, capsys):
+    """`assay learn --init DIR` trains and evaluates the compressed model (pruned trunk frozen, head warm)."""
+    from actors.compression.detector import CompressedDetector
+    from actors.compression.export import load_compressed
+    from actors.core.workspace import Workspace
+    from actors.detection.train import load_detector
+
+    root, out = compressed
+    ws = str(root / "ws")
+    capsys.readouterr()
+    assert main(["learn", "--workspace", ws, "--rounds", "0", "--initial", "6", "--epochs", "1", "--init", str(out),
+                 "--run", "from-compressed", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["map50"]) == 1 and 0 <= rep["map50"][0] <= 100
+    det = load_detector(Workspace(ws), "runs/from-compressed/models/round-0.pt")
+    assert isinstance(det, CompressedDetector) and det.config["name"] == "compressed"
+    net, _ = load_compressed(str(out / "model.pt"))
+    trunk = net.trunk.state_dict()
+    assert all(torch.equal(v, trunk[k]) for k, v in det.net.trunk.state_dict().items())  # the pruned trunk, frozen
+    assert sum(p.numel() for p in det.net.parameters()) == sum(p.numel() for p in net.parameters())
+    assert main(["learn", "--workspace", ws, "--rounds", "0", "--init", str(root / "missing"), "--run", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_other_detectors_get_a_one_line_error_naming_the_supported_one():
+    from actors.compression.net import tensor_module
+    from actors.core.errors import UserError
+    from actors.detection.models import get_detector
+
+    det = get_detector("fcos-lite0", ["a"], backbone="assay-small", random_init=True, image_size=(64, 48))
+    with pytest.raises(UserError, match="supports the dense-lite0 detector only.*got fcos-lite0"):
+        tensor_module(det)
+
+
+@pytest.mark.slow
+def test_onnx_model_runs_in_onnx_runtime_alone_with_numpy_decoding(compressed):
+    """model.onnx + report.json's decoding_params: ONNX Runtime and numpy give the detector's own detections."""
+    import onnxruntime as ort
+
+    from actors.compression.export import decode_numpy, load_compressed
+
+    root, out = compressed
+    params = json.loads((out / "report.json").read_text())["decoding_params"]
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    _, det = load_compressed(str(out / "model.pt"))
+    rng = np.random.default_rng(0)
+    n_found = 0
+    for thresh in (params["score_thresh"], 0.0):  # the shipped threshold, and one that keeps detections
+        det.head.cfg.score_thresh = params["score_thresh"] = thresh
+        x = rng.random((1, 3, 96, 128), dtype=np.float32)
+        outs = sess.run(None, {"images": x})
+        got = decode_numpy(outs, (128, 96), **params)
+        ref = det.head.decode(tuple(torch.from_numpy(o) for o in outs), [(128, 96)])[0]
+        assert len(got["boxes"]) == len(ref["boxes"])
+        assert np.allclose(got["boxes"], ref["boxes"].numpy(), atol=1e-3)
+        assert np.allclose(got["scores"], ref["scores"].numpy(), atol=1e-5)
+        assert (got["labels"] == ref["labels"].numpy()).all()
+        n_found += len(got["boxes"])
+    assert n_found > 0  # a test on empty detections would prove nothing
