@@ -56,7 +56,6 @@ VARIANTS = {
     "int8-8px": (1, None, "int8", None),
     "pca32-int8-8px": (1, 32, "int8", None),
     "pq-d4-8px": (1, None, "pq", 4),
-    "pca32-pq-d4-8px": (1, 32, "pq", 4),
     "fp16-16px": (2, None, "fp16", None),
     "int8-16px": (2, None, "int8", None),
     "pca32-int8-16px": (2, 32, "int8", None),
@@ -333,8 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbone", default="efficientnet-lite0 stride 8 (40 ch, ImageNet weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tune-seed", type=int, default=1)
-    ap.add_argument("--queries", type=int, default=80)
-    ap.add_argument("--tune-queries", type=int, default=60)
+    ap.add_argument("--queries", type=int, default=60)
+    ap.add_argument("--tune-queries", type=int, default=40)
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--timing-ws", default="/tmp/fsb/timing/workspace", help="workspace with a >= 1,000-image base")
     ap.add_argument("--timing-base", default="assay-small-p1")
@@ -343,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--candidates-timing", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prepare-only", action="store_true", help="--part timing: write the stores, time nothing")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -369,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         wt, wr = (Workspace(Path(a.worlds) / f"seed{s}" / "workspace") for s in (a.tune_seed, a.seed))
         tuned = measure_world(wt, a.base, a.tune_queries, a.tune_seed, a.candidates, names)
         chosen = choose(tuned)
+        while ShardedDataset(wr, features_dir(a.base)).pending() or not wr.exists(f"{features_dir(a.base)}/_manifest.json"):
+            time.sleep(10)  # the report world's base store is still being embedded
         report = measure_world(wr, a.base, a.queries, a.seed, a.candidates, names)
         res["accuracy"] = {"tuning": tuned, "report": report, "chosen": chosen, "tune_seed": a.tune_seed,
                            "report_seed": a.seed, "backbone": a.backbone, "candidates": a.candidates,
@@ -379,6 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.part in ("timing", "all"):
         ws = Workspace(a.timing_ws)
         infos = {n: make_variant(ws, a.timing_base, n, VARIANTS[n]) for n in a.timing_variants}
+        if a.prepare_only:  # the stores (and Lance copies) only, under nice: the timed run then only reads
+            for n in a.timing_variants:
+                write_lance(ws, n, Path(a.timing_ws).parent / "lance" / f"{n}.lance")
+            return
         res["timing"] = {"n_candidates": a.candidates_timing, "repeats": a.repeats, "threads": a.threads,
                          "loadavg": os.getloadavg(), "store": a.timing_base, "sizes": infos,
                          "results": timing(ws, a.timing_variants, a.candidates_timing, a.repeats,
