@@ -71,7 +71,8 @@ def _build(name: str, tmp_path, **cfg) -> FeatureExtractor:
         path = tmp_path / "m.pt"
         torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 12, 3, 2, 1))).save(str(path))
         return get_backbone(f"torchscript:{path}")
-    if name in ("assay-small", "efficientnet-lite0"):  # own builders; lite0's real weights: tests/actors/features/test_lite0.py
+    # own builders; lite0's real weights: tests/actors/features/test_lite0.py, fine-tuned: test_lite0_finetune.py
+    if name in ("assay-small", "efficientnet-lite0", "efficientnet-lite0-ft"):
         return get_backbone(name, random_init=True, **cfg)
     import torchvision
 
