@@ -74,7 +74,7 @@ def run_seed(seed: int, s: dict, work: str, names: tuple[str, ...] = STRATEGIES,
                           warm_start=bool(s.get("warm_start")), **extra,
                           train=TrainConfig(epochs=s["epochs"], seed=seed))
         run_id = f"bench-{name.replace('+', '-')}{tag}"
-        if first is not None:  # round 0 is the same model for every strategy: reuse it
+        if first is not None and first != run_id:  # round 0 is the same model for every strategy: reuse it
             ws.makedirs(f"runs/{run_id}/models")
             shutil.copy(ws.local_path(f"runs/{first}/models/round-0.pt"), ws.local_path(f"runs/{run_id}/models/round-0.pt"))
         t1 = time.perf_counter()
