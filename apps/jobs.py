@@ -77,17 +77,19 @@ def index_step(workspace: str, *, model: str = "assay-small", factory: str | Non
     """Grow the region and global indexes of ``model`` by the images not indexed yet (build when none exists)."""
     from actors.core.workspace import Workspace
     from actors.selection.index import add_to_index, build_index, index_dir, load_manifest
+    from actors.selection.sharded_build import index_region
 
     ws = Workspace(workspace)
-    out = {}
-    for kind in ("region", "global"):
-        old = load_manifest(ws, model, kind)
-        before = old.images if old else 0
-        if rebuild or old is None or (kind == "region" and factory):
-            man = build_index(ws, model, kind=kind, factory=factory if kind == "region" else None, progress=False)
-        else:
-            man = add_to_index(ws, model, kind=kind, progress=False)
-        out[kind] = {"path": index_dir(model, kind), "images": man.images, "added_images": man.images - before,
+    r = index_region(ws, model, factory=factory, rebuild=rebuild, progress=False)  # sharded when the workspace is
+    out = {"region": {"path": index_dir(model) + ("/shards" if r["shards"] else ""), "images": r["images"],
+                      "added_images": r["added_images"], "vectors": r["n"], "factory": r["factory"],
+                      "shards": r["shards"], "generation": (load_manifest(ws, model).generation
+                                                            if not r["shards"] else None)}}
+    old = load_manifest(ws, model, "global")
+    before = old.images if old else 0
+    man = (build_index(ws, model, kind="global", progress=False) if rebuild or old is None
+           else add_to_index(ws, model, kind="global", progress=False))
+    out["global"] = {"path": index_dir(model, "global"), "images": man.images, "added_images": man.images - before,
                      "vectors": man.n, "factory": man.factory, "generation": man.generation}
     return {"step": "index", "workspace": workspace, "wrote": [v["path"] for v in out.values()], **out}
 

@@ -1,5 +1,6 @@
-"""selection: targeted selection. The FAISS region/global index, the template-matching kernels (pure torch), the
-fine-stage matcher and its Ray actor, and mining (coarse FAISS search -> dense re-rank -> selections)."""
+"""selection: targeted selection. The FAISS region/global index (single, or sharded over Ray actors), the
+template-matching kernels (pure torch), the fine-stage matcher and its Ray actor, and mining (coarse FAISS search ->
+dense re-rank -> selections)."""
 
 from actors.core.lazy import lazy_exports
 
@@ -8,6 +9,9 @@ _PUBLIC = {
     "add_to_index": "index",
     "load_index": "index",
     "IndexManifest": "index",
+    "ShardedIndex": "sharded",
+    "index_region": "sharded_build",
+    "open_sharded": "sharded_build",
     "box_template": "match",
     "pooled_match": "match",
     "Hit": "match",

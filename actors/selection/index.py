@@ -202,6 +202,15 @@ class LoadedIndex:
             raise UserError(f"expected query vectors of dim {self.manifest.dim}, got {xq.shape[1]}")
         return self.index.search(xq, min(int(k), self.ntotal))
 
+    def search_images(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search`, with the image code of each hit instead of its faiss id (-1 where short)."""
+        D, I = self.search(xq, k)
+        return D, np.where(I >= 0, self.image_codes[np.where(I >= 0, I, 0)], -1).astype(np.int64)
+
+    def names(self, codes) -> list[str]:
+        """Image ids of image codes, in their order."""
+        return [self.image_names[int(c)] for c in codes]
+
     def indexed_images(self) -> set[str]:
         return set(self.image_names)
 

@@ -106,7 +106,11 @@ def mine_batch(ws: Workspace, queries: Sequence[Query], *, workers: int = 0, n_c
                scales: Sequence[float] = SCALES, write: bool = True) -> list[Selection]:
     """Run several queries in one job: indexes are loaded once; with ``workers > 0`` the fine stages run on that
     many :class:`~actors.selection.actor.MatchActor` Ray actors (one ``ray.get`` for all), else in this process."""
-    return Selector(ws, workers=workers).run(queries, n_candidates=n_candidates, scales=scales, write=write)
+    sel = Selector(ws, workers=workers)
+    try:
+        return sel.run(queries, n_candidates=n_candidates, scales=scales, write=write)
+    finally:
+        sel.close()
 
 
 class Selector:
@@ -118,10 +122,24 @@ class Selector:
         self.matchers: dict[str, Matcher] = {}
         self.actors: list | None = None
 
-    def index(self, model: str, kind: str) -> LoadedIndex:
+    def index(self, model: str, kind: str):
+        """The loaded index of ``model``: the sharded region index (Ray shard actors) when the workspace has one
+        (``assay index --shards N``), else the single memory-mapped index."""
         if (model, kind) not in self.indexes:
-            self.indexes[model, kind] = load_index(self.ws, model, kind=kind)
+            from actors.selection.sharded_build import open_sharded, sharded_manifest
+
+            if kind == "region" and sharded_manifest(self.ws, model) is not None:
+                self.indexes[model, kind] = open_sharded(self.ws, model)
+            else:
+                self.indexes[model, kind] = load_index(self.ws, model, kind=kind)
         return self.indexes[model, kind]
+
+    def close(self) -> None:
+        """Stop the shard actors this selector started (single indexes need nothing)."""
+        for key, index in list(self.indexes.items()):
+            if hasattr(index, "close"):
+                index.close()
+                del self.indexes[key]
 
     def run(self, queries: Sequence[Query], *, n_candidates: int | None = None, scales: Sequence[float] = SCALES,
             write: bool = True) -> list[Selection]:
@@ -168,10 +186,12 @@ class Selector:
 
 
 # ----------------------------------------------------------------------------------------------- coarse stage
-def coarse_candidates(index: LoadedIndex, object_cells: Sequence[np.ndarray], n_candidates: int,
+def coarse_candidates(index, object_cells: Sequence[np.ndarray], n_candidates: int,
                       k_cell: int | None = None) -> list[str]:
     """Candidate images from a FAISS search of each object's query vectors (nq×C, in the index's form).
 
+    ``index`` is a :class:`~actors.selection.index.LoadedIndex` or a
+    :class:`~actors.selection.sharded.ShardedIndex` (anything with ``search_images`` and ``names``).
     For each query vector, the ``k_cell`` nearest index cells; per image, the best similarity per query vector
     (the vector's k-th similarity when the image is not among its hits); per object, the mean over its vectors;
     per image, the mean over objects. Returns the ``n_candidates`` best image ids, best first.
@@ -179,9 +199,8 @@ def coarse_candidates(index: LoadedIndex, object_cells: Sequence[np.ndarray], n_
     k_cell = k_cell or max(4 * n_candidates, 1024)
     per_object = []
     for cells in object_cells:
-        D, I = index.search(cells, k_cell)  # nq×k
-        valid = I >= 0
-        codes = index.image_codes[np.where(valid, I, 0)]  # nq×k
+        D, codes = index.search_images(cells, k_cell)  # nq×k
+        valid = codes >= 0
         floor = np.where(valid, D, np.inf).min(axis=1)  # nq, k-th similarity
         per_object.append((codes, D, valid, floor))
     uniq = np.unique(np.concatenate([c[v] for c, _, v, _ in per_object]))
@@ -192,7 +211,7 @@ def coarse_candidates(index: LoadedIndex, object_cells: Sequence[np.ndarray], n_
         np.maximum.at(best, (q_idx, np.searchsorted(uniq, codes[valid])), D[valid])
         total += best.mean(axis=0)
     order = np.argsort(-total, kind="stable")[:n_candidates]
-    return [index.image_names[c] for c in uniq[order]]
+    return index.names(uniq[order])
 
 
 def _coarse_vectors(t: BoxTemplate) -> np.ndarray:

@@ -69,6 +69,11 @@ class Shard:
         self._writable = not (self.man["generation"] and mmap)
         self._set_nprobe()
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """Lists probed per query from now on (IVF shards; ignored by exact ones). Not saved."""
+        self.nprobe = int(nprobe)
+        self._set_nprobe()
+
     def _set_nprobe(self) -> None:
         if self.nprobe and "IVF" in self.factory:
             faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", self.nprobe)
@@ -142,10 +147,23 @@ class Shard:
         """``(image_id, row, col)`` of shard-local ids ``I`` (flattened; ids < 0 skipped)."""
         return [(self.names[self.codes[i]], int(self.rows[i]), int(self.cols[i])) for i in np.ravel(I) if i >= 0]
 
+    def missing(self, image_ids: Sequence[str]) -> list[str]:
+        """The ids among ``image_ids`` this shard does not hold (in their order)."""
+        return [str(i) for i in image_ids if i not in self._code]
+
+    def image_codes(self, I: np.ndarray) -> np.ndarray:
+        """Shard-local image code of each shard-local faiss id (same shape; -1 where the id is < 0)."""
+        I = np.asarray(I, np.int64)
+        return np.where(I >= 0, self.codes[np.where(I >= 0, I, 0)] if len(self.codes) else -1, -1).astype(np.int64)
+
+    def image_names(self, codes: Sequence[int]) -> list[str]:
+        """Image ids of shard-local image codes."""
+        return [self.names[int(c)] for c in codes]
+
     def stats(self) -> dict:
-        """n vectors, images, generation, and the resident set size of this process (bytes)."""
+        """n vectors, images, generation, and the resident set size of this process now and at its peak (bytes)."""
         return {"shard": self.k, "n": int(self.index.ntotal), "images": len(self.names),
-                "generation": int(self.man["generation"]), "rss": _rss()}
+                "generation": int(self.man["generation"]), "rss": _rss(), "peak_rss": _peak_rss()}
 
 
 def write_template(ws: Workspace, root: str, template: faiss.Index, *, factory: str, nprobe: int = 0,
@@ -173,6 +191,18 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes (Linux /proc VmHWM; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 __all__ = ["Shard", "TEMPLATE", "shards_root", "write_template"]

@@ -28,6 +28,7 @@ from actors.selection.index import normalize
 from actors.selection.shard_plan import group_by_shard, merge_topk, shard_of
 from actors.selection.shard_store import Shard, shards_root, write_template
 
+CODE_BITS = 40  # global image code = shard << CODE_BITS | the shard's own image code
 ADD_BATCH = 262_144  # vectors buffered on the driver before they are sent to the shards
 
 
@@ -57,6 +58,18 @@ class ShardActor:
 
     def stats(self) -> dict:
         return self.shard.stats()
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.shard.set_nprobe(nprobe)
+
+    def missing(self, image_ids: list[str]) -> list[str]:
+        return self.shard.missing(image_ids)
+
+    def image_codes(self, I: np.ndarray) -> np.ndarray:
+        return self.shard.image_codes(I)
+
+    def image_names(self, codes: list[int]) -> list[str]:
+        return self.shard.image_names(codes)
 
 
 class ShardedIndex:
@@ -158,6 +171,43 @@ class ShardedIndex:
         parts = ray.get([a.search.remote(ref, int(k)) for a in self.actors])
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], int(k))
 
+    # ------------------------------------------------------------------------------------------- mining interface
+    # The calls :func:`actors.selection.mine.coarse_candidates` makes on any region index (as on ``LoadedIndex``):
+    # image codes are global here, ``shard << CODE_BITS | shard-local image code``.
+    def search_images(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` vectors over all shards: D (nq×k scores) and the image code of each hit (-1 where short)."""
+        D, S, I = self.search(xq, k)
+        codes = np.full(I.shape, -1, np.int64)
+        calls = {s: self.actors[s].image_codes.remote(np.where(S == s, I, -1)) for s in range(self.n_shards)
+                 if (S == s).any()}
+        for s, local in zip(calls, ray.get(list(calls.values()))):
+            codes = np.where(S == s, (np.int64(s) << CODE_BITS) | local, codes)
+        return D, codes
+
+    def names(self, codes: Sequence[int]) -> list[str]:
+        """Image ids of global image codes (from :meth:`search_images`), in their order."""
+        codes = np.asarray(codes, np.int64)
+        shard = codes >> CODE_BITS
+        local = codes & ((1 << CODE_BITS) - 1)
+        out: list = [None] * len(codes)
+        calls = {s: (pos, self.actors[s].image_names.remote(local[pos].tolist()))
+                 for s in range(self.n_shards) if len(pos := np.flatnonzero(shard == s))}
+        for s, (pos, ref) in calls.items():
+            for p, name in zip(pos, ray.get(ref)):
+                out[p] = name
+        return out
+
+    def missing(self, image_ids: Sequence[str]) -> list[str]:
+        """The ids among ``image_ids`` that no shard holds (each asked of its hash's shard), in their order."""
+        image_ids = [str(i) for i in image_ids]
+        if not image_ids:
+            return []
+        groups = group_by_shard(shard_of(image_ids, self.n_shards), self.n_shards)
+        calls = [self.actors[s].missing.remote([image_ids[p] for p in pos]) for s, pos in enumerate(groups)
+                 if len(pos)]
+        lacking = {i for part in ray.get(calls) for i in part}
+        return [i for i in image_ids if i in lacking]
+
     def lookup(self, S: np.ndarray, I: np.ndarray) -> list[tuple[str, int, int]]:
         """``(image_id, row, col)`` of merged results (flattened, row-major; entries with S < 0 skipped)."""
         S, I = np.ravel(S), np.ravel(I)
@@ -172,8 +222,12 @@ class ShardedIndex:
         return out
 
     def stats(self) -> list[dict]:
-        """Per shard: vectors, images, generation, RSS of its actor process (bytes)."""
+        """Per shard: vectors, images, generation, RSS and peak RSS of its actor process (bytes)."""
         return ray.get([a.stats.remote() for a in self.actors])
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists probed per query in every shard from now on (the saved ``nprobe`` is unchanged)."""
+        ray.get([a.set_nprobe.remote(int(nprobe)) for a in self.actors])
 
     def close(self) -> None:
         """Stop the shard actors (saved shards stay on disk)."""

@@ -37,26 +37,28 @@ def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEF
                   "--cell-pool", help="Region vectors = k×k blocks of stored cells (k² fewer vectors; matching "
                                       "keeps full resolution). Default 2; another k than the index's rebuilds it.")]
               = None,
+              shards: Annotated[Optional[int], typer.Option(
+                  "--shards", help="Shard the region index over N Ray actors (by image hash; `assay mine` uses them "
+                                   "as they are). Default: keep the workspace's form; 0: back to one index; "
+                                   "another N than the index's rebuilds it.")] = None,
               as_json: JsonOpt = False) -> None:
     """Index the region vectors of a feature store (and its whole-image baseline); only new images are added."""
-    from actors.selection.index import CELL_POOL, add_to_index, build_index, load_manifest
+    from actors.selection.index import add_to_index, build_index, load_manifest
+    from actors.selection.sharded_build import index_region
     from actors.core.workspace import Workspace
     from apps.cli.output import console, emit, table
 
     ws = Workspace(workspace)
-    out = []
-    for kind in ("region", "global"):
-        old = load_manifest(ws, model, kind)
-        other_pool = kind == "region" and old is not None and cell_pool is not None and cell_pool != old.cell_pool
-        if rebuild or old is None or (kind == "region" and factory) or other_pool:
-            man = build_index(ws, model, kind=kind, factory=factory if kind == "region" else None,
-                              progress=not as_json, cell_pool=cell_pool or (old.cell_pool if old else CELL_POOL))
-        else:
-            man = add_to_index(ws, model, kind=kind, progress=not as_json)
-        out.append(vars(man))
+    out = [index_region(ws, model, shards=shards, factory=factory, rebuild=rebuild, cell_pool=cell_pool,
+                        progress=not as_json)]
+    old = load_manifest(ws, model, "global")
+    man = (build_index(ws, model, kind="global", progress=not as_json) if rebuild or old is None
+           else add_to_index(ws, model, kind="global", progress=not as_json))
+    out.append(dict(vars(man), shards=0))
     emit(out, as_json, lambda r: console.print(table(
-        f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "cell pool", "trained on"],
-        [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["cell_pool"], m["trained_on"]) for m in r])))
+        f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "cell pool", "trained on", "shards"],
+        [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["cell_pool"], m["trained_on"],
+          m["shards"] or "-") for m in r])))
 
 
 def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,

@@ -18,7 +18,8 @@ def _store(ws, n=9):
     fms = [FeatureMap(f"img{k}", rng.normal(size=(8, 6, 8)).astype(np.float16), 16.0, 16.0) for k in range(n)]
     ds = ShardedDataset(ws, "features/toy")
     (s,) = ds.plan([f.image_id for f in fms], shard_size=100, meta={"model": "toy", "dim": 8})
-    ds.write_shard(s, encode_rows(fms))
+    by_id = {f.image_id: f for f in fms}
+    ds.write_shard(s, encode_rows([by_id[k] for k in s.keys]))  # rows in the shard's key order
 
 
 def test_index_then_mine_by_pool_image_id(workspace, capsys):
@@ -88,3 +89,69 @@ def test_cli_constants_mirror_the_library():
 
     assert cs.DEFAULT_MODEL == actors.selection.mine.DEFAULT_MODEL
     assert tuple(cs.METHODS) == tuple(actors.selection.mine.METHODS)
+
+
+# ----------------------------------------------------------------------------------------------- sharded index
+def _more(ws, start, n):
+    """Embed ``n`` more toy images (img<start>..) in a new store shard, as a later `assay embed` would."""
+    rng = np.random.default_rng(start)
+    fms = [FeatureMap(f"img{k}", rng.normal(size=(8, 6, 8)).astype(np.float16), 16.0, 16.0)
+           for k in range(start, start + n)]
+    ds = ShardedDataset(ws, "features/toy")
+    s = ds.plan([f.image_id for f in fms], shard_size=100, meta={"model": "toy", "dim": 8})[-1]  # the new one
+    by_id = {f.image_id: f for f in fms}
+    ds.write_shard(s, encode_rows([by_id[k] for k in s.keys]))
+
+
+QUERIES = [{"image": "img4", "boxes": [[32, 16, 64, 48]], "top_k": 5, "model": "toy"},
+           {"image": "img7", "boxes": [[0, 0, 48, 32]], "top_k": 5, "model": "toy"},
+           {"image": "img10", "boxes": [[16, 16, 48, 48]], "top_k": 5, "model": "toy"}]
+
+
+def _mine(ws, capsys, tmp_path, queries=QUERIES):
+    """Hits of every query (one `assay mine --queries` run: one set of shard actors)."""
+    f = tmp_path / "queries.json"
+    f.write_text(json.dumps(queries))
+    assert main(["mine", "-w", ws.uri, "--queries", str(f), "--candidates", "8", "--json"]) == 0
+    return [[(h["image_id"], round(h["score"], 5), h["box"]) for h in r["hits"]]
+            for r in json.loads(capsys.readouterr().out)]
+
+
+def test_mine_on_a_sharded_index_selects_what_the_single_index_selects(ray_cluster, workspace, capsys, tmp_path):
+    _store(workspace, n=12)
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["shards"] == 0
+    single = _mine(workspace, capsys, tmp_path)
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--shards", "3", "--json"]) == 0
+    region = json.loads(capsys.readouterr().out)[0]
+    assert (region["shards"], region["n"], region["images"]) == (3, 12 * 12, 12)
+    assert len(region["shard_vectors"]) == 3 and sum(region["shard_vectors"]) == 12 * 12
+    assert workspace.exists("index/toy/shards/manifest.json")
+    assert not workspace.exists("index/toy/manifest.json")  # one form at a time: mine can only use the shards
+    sharded = _mine(workspace, capsys, tmp_path)
+    assert sharded == single and [q[0][0] for q in sharded] == ["img4", "img7", "img10"]
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--shards", "0", "--json"]) == 0  # back to one
+    assert json.loads(capsys.readouterr().out)[0]["shards"] == 0 and not workspace.exists("index/toy/shards")
+    assert workspace.exists("index/toy/manifest.json")
+
+
+def test_assay_index_adds_new_images_to_the_shards_incrementally(ray_cluster, workspace, capsys, tmp_path):
+    from actors.core.workspace import Workspace
+
+    single_ws = Workspace(tmp_path / "single")  # the same store and steps, kept as one index
+    for ws, extra in ((workspace, ["--shards", "2"]), (single_ws, [])):
+        _store(ws, n=8)
+        assert main(["index", "-w", ws.uri, "--model", "toy", *extra, "--json"]) == 0
+        first = json.loads(capsys.readouterr().out)[0]
+        assert (first["images"], first["added_images"], first["shards"]) == (8, 8, 2 if extra else 0)
+        _more(ws, 8, 5)
+        assert main(["index", "-w", ws.uri, "--model", "toy", "--json"]) == 0  # no --shards: keeps its form
+        grown = json.loads(capsys.readouterr().out)[0]
+        assert (grown["images"], grown["added_images"], grown["n"]) == (13, 5, 13 * 12)
+    assert grown["shards"] == 0 and not workspace.exists("index/toy/manifest.json")  # no single index beside
+    assert main(["index", "-w", workspace.uri, "--model", "toy", "--json"]) == 0  # nothing new: nothing added
+    again = json.loads(capsys.readouterr().out)[0]
+    assert (again["shards"], again["added_images"], sum(again["shard_vectors"])) == (2, 0, 13 * 12)
+    sharded = _mine(workspace, capsys, tmp_path)
+    assert sharded == _mine(single_ws, capsys, tmp_path)  # grown shards select what the grown single index does
+    assert sharded[2][0][0] == "img10"  # an image added later is found
