@@ -157,10 +157,15 @@ def run(args: argparse.Namespace) -> dict:
                            "folds": len(fold.folded)}
     budgets = [float(b) for b in args.budgets.split(",")]
     mag_budgets = [float(b) for b in (args.mag_budgets or args.budgets).split(",")]
-    loss = _taylor_loss(calib_split, args.taylor)
-    t0 = time.monotonic()
-    scores = group_scores(copy.deepcopy(base), example, final_layers(base), "taylor", loss)  # once, all budgets
-    log(f"Taylor importance on {args.taylor} training images: {time.monotonic() - t0:.0f} s")
+    memo: dict[str, object] = {}
+
+    def taylor_scores():  # once for all budgets, and only when a model is not cached yet
+        if "scores" not in memo:
+            t0 = time.monotonic()
+            memo["scores"] = group_scores(copy.deepcopy(base), example, final_layers(base), "taylor",
+                                          _taylor_loss(calib_split, args.taylor))
+            log(f"Taylor importance on {args.taylor} training images: {time.monotonic() - t0:.0f} s")
+        return memo["scores"]
     ftc = FinetuneConfig(epochs=args.epochs, lr=args.ft_lr, distill=args.distill)
 
     spiq_for = f"latency-aware-{budgets[len(budgets) // 2]}"
@@ -192,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
         def make_la(b=b):
             net = copy.deepcopy(base)
             plan = latency_aware_prune(net, example, lut, b, ignored=final_layers(net), importance=args.importance,
-                                       scores=scores if args.importance == "taylor" else None)
+                                       scores=taylor_scores() if args.importance == "taylor" else None)
             return net, {"kind": "latency-aware", "importance": args.importance, "budget": b,
                          "lut_ms": plan.predicted_ms,
                          "feasible": plan.feasible, "plan": plan.to_dict()}

@@ -48,9 +48,9 @@ def _same(a, b, atol):
 
 def test_finetune_starts_from_the_pruned_weights_and_resumes(pruned, workspace):
     det, base, net = pruned
-    data = _split()
+    data = _split(2)
     still = copy.deepcopy(net)
-    rep = finetune(still, data, FinetuneConfig(epochs=1, lr=1e-9, warmup=0.0, batch_size=3), teacher=base, source=det)
+    rep = finetune(still, data, FinetuneConfig(epochs=1, lr=1e-9, warmup=0.0, batch_size=2), teacher=base, source=det)
     assert rep["loop"] == "actors.detection.train.train_detector" and rep["epochs"] == 1
     assert _same(still, net, 1e-5)  # lr ~ 0: the pruned weights were the start (a reset would change them)
     cfg = FinetuneConfig(epochs=2, lr=1e-3, batch_size=2)
