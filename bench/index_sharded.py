@@ -9,8 +9,16 @@ recall@10 of both against exact search, and whether the sharded top-10 equals th
 aside). Writes ``bench/index_sharded.json`` and ``bench/index_sharded.md`` (with the sizing for 10M / 100M images
 derived from the measured bytes per vector).
 
-    python bench/index_sharded.py --n 2000000                       # the committed run
+    python bench/index_sharded.py --n 500000                        # bench/index_sharded.json (with a single index)
     python bench/index_sharded.py --smoke --out /tmp/sharded.json   # seconds: 20k vectors, 2 shards
+
+The 10M run, in two phases so the heavy part runs niced and the timing part alone under the team's timing lock
+(no single index beside the shards: memory stays at the shards' PQ codes, ~0.5 GB, plus Ray's processes)::
+
+    W=/tmp/assay-sharded-10m; O=bench/index_sharded_10m.json
+    nice -n 19 python bench/index_sharded.py --phase build --n 10000000 --factory IVF1024,PQ32 --nprobe 32 \
+        --nprobes 8 16 32 64 --nq 200 --no-single --work $W --out $O
+    flock /tmp/team/timing.lock python bench/index_sharded.py --phase qps --work $W --out $O   # x3, spread out
 
 Build time, QPS and RSS are timings / memory of a shared machine: noisy when other jobs run; recall is not.
 """
