@@ -215,8 +215,8 @@ def cached_evals(names, jobs, args, cache: Path | None, say=print) -> list:
     key = _code_key(args)
     done = json.loads(cache.read_text()).get(key, {}) if cache and cache.exists() else {}
     todo = [(nm, j) for nm, j in zip(names, jobs) if nm not in done]
-    for i in range(0, len(todo), 50):  # checkpoint every 50 curves
-        part = todo[i:i + 50]
+    for i in range(0, len(todo), 20):  # checkpoint every 20 curves
+        part = todo[i:i + 20]
         for (nm, _), r in zip(part, _pmap(evaluate_curve, [j for _, j in part], args.jobs)):
             done[nm] = {str(k): v for k, v in r.items()}
         if cache:
