@@ -108,7 +108,8 @@ def summarize(per_seed: dict, s: dict) -> dict:
     need = {k: labels_to_reach(n, mean[k], target) for k in names}
     per_round_s = {k: np.mean([per_seed[sd][k]["seconds"][1:] for sd in per_seed]).item() if s["rounds"] else None
                    for k in names}
-    beats = {k: bool(all(a > b for a, b in zip(mean[k][1:], mean["entropy"][1:]))) for k in names}
+    beats = ({k: bool(all(a > b for a, b in zip(mean[k][1:], mean["entropy"][1:]))) for k in names}
+             if "entropy" in mean else {k: False for k in names})
     return {"n_labeled": n, "mean_map50": mean, "std_map50": std, "random_final_map50": target,
             "labels_to_reach_random_final": need,
             "fraction_of_random_labels": {k: (v / n[-1] if v is not None else None) for k, v in need.items()},
