@@ -54,6 +54,8 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
           max_pool: Annotated[Optional[int], typer.Option("--max-pool", help="Score at most this many pool "
                                                           "images (seeded sample).")] = None,
           run: Annotated[Optional[str], typer.Option("--run", help="Run id (resume it when it exists).")] = None,
+          warm_start: Annotated[bool, typer.Option("--warm-start", help="Rounds after the first fine-tune the "
+                                                   "previous round's model instead of training from the seed.")] = False,
           ray: Annotated[Optional[bool], typer.Option("--ray/--no-ray", help="Score the pool as a Ray Data stage "
                                                       "(batched actors, GPU when present); default: on Ray when "
                                                       "RAY_ADDRESS is set.")] = None,
@@ -75,6 +77,7 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
         extra = {"detector": "compressed", "backbone": os.path.abspath(init)}
     cfg = LearnConfig(**{"rounds": rounds, "budget": budget, "strategy": strategy, "pseudo": pseudo,
                          "initial": initial, "detector": detector, "max_pool": max_pool, "seed": seed,
+                         "warm_start": warm_start,
                          "train": TrainConfig(epochs=epochs, seed=seed), **extra})
     _check_strategy(strategy)
     console.quiet = as_json
