@@ -5,8 +5,8 @@ Contract
 * Round 0 trains on the initial labeled set: ``initial`` images drawn (seeded) from ``initial_split``, or every
   image the run's ``labeled.parquet`` already lists. Each later round predicts on the unlabeled ``pool_split``
   images and on their mirror images, scores them (:mod:`actors.active.scores`), selects ``budget`` with the
-  strategy (a ``priority`` list first), obtains their labels and retrains from the seed (``warm_start``: from the previous round's model) on everything labeled so far
-  (+ this run's pseudo-labels with ``pseudo=True``).
+  strategy (a ``priority`` list first), obtains their labels and retrains on everything labeled so far (+ this
+  run's pseudo-labels with ``pseudo=True``): from the seed, or with ``warm_start`` from the previous round's model.
 * Labels come from the oracle: the catalog's human rows of the selected images (on the embedded world, its ground
   truth). A selected image with no human row waits in ``runs/<run_id>/to_label.json`` until ``assay labels import``
   brings its labels; training then uses the images that have them.
