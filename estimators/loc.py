@@ -143,8 +143,9 @@ class Source:
     available: float = math.inf
 
 
-def _cumulative_cost(sources: list[Source], extra: np.ndarray) -> np.ndarray:
-    """Cheapest cost of ``extra`` effective samples, buying by cost per effective sample; inf beyond supply."""
+def cumulative_cost(sources: list[Source], extra: np.ndarray) -> np.ndarray:
+    """Cheapest total cost of each of ``extra`` effective samples from ``sources``, buying the lowest cost per
+    effective sample first (what :func:`plan_collection` charges); ``inf`` where the sources' supply runs out."""
     out = np.zeros_like(extra, dtype=float)
     left = extra.astype(float).copy()
     for s in sorted(sources, key=lambda s: s.cost / s.value):
@@ -204,7 +205,7 @@ def optimize_schedule(dist: RequirementDistribution, *, cost: float = 1.0, penal
     grid = np.concatenate([[n0], np.geomspace(n0 * 1.001, max(max_total, n0 * 1.002), grid_size - 1)])
     grid = grid[grid <= max(max_total, n0)]
     surv = 1.0 - dist.cdf(grid)                                          # (G,)
-    ccost = _cumulative_cost(sources, grid - n0) if sources else cost * (grid - n0)
+    ccost = cumulative_cost(sources, grid - n0) if sources else cost * (grid - n0)
     g = len(grid)
     step = (ccost[None, :] - ccost[:, None]) * surv[:, None]             # (G, G): from i to j
     step[np.tril_indices(g, -1)] = np.inf

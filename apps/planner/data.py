@@ -373,7 +373,7 @@ def collection_plan(points: CurvePoints, target: float, sources: tuple[tuple[str
     Returns ``{"loc": plan dict + "risk_after" per round, "naive": {...}, "default": line about the prior}``;
     ``naive`` is None when the plan's status is ``"worse"`` (the curve falls with more data: nothing is planned).
     """
-    from estimators.loc import Source, _cumulative_cost, learn_distribution, plan_collection
+    from estimators.loc import Source, cumulative_cost, learn_distribution, plan_collection
     from estimators.requirement import Correction, estimate_requirement
 
     c = points.curve()
@@ -401,7 +401,7 @@ def collection_plan(points: CurvePoints, target: float, sources: tuple[tuple[str
     cap = plan.max_total
     total = min(naive_n, cap) if math.isfinite(naive_n) else cap
     extra = max(total - n0, 0.0)
-    spend = float(_cumulative_cost(srcs, np.array([extra]))[0]) if multi else cost * extra
+    spend = float(cumulative_cost(srcs, np.array([extra]))[0]) if multi else cost * extra
     naive_risk = float(1.0 - dist.cdf(total)) if total > n0 else 1.0
     naive = {"law": law, "estimate": naive_n if math.isfinite(naive_n) else None, "status": naive_est.status,
              "total": total, "amount": extra, "collection_cost": spend, "risk": naive_risk,
