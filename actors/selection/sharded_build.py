@@ -57,6 +57,24 @@ def open_sharded(ws: Workspace, model: str, *, threads: int = 1) -> "ShardedInde
     return ShardedIndex.open(ws, model, threads=threads)
 
 
+def indexed_images(ws: Workspace, model: str) -> set[str]:
+    """Image ids in ``model``'s region index, single or sharded (read from the committed files: no Ray needed)."""
+    import posixpath
+
+    from actors.selection.index import load_index
+
+    top = sharded_manifest(ws, model)
+    if top is None:
+        return load_index(ws, model).indexed_images()
+    root, out = shards_root(model), set()
+    for k in range(int(top["n_shards"])):
+        rel = posixpath.join(root, str(k), "manifest.json")
+        if ws.exists(rel):
+            man = ws.read_json(rel)
+            out.update(ws.read_table(posixpath.join(root, str(k), man["images_file"])).column("image_id").to_pylist())
+    return out
+
+
 def build_sharded(ws: Workspace, model: str, *, n_shards: int, factory: str | None = None, nprobe: int | None = None,
                   cell_pool: int = CELL_POOL, seed: int = 0, progress: bool = True) -> dict:
     """(Re)build ``model``'s sharded region index over ``n_shards`` actors (see the module contract); returns
@@ -200,4 +218,4 @@ def _check_store(ws: Workspace, model: str, man: dict) -> None:
                     f"was built ({what}); rebuild it: assay index --model {model} --rebuild")
 
 
-__all__ = ["build_sharded", "grow_sharded", "index_region", "open_sharded", "sharded_manifest", "summary"]
+__all__ = ["build_sharded", "grow_sharded", "index_region", "indexed_images", "open_sharded", "sharded_manifest", "summary"]

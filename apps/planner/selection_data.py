@@ -31,8 +31,9 @@ def stores(ws) -> list[str]:
 
 
 def indexed_stores(ws) -> list[str]:
-    """Feature stores whose region index exists (``index/<model>/manifest.json``)."""
-    return [m for m in stores(ws) if ws.exists(f"index/{m}/manifest.json")]
+    """Feature stores whose region index exists (``index/<model>/manifest.json``, or its shards')."""
+    return [m for m in stores(ws) if ws.exists(f"index/{m}/manifest.json")
+            or ws.exists(f"index/{m}/shards/manifest.json")]
 
 
 def catalog(ws) -> pd.DataFrame:
@@ -56,9 +57,9 @@ def _catalog(uri: str, stamp) -> pd.DataFrame:
 def indexed_images(uri: str, model: str, stamp) -> frozenset[str]:
     """Image ids in ``model``'s region index (their stored features can serve as a query)."""
     from actors.core.workspace import Workspace
-    from actors.selection.index import load_index
+    from actors.selection.sharded_build import indexed_images as in_index  # single or sharded
 
-    return frozenset(load_index(Workspace(uri), model).indexed_images())
+    return frozenset(in_index(Workspace(uri), model))
 
 
 def decode_upload(data: bytes):

@@ -128,6 +128,9 @@ def test_mine_on_a_sharded_index_selects_what_the_single_index_selects(ray_clust
     assert len(region["shard_vectors"]) == 3 and sum(region["shard_vectors"]) == 12 * 12
     assert workspace.exists("index/toy/shards/manifest.json")
     assert not workspace.exists("index/toy/manifest.json")  # one form at a time: mine can only use the shards
+    from actors.selection.sharded_build import indexed_images
+
+    assert indexed_images(workspace, "toy") == {f"img{k}" for k in range(12)}  # read from the shard files
     sharded = _mine(workspace, capsys, tmp_path)
     assert sharded == single and [q[0][0] for q in sharded] == ["img4", "img7", "img10"]
     assert main(["index", "-w", workspace.uri, "--model", "toy", "--shards", "0", "--json"]) == 0  # back to one
