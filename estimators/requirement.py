@@ -52,6 +52,15 @@ __all__ = ["STATUSES", "Correction", "EstimatePolicy", "RequirementResult", "Rou
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap
+def _wild_residuals(n: np.ndarray, y: np.ndarray, law: str):
+    """The full fit of ``law``, its fitted values at the fit sizes, and the residuals inflated by sqrt(m / (m − k))
+    for k fitted parameters: what a wild-residual bootstrap resamples around."""
+    base = get_law(law).fit(n, y)
+    m, k = len(n), len(base.p_)
+    y_hat = base.predict(base.n_fit_)
+    return base, y_hat, (base.y_fit_ - y_hat) * math.sqrt(m / max(m - k, 1))
+
+
 def bootstrap_required_n(n, y, target: float, *, law: str = "power", n_boot: int = 200, method: str = "residual",
                          spread=None, seed: int = 0) -> np.ndarray:
     """Bootstrap distribution of the required size for ``target`` (score percent).
@@ -76,10 +85,8 @@ def bootstrap_required_n(n, y, target: float, *, law: str = "power", n_boot: int
     if method not in ("residual", "pairs"):
         raise ValueError(f"method must be 'residual' or 'pairs', got {method!r}")
     rng = np.random.default_rng(seed)
-    base = get_law(law).fit(n, y)
-    m, k = len(n), len(base.p_)
-    y_hat = base.predict(base.n_fit_)
-    r = (base.y_fit_ - y_hat) * math.sqrt(m / max(m - k, 1))
+    base, y_hat, r = _wild_residuals(n, y, law)
+    m = len(n)
     sd = np.zeros(m) if spread is None else np.asarray(spread, float)[np.argsort(n)]
     if law in ("power", "log") and method == "residual":  # vectorized variable projection: all resamples at once
         ys = y_hat + r * rng.choice((-1.0, 1.0), size=(n_boot, m)) + sd * rng.standard_normal((n_boot, m))
@@ -104,6 +111,31 @@ def bootstrap_required_n(n, y, target: float, *, law: str = "power", n_boot: int
         except ValueError:  # a resample that is flat
             out[b] = math.inf
     return out
+
+
+def bootstrap_curves(n, y, grid, *, law: str = "power", n_boot: int = 60, seed: int = 0) -> np.ndarray:
+    """The fitted curve of ``law`` on ``grid`` (score percent) for each wild-residual bootstrap resample: the same
+    resampling as :func:`bootstrap_required_n` (``method="residual"``, no seed noise), for drawing a band.
+
+    Returns
+    -------
+    ndarray of shape (b, len(grid))
+        One row per resample whose fit converged (``b <= n_boot``; 0 rows when none did).
+    """
+    n, y = np.asarray(n, float), np.asarray(y, float)
+    grid = np.asarray(grid, float)
+    rng = np.random.default_rng(seed)
+    base, y_hat, r = _wild_residuals(n, y, law)
+    m = len(n)
+    est = get_law(law, max_nfev=50)  # warm-started from the full fit, as in bootstrap_required_n
+    rows = []
+    for _ in range(n_boot):
+        ys = y_hat + r * rng.choice((-1.0, 1.0), size=m)
+        try:
+            rows.append(est.fit(base.n_fit_, ys, init=base.p_).predict(grid))
+        except ValueError:  # a resample that is flat
+            continue
+    return np.array(rows).reshape(len(rows), len(grid))
 
 
 def interval(draws: np.ndarray, level: float = 0.8) -> tuple[float, float, float]:

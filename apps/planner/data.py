@@ -333,28 +333,15 @@ def bootstrap_band(points: CurvePoints, law: str, x_max: float, level: float = 0
     """The ``level`` band of ``law``'s fitted curve over wild-residual bootstrap resamples (the resampling
     :func:`estimators.requirement.bootstrap_required_n` uses), on a log grid to ``x_max``: columns n, lo, hi (curve
     units). Display only: the required-n interval comes from ``estimate_requirement``."""
-    from estimators.laws import get_law
+    from estimators.requirement import bootstrap_curves
 
     c = points.curve()
-    n, y = c.n, c.score()
-    grid = np.geomspace(n[0], max(x_max, n[-1] * 1.01), n_grid)
-    base = get_law(law).fit(n, y)
-    m, k = len(n), len(base.p_)
-    y_hat = base.predict(base.n_fit_)
-    r = (base.y_fit_ - y_hat) * math.sqrt(m / max(m - k, 1))
-    rng = np.random.default_rng(seed)
-    est = get_law(law, max_nfev=50)
-    preds = []
-    for _ in range(n_boot):
-        ys = y_hat + r * rng.choice((-1.0, 1.0), size=m)
-        try:
-            preds.append(est.fit(base.n_fit_, ys, init=base.p_).predict(grid))
-        except ValueError:
-            continue
-    if not preds:
+    grid = np.geomspace(c.n[0], max(x_max, c.n[-1] * 1.01), n_grid)
+    preds = bootstrap_curves(c.n, c.score(), grid, law=law, n_boot=n_boot, seed=seed)
+    if not len(preds):
         return pd.DataFrame(columns=["n", "lo", "hi"])
     a = (1 - level) / 2
-    lo, hi = np.quantile(np.array(preds), [a, 1 - a], axis=0)
+    lo, hi = np.quantile(preds, [a, 1 - a], axis=0)
     lo, hi = c.from_score(lo), c.from_score(hi)
     return pd.DataFrame({"n": grid, "lo": np.minimum(lo, hi), "hi": np.maximum(lo, hi)})
 

@@ -120,3 +120,21 @@ def test_a_law_that_cannot_fit_the_curve_is_skipped_not_fatal():
     assert m4["required_n"] == math.inf and "cannot fit" in m4["reason"]
     with pytest.raises(ValueError, match="'collapsed': m4 cannot fit this curve"):
         estimate_requirement(c, 60.0, law="m4", n_boot=10)
+
+
+def test_bootstrap_curves_band_around_the_fit():
+    """The display band: exact data gives identical resampled curves; noisy data spreads them around the fit."""
+    from estimators.laws import get_law
+    from estimators.requirement import bootstrap_curves
+
+    n = np.array([10, 20, 40, 80, 160, 320.0])
+    exact = 90 - 60 * n ** -0.5
+    grid = np.array([50.0, 500.0, 5000.0])
+    rows = bootstrap_curves(n, exact, grid, law="power", n_boot=8, seed=1)
+    assert rows.shape == (8, 3) and np.ptp(rows, axis=0).max() < 1e-3
+    noisy = exact + np.array([1.5, -1.2, 0.8, -1.6, 1.1, -0.7])
+    rows = bootstrap_curves(n, noisy, grid, law="power", n_boot=40, seed=1)
+    fit = get_law("power").fit(n, noisy).predict(grid)
+    lo, hi = np.quantile(rows, [0.05, 0.95], axis=0)
+    assert np.all(np.ptp(rows, axis=0) > 0.05) and np.all((lo <= fit) & (fit <= hi))
+    assert np.array_equal(rows, bootstrap_curves(n, noisy, grid, law="power", n_boot=40, seed=1))
