@@ -50,6 +50,9 @@ BACKBONES = {"assay-small": ("assay-small", {}, None),
              "lite0ft-s16": ("efficientnet-lite0-ft", {"stride": 16}, 16)}
 
 
+CACHED_ONLY = False  # --assemble: report what earlier invocations measured, compute nothing new
+
+
 def ensure_backbone(ws: Workspace, key: str, steps: int, lr: float, log: dict) -> None:
     """Train what ``key`` needs on the world's train split (skipped when its checkpoint exists)."""
     from actors.features.lite0 import finetuned_checkpoint
@@ -58,6 +61,8 @@ def ensure_backbone(ws: Workspace, key: str, steps: int, lr: float, log: dict) -
     spec, _, ft = BACKBONES[key]
     rel = SMALL_CHECKPOINT if spec == "assay-small" else finetuned_checkpoint(ft) if ft is not None else None
     if rel is None:
+        return
+    if not ws.exists(rel) and CACHED_ONLY:
         return
     if not ws.exists(rel):
         kw = {"name": "efficientnet-lite0", "stride": ft, "lr": lr} if ft is not None else {}
@@ -75,6 +80,8 @@ def ensure_store(ws: Workspace, key: str, threads: int) -> dict:
 
     spec, cfg, _ = BACKBONES[key]
     name = f"bts-{key}"
+    if CACHED_ONLY:
+        return {"store": name}
     t = time.perf_counter()
     rep = embed_pool(ws, model=spec, name=name, splits=("pool",), progress=False, local=True, backbone_cfg=cfg,
                      threads=threads)
@@ -85,6 +92,27 @@ def ensure_store(ws: Workspace, key: str, threads: int) -> dict:
 
 
 def measure(ws: Workspace, key: str, cfg: dict, queries: list[dict], truth: tuple, methods=("template",)) -> dict:
+    """Template (and ``methods``) figures of one backbone and configuration; cached in the workspace
+    (``bts_measured.json``), so separate invocations (one per backbone, in parallel) add up and a re-run resumes."""
+    cache = Path(ws.local_path("bts_measured.json"))
+    tag = json.dumps({"backbone": key, **cfg, "methods": list(methods), "queries": [q["box"] + [q["uri"]]
+                                                                                    for q in queries]},
+                     sort_keys=True)
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    if tag in done:
+        return done[tag]
+    if CACHED_ONLY:
+        return None
+    out = _measure(ws, key, cfg, queries, truth, methods)
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    done[tag] = out
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(done))
+    tmp.replace(cache)
+    return out
+
+
+def _measure(ws: Workspace, key: str, cfg: dict, queries: list[dict], truth: tuple, methods) -> dict:
     name = f"bts-{key}"
     idx = ts.build_region(ws, name, cfg["cell_pool"])
     fmaps = ts.encode_queries(ws, name, queries)
@@ -104,19 +132,25 @@ def small_bin(r: dict) -> tuple[float, float]:
 
 
 def tune(ws: Workspace, keys: list[str], queries: list[dict], truth: tuple, a, log: dict) -> dict:
-    tried = []
+    tried, not_measured = [], []
     for key in keys:
         ensure_backbone(ws, key, a.steps, a.lr, log)
         store = ensure_store(ws, key, a.threads)
         for cp in a.cell_pools:
             for cand in a.candidates:
                 cfg = {"cell_pool": cp, "candidates": cand, "scales": list(SCALES)}
-                r = measure(ws, key, cfg, queries, truth)["template"]
+                m = measure(ws, key, cfg, queries, truth)
+                if m is None:
+                    not_measured.append({"backbone": key, **cfg})
+                    continue
+                r = m["template"]
                 rec, prec = small_bin(r)
                 tried.append({"backbone": key, **cfg, "recall@100_<1%": rec, "precision@10_<1%": prec,
-                              "latency_ms_p50": r["latency_ms_p50"], "cell_stride": store["cell_stride"]})
+                              "latency_ms_p50": r["latency_ms_p50"],
+                              "cell_stride": 16 if key.endswith("s16") else 8})
     best = max(tried, key=lambda t: (round(t["recall@100_<1%"], 3), round(t["precision@10_<1%"], 3)))
-    return {"tried": tried, "chosen": {k: best[k] for k in ("backbone", "cell_pool", "candidates", "scales")},
+    return {"tried": tried, "not_measured": not_measured,
+            "chosen": {k: best[k] for k in ("backbone", "cell_pool", "candidates", "scales")},
             "criterion": "template recall@100 on objects < 1% (3 decimals), ties by precision@10"}
 
 
@@ -129,12 +163,16 @@ def report(ws: Workspace, keys: list[str], chosen: dict, queries: list[dict], tr
         ensure_backbone(ws, key, a.steps, a.lr, log)
         store = ensure_store(ws, key, a.threads)
         methods = ("template", "global") if key in ("lite0-s8", "lite0-s16") else ("template",)
-        res["backbones"][key] = {"store": store, **measure(ws, key, cfg, queries, truth, methods)}
+        m = measure(ws, key, cfg, queries, truth, methods)
+        if m is None:
+            res.setdefault("not_measured", []).append(key)
+            continue
+        res["backbones"][key] = {"store": store, **m}
     peers_out: dict = {}
     for key in ("lite0-s8", "lite0-s16"):
         if key in res["backbones"]:
             peers_out[f"knn-{key}"] = res["backbones"][key].pop("global")
-    if a.patch:
+    if a.patch and not (CACHED_ONLY and not (out_dir / "patch_peer.npz").exists()):
         prep = peers.prepare(ws, out_dir / "patch_peer.npz", n_train=a.patch_train, epochs=a.patch_epochs,
                              top_n=a.patch_top_n)
         r = ts.evaluate(peers.run(prep, queries), queries, truth, localizes=True)
@@ -144,12 +182,14 @@ def report(ws: Workspace, keys: list[str], chosen: dict, queries: list[dict], tr
     res["peers"] = peers_out
     ch = res["chance"]["bins"]["<1%"]
     best_peer = max((small_bin(v)[0] for v in peers_out.values()), default=0.0)
-    t_rec, t_prec = small_bin(res["backbones"][chosen["backbone"]]["template"])
+    best_key = chosen["backbone"] if chosen["backbone"] in res["backbones"] else None
+    t_rec, t_prec = small_bin(res["backbones"][best_key]["template"]) if best_key else (None, None)
     res["summary"] = {"default_backbone": chosen["backbone"], "template_recall@100_<1%": t_rec,
                       "template_precision@10_<1%": t_prec, "best_peer_recall@100_<1%": best_peer,
-                      "recall_over_best_peer": t_rec / best_peer if best_peer else None,
+                      "recall_over_best_peer": t_rec / best_peer if best_peer and t_rec is not None else None,
                       "chance_recall@100_<1%": ch["recall@100"], "chance_precision@10_<1%": ch["precision@10"],
-                      "precision_over_chance": t_prec / ch["precision@10"] if ch["precision@10"] else None}
+                      "precision_over_chance": t_prec / ch["precision@10"] if ch["precision@10"] and t_prec is not None
+                      else None}
     return res
 
 
@@ -192,10 +232,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patch-epochs", type=int, default=12)
     ap.add_argument("--patch-top-n", type=int, default=20, help="proposals kept per pool image")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tune-only", action="store_true", help="measure --backbones on the tuning world and stop "
+                    "(results cached in its workspace: separate invocations add up)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out-dir", default="/tmp/assay-bench-tsb")
     ap.add_argument("--out", default=None, help="JSON path (default bench/targeted_selection_backbones.json)")
+    ap.add_argument("--assemble", action="store_true", help="write the JSON from what earlier invocations "
+                    "measured (cached in each workspace); nothing is trained, embedded or measured anew")
     a = ap.parse_args(argv)
+    global CACHED_ONLY
+    CACHED_ONLY = a.assemble
     if a.tune_seed == a.seed:
         ap.error("--tune-seed must differ from --seed")
     out_dir, size = Path(a.out_dir), (512, 384)
@@ -215,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     truth_t = ts.load_truth(ws_t)
     tq = ts.pick_queries(truth_t[0], a.tune_queries, a.tune_seed)
     tuning = {**tune(ws_t, a.backbones, tq, truth_t, a, log["tune"]), "n_queries": len(tq), "world": world_t}
+    if a.tune_only:
+        print(json.dumps(tuning["tried"], indent=1))
+        return
     ws_r, world_r = _world(a.report_dir, out_dir, a.seed, a.n_images, size)
     truth_r = ts.load_truth(ws_r)
     rq = ts.pick_queries(truth_r[0], a.queries, a.seed)
