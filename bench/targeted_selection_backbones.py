@@ -15,8 +15,9 @@ on the world's train-split labels with assay-small's ROI prototype loss, a fixed
 
 Worlds, query objects (held out of the pool), metrics and chance are those of ``bench/targeted_selection.py``.
 
-    python bench/targeted_selection_backbones.py --tune-dir /tmp/tsb/seed1 --report-dir /tmp/tsb/seed0 \\
-        --tune-seed 1 --seed 0 --queries 50 --tune-queries 30
+    python bench/targeted_selection_backbones.py --tune-dir /tmp/bts/w1 --tune-view-of /tmp/tsb/seed1 \\
+        --report-dir /tmp/bts/w0 --report-view-of /tmp/tsb/seed0 --tune-seed 1 --seed 0 --queries 50 \\
+        --tune-queries 30 --cell-pools 2 --candidates 150 --steps 100
     python bench/targeted_selection_backbones.py --smoke      # seconds; JSON under --out-dir
 """
 
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tune-dir", required=False, help="world folder of the tuning seed (made when missing)")
     ap.add_argument("--report-dir", required=False, help="world folder of the report seed (made when missing)")
+    ap.add_argument("--tune-view-of", help="make --tune-dir as a 500-image view of this bigger world (make_view)")
+    ap.add_argument("--report-view-of", help="make --report-dir as a 500-image view of this bigger world")
     ap.add_argument("--n-images", type=int, default=2000, help="world size when a world has to be made")
     ap.add_argument("--tune-seed", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -257,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
 
     faiss.omp_set_num_threads(a.threads)
     t0, log = time.perf_counter(), {"tune": {}, "report": {}}
+    for folder, src, seed in ((a.tune_dir, a.tune_view_of, a.tune_seed), (a.report_dir, a.report_view_of, a.seed)):
+        if src and folder and not (Path(folder) / "workspace/catalog/images.parquet").exists():
+            make_view(Path(src), Path(folder), seed)
     ws_t, world_t = _world(a.tune_dir, out_dir, a.tune_seed, a.n_images, size)
     truth_t = ts.load_truth(ws_t)
     tq = ts.pick_queries(truth_t[0], a.tune_queries, a.tune_seed)
@@ -283,6 +289,29 @@ def main(argv: list[str] | None = None) -> None:
     tmp.replace(out)
     out.with_suffix(".md").write_text(md)
     print(f"wrote {out} and .md")
+
+
+VIEW = {"train": 125, "val": 25, "pool": 312}  # the bench's split shares of a 500-image world
+
+
+def make_view(src: Path, dst: Path, seed: int) -> None:
+    """A 500-image world view of a bigger world in ``src``: :data:`VIEW` images per split drawn by ``seed``, every
+    query-split image kept; images are shared (catalog rows copied, URIs unchanged)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    img = pq.read_table(src / "workspace/catalog/images.parquet")
+    rows, rng, keep = img.to_pylist(), np.random.default_rng(seed), set()
+    for split, n in VIEW.items():
+        ids = sorted(r["image_id"] for r in rows if r["split"] == split)
+        keep |= {ids[i] for i in rng.permutation(len(ids))[:n]}
+    keep |= {r["image_id"] for r in rows if r["split"] == "queries"}
+    (dst / "workspace/catalog").mkdir(parents=True, exist_ok=True)
+    pq.write_table(img.filter(pa.array([r["image_id"] in keep for r in rows])), dst / "workspace/catalog/images.parquet")
+    lab = pq.read_table(src / "workspace/catalog/labels.parquet")
+    pq.write_table(lab.filter(pa.array([i in keep for i in lab.column("image_id").to_pylist()])),
+                   dst / "workspace/catalog/labels.parquet")
+    (dst / "bench_prepare.json").write_text(json.dumps({"seed": seed, "view_of": str(src), "splits": VIEW}))
 
 
 def _world(folder: str | None, out_dir: Path, seed: int, n: int, size: tuple[int, int]) -> tuple[Workspace, dict]:
