@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     ws_t, world_t = _world(a.tune_dir, out_dir, a.tune_seed, a.n_images, size)
     truth_t = ts.load_truth(ws_t)
     tq = ts.pick_queries(truth_t[0], a.tune_queries, a.tune_seed)
-    tuning = {**tune(ws_t, a.backbones, tq, truth_t, a, log["tune"]), "n_queries": len(tq), "world": world_t}
+    tuning = {**tune(ws_t, a.backbones, tq, truth_t, a, log["tune"]), "n_queries": len(tq), "world": world_t,
+              "chance": ts.chance(tq, truth_t), "n_pool": truth_t[3]}
     if a.tune_only:
         print(json.dumps(tuning["tried"], indent=1))
         return
