@@ -28,12 +28,17 @@ def test_learn_writes_a_curve_estimate_can_read(tiny_world):
     ws = str(tiny_world / "ws")
     res = runner.invoke(app, ["learn", "--workspace", ws, "--rounds", "1", "--budget", "3", "--initial", "4",
                               "--epochs", "1", "--strategy", "uncertainty_robustness", "--pseudo", "--run", "r1",
-                              "--json"])
+                              "--warm-start", "--json"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["n_labeled"] == [4, 7] and len(rep["map50"]) == 2
     curve = pq.read_table(tiny_world / "ws" / "runs" / "r1" / "curve.parquet").to_pylist()
     assert [r["round"] for r in curve] == [0, 1] and {"n_labeled", "n", "metric", "value"} <= set(curve[0])
+    from actors.core.workspace import Workspace
+    from actors.detection.train import read_checkpoint
+
+    cks = [read_checkpoint(Workspace(ws), f"runs/r1/models/round-{r}.pt")["config"] for r in (0, 1)]
+    assert "init" not in cks[0] and "init" in cks[1]  # round 1 fine-tuned round 0's model (warm start)
     labeled = pq.read_table(tiny_world / "ws" / "runs" / "r1" / "labeled.parquet").to_pylist()
     assert len(labeled) == 7 and len({r["image_id"] for r in labeled}) == 7
     # pseudo rows of the run go away by run
