@@ -79,7 +79,8 @@ def net_spec(net: nn.Module, det: nn.Module, folded: bool) -> dict[str, Any]:
     """JSON-able description that, with ``net``'s state dict, rebuilds ``net`` (:func:`build_net`): the source
     detector's config and classes, whether BN is folded, and every GroupNorm's group count."""
     return {"detector": det.config, "classes": list(det.classes), "folded": folded,
-            "gn_groups": {n: m.num_groups for n, m in net.named_modules() if isinstance(m, nn.GroupNorm)}}
+            "gn_groups": {n: m.num_groups for n, m in net.named_modules() if isinstance(m, nn.GroupNorm)},
+            "bn_eps": {n: m.eps for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}}
 
 
 def _narrow(net: nn.Module, sd: dict[str, torch.Tensor], gn_groups: dict[str, int]) -> None:
@@ -133,6 +134,9 @@ def build_net(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[Den
             raise ValueError(f"{lname} has {None if w is None else w.shape[0]} outputs, "
                              f"{len(spec['classes'])} classes need {m.out_channels}")
     _narrow(net, state, spec.get("gn_groups", {}))
+    for n, m in net.named_modules():  # a random-init build may differ from the trained one's BN eps
+        if n in spec.get("bn_eps", {}):
+            m.eps = float(spec["bn_eps"][n])
     net.load_state_dict(state, strict=True)
     det.head = net.head  # decoding reads the head's config; the pruned head is the one that runs
     return net.eval().requires_grad_(False), det
