@@ -5,8 +5,8 @@ cell codec (fp16 as today, per-image per-channel int8, product quantization deco
 format for scattered reads (one-image-per-row-group Parquet, what Assay writes, against Lance ``take``).
 
 Every variant is derived from one fp16 8-px base store per world (``embed_pool(codec="fp16", pool=1)``): cells
-average-pooled 2×2 (what the encoder's ``pool=2`` does), projected with a PCA fitted on 50,000 cells of the first 32
-images (what ``embed --pca-dim`` fits), then encoded with the codec — so no variant re-runs the backbone; query
+average-pooled 2×2 (what the encoder's ``pool=2`` does), projected with a PCA fitted on 20,000 cells of the first 32
+images (``embed --pca-dim`` fits on 50,000), then encoded with the codec — so no variant re-runs the backbone; query
 maps go through the same steps from the query image's float32 map. The coarse stage is the same for all: an exact
 index of 16-px vectors (2×2 blocks of 8-px stores, the cells of 16-px stores); the fine stage re-ranks on the
 stored map, decoded. Recall comes from the real matcher (``Selector``) with ``bench/targeted_selection.py``'s
@@ -54,11 +54,7 @@ KEEP = 0.95
 VARIANTS = {
     "fp16-8px": (1, None, "fp16", None),
     "int8-8px": (1, None, "int8", None),
-    "pca32-int8-8px": (1, 32, "int8", None),
-    "pq-d4-8px": (1, None, "pq", 4),
-    "fp16-16px": (2, None, "fp16", None),
     "int8-16px": (2, None, "int8", None),
-    "pca32-int8-16px": (2, 32, "int8", None),
     "pq-d2-16px": (2, None, "pq", 2),
 }
 BASE_VARIANT = "fp16-8px"
@@ -97,7 +93,7 @@ def make_variant(ws: Workspace, base: str, name: str, spec: tuple) -> dict:
         sample = [k for s in base_shards for k in s.keys][:32]
         cells = np.concatenate([_pool(f.fmap, pool).reshape(bmeta["dim"], -1).T
                                 for f in iter_feature_maps(ws, base, image_ids=sample)])
-        cells = cells[np.random.default_rng(0).permutation(len(cells))[:50000]]
+        cells = cells[np.random.default_rng(0).permutation(len(cells))[:20000]]
         pca = fit_pca(cells, pca_dim) if pca_dim else None
         if pca:
             _save_pca(ws, meta["pca"], *pca)
@@ -326,19 +322,21 @@ def _smoke_world(root: Path) -> Workspace:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["accuracy", "timing", "all"], default="all")
+    ap.add_argument("--part", choices=["accuracy", "tune", "report", "merge", "timing", "all"], default="all",
+                    help="tune / report: one world each (two processes), written to --world-json; merge: both "
+                         "into --out")
+    ap.add_argument("--world-json", nargs="+", default=None, help="tune/report: where to write; merge: tune, report")
     ap.add_argument("--worlds", default="/tmp/fsb", help="folder with seed<N>/workspace holding the base store")
     ap.add_argument("--base", default="lite0-s8", help="fp16 8-px base store name in each world")
     ap.add_argument("--backbone", default="efficientnet-lite0 stride 8 (40 ch, ImageNet weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tune-seed", type=int, default=1)
-    ap.add_argument("--queries", type=int, default=60)
-    ap.add_argument("--tune-queries", type=int, default=40)
+    ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--tune-queries", type=int, default=20)
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--timing-ws", default="/tmp/fsb/timing/workspace", help="workspace with a >= 1,000-image base")
     ap.add_argument("--timing-base", default="assay-small-p1")
-    ap.add_argument("--timing-variants", nargs="+", default=["fp16-8px", "int8-8px", "int8-16px", "pca32-int8-16px",
-                                                             "pq-d2-16px"])
+    ap.add_argument("--timing-variants", nargs="+", default=["fp16-8px", "int8-8px", "int8-16px", "pq-d2-16px"])
     ap.add_argument("--candidates-timing", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -364,6 +362,25 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(res))
         return
     res["smoke"] = False
+    if a.part in ("tune", "report"):
+        import faiss
+
+        faiss.omp_set_num_threads(a.threads)
+        seed, nq = (a.tune_seed, a.tune_queries) if a.part == "tune" else (a.seed, a.queries)
+        t0 = time.perf_counter()
+        w = measure_world(Workspace(Path(a.worlds) / f"seed{seed}" / "workspace"), a.base, nq, seed, a.candidates,
+                          names)
+        w.update(seed=seed, seconds=time.perf_counter() - t0, loadavg=os.getloadavg(), threads=a.threads,
+                 candidates=a.candidates, command="python bench/feature_store.py " + " ".join(argv or sys.argv[1:]))
+        Path(a.world_json[0]).write_text(json.dumps(w, indent=2) + "\n")
+        return
+    if a.part == "merge":
+        tuned, report = (json.loads(Path(p).read_text()) for p in a.world_json)
+        res["accuracy"] = {"tuning": tuned, "report": report, "chosen": choose(tuned), "tune_seed": tuned["seed"],
+                           "report_seed": report["seed"], "backbone": a.backbone, "candidates": report["candidates"],
+                           "budget_kib": BUDGET_KIB, "keep": KEEP, "threads": report["threads"],
+                           "commands": [tuned["command"], report["command"]]}
+        _write(out, res)
     if a.part in ("accuracy", "all"):
         t0 = time.perf_counter()
         wt, wr = (Workspace(Path(a.worlds) / f"seed{s}" / "workspace") for s in (a.tune_seed, a.seed))

@@ -113,19 +113,20 @@ class PQCodec(Codec):
 def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np.ndarray:
     """k-means (256 centroids) per group of C/m channels of N×C cells -> centroids m×256×(C/m), float32.
 
-    Raises ``UserError`` when m does not divide C or there are fewer cells than centroids.
+    Fewer cells than centroids (a tiny workspace) gives duplicate centroids: every cell is then coded exactly.
+    Raises ``UserError`` when m does not divide C or there are no cells.
     """
     n, c = cells.shape
     if m < 1 or c % m:
         raise UserError(f"pq_m={m} must divide the cell dimension {c} (after PCA, if any)")
-    if n < PQ_K:
-        raise UserError(f"PQ needs at least {PQ_K} training cells, got {n}")
+    if n == 0:
+        raise UserError("PQ needs training cells, got none")
     rng = np.random.default_rng(seed)
     x = np.asarray(cells, np.float32).reshape(n, m, c // m)
     out = np.empty((m, PQ_K, c // m), np.float32)
     for j in range(m):
         xj = x[:, j]
-        cent = xj[rng.choice(n, PQ_K, replace=False)].copy()
+        cent = xj[rng.choice(n, PQ_K, replace=n < PQ_K)].copy()
         for _ in range(iters):
             assign = np.argmin((cent ** 2).sum(1)[None] - 2 * xj @ cent.T, axis=1)
             sums = np.zeros_like(cent)
@@ -134,9 +135,15 @@ def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np
             empty = counts == 0
             cent[~empty] = sums[~empty] / counts[~empty, None]
             if empty.any():  # re-seed empty centroids on random cells
-                cent[empty] = xj[rng.choice(n, int(empty.sum()), replace=False)]
+                cent[empty] = xj[rng.choice(n, int(empty.sum()), replace=n < int(empty.sum()))]
         out[j] = cent
     return out
+
+
+def default_pq_m(dim: int) -> int:
+    """PQ bytes per cell by default: the largest divisor of ``dim`` up to dim / 2 (2 channels per byte; what
+    ``bench/feature_store.py`` chose)."""
+    return max([m for m in range(1, max(1, dim // 2) + 1) if dim % m == 0])
 
 
 def save_codebook(centroids: np.ndarray) -> bytes:
@@ -164,4 +171,4 @@ def make_codec(name: str | None, centroids: np.ndarray | None = None) -> Codec:
     raise UserError(f"unknown feature codec {name!r}; choose one of {', '.join(CODECS)}")
 
 
-__all__ = ["CODECS", "Codec", "Int8Codec", "PQCodec", "load_codebook", "make_codec", "save_codebook", "train_pq"]
+__all__ = ["CODECS", "Codec", "Int8Codec", "PQCodec", "default_pq_m", "load_codebook", "make_codec", "save_codebook", "train_pq"]

@@ -15,8 +15,8 @@ actor killed mid-shard is restarted by Ray Data and its shard redone (at most an
 end of the run); a shard written but not yet committed when the driver died is adopted on the next run from its row
 summary, not recomputed. An image is in the store exactly once.
 
-Storage per 512×384 image (8-px cells, 64 channels): fp16 384 KiB, int8 192 KiB; 16-px cells a quarter of that;
-``pca_dim`` and ``codec="pq"`` shrink it further (``bench/feature_store.py`` measures what each keeps).
+Storage per 512×384 image, 64 channels: fp16 8-px cells 384 KiB, int8 192 KiB; the default (16-px cells, PQ at 2
+channels per byte) 24 KiB (``bench/feature_store.py`` measures what each option keeps).
 """
 
 from __future__ import annotations
@@ -40,13 +40,17 @@ from actors.core.runtime import Resources, init_ray
 from actors.core.shards import Shard, ShardedDataset
 from actors.core.workspace import Workspace
 from actors.features.backbones import parse_spec
-from actors.features.codecs import CODECS, Codec, save_codebook, train_pq
+from actors.features.codecs import CODECS, Codec, default_pq_m, save_codebook, train_pq
 from actors.features.encoder import (CELL_STRIDE, RegionEncoder, _backbone, _save_pca, fit_pca, load_region_encoder,
                                      store_name)
 from actors.features.store import (FEATURE_SCHEMA, encode_rows, feature_rows, features_dir, store_codec,
                                    write_feature_shard)
 
-DEFAULT_CODEC = "int8"  # new stores (bench/feature_store.py); an existing store keeps the codec it was made with
+# new stores: 16-px cells, product-quantized at 2 channels per byte (bench/feature_store.py: the smallest option within
+# 48 KiB per 512x384 image that kept >= 95% of the fp16 8-px store's recall@100 on objects < 1%); an existing store
+# keeps the settings it was made with
+DEFAULT_CODEC = "pq"
+DEFAULT_CELL_PX = 16
 LEFT_CATALOG = "left the catalog (removed, or now status 'error') before its shard was embedded"
 
 
@@ -185,7 +189,7 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
     if codec not in CODECS:
         raise UserError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
     ext = _backbone(ws, base, checkpoint, backbone_cfg)
-    pool = pool or old.get("pool") or max(1, CELL_STRIDE // ext.stride)
+    pool = pool or old.get("pool") or max(1, (CELL_STRIDE if old else DEFAULT_CELL_PX) // ext.stride)
     rel = f"{features_dir(name)}/pca.npz" if pca_dim else None
     meta = {"model": name, "backbone": base, "checkpoint": checkpoint, "backbone_cfg": backbone_cfg,
             "weights_id": ext.weights_id, "backbone_dim": ext.dim, "backbone_stride": ext.stride, "pool": pool,
@@ -193,7 +197,7 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
     if codec != "fp16":  # fp16 stores keep the meta they had before codecs existed
         meta["codec"] = codec
     if codec == "pq":
-        pq_m = pq_m or old.get("pq_m") or max(1, (pca_dim or ext.dim) // 4)
+        pq_m = pq_m or old.get("pq_m") or default_pq_m(pca_dim or ext.dim)
         meta.update(pq=f"{features_dir(name)}/pq.npz", pq_m=pq_m)
     if old and old != meta:
         raise UserError(f"{ws.path(features_dir(name))}: existing features were made with {old}, "
@@ -230,10 +234,11 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
         Catalog splits to embed; None = every image whose status is not "error".
     resources : Resources, optional
         Actor pool size, per-actor CPUs/GPUs and batch size (default ``Resources.auto()``).
-    pool, max_side, pca_dim : see :class:`RegionEncoder`; ``pool`` defaults to 8 // backbone stride (stride-8 cells).
+    pool, max_side, pca_dim : see :class:`RegionEncoder`; ``pool`` defaults to :data:`DEFAULT_CELL_PX` // backbone
+        stride for a new store (16-px cells), the existing store's otherwise.
     codec : {"fp16", "int8", "pq"}, optional
         How cells are stored (:mod:`actors.features.codecs`); default :data:`DEFAULT_CODEC` for a new store, the
-        existing store's codec otherwise. ``pq_m``: PQ bytes per cell (default dim / 4; must divide dim).
+        existing store's codec otherwise. ``pq_m``: PQ bytes per cell (default :func:`default_pq_m`: dim / 2).
     local : bool
         Run in-process, shard by shard, without Ray (same functions, same output).
     threads : int, optional

@@ -75,12 +75,12 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
               layer: Annotated[Optional[str], typer.Option(
                   "--layer", help="Torchvision trunk: last stage kept (e.g. layer2).")] = None,
               codec: Annotated[Optional[str], typer.Option(
-                  "--codec", help="How cells are stored: int8 (default for a new store), fp16, pq; an existing "
+                  "--codec", help="How cells are stored: pq (default for a new store), int8, fp16; an existing "
                                   "store keeps its own.")] = None,
               pq_m: Annotated[Optional[int], typer.Option(
-                  "--pq-m", help="With --codec pq: bytes per cell (divides the dim; default dim/4).")] = None,
+                  "--pq-m", help="With --codec pq: bytes per cell (divides the dim; default dim/2).")] = None,
               pool: Annotated[Optional[int], typer.Option(
-                  "--pool", help="Average k x k backbone cells into one stored cell (default: 8-px cells).")] = None,
+                  "--pool", help="Average k x k backbone cells into one stored cell (default: 16-px cells).")] = None,
               shard_size: Annotated[int, typer.Option("--shard-size", help="Images per output shard.")] = 256,
               local: Annotated[bool, typer.Option("--local", help="Run in-process, without Ray.")] = False,
               as_json: JsonOpt = False) -> None:

@@ -26,5 +26,6 @@ def test_train_then_embed_a_tiny_world(tmp_path, capsys):
     assert rep["checkpoint"] == "models/assay-small.pt" and rep["n_train"] > 0
     assert main(["embed", "-w", ws, "--local", "--batch-size", "4", "--shard-size", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n_embedded"] == out["n_images"] > 0 and out["cell_stride"] == 8 and out["dim"] == 64
+    assert out["n_embedded"] == out["n_images"] > 0 and out["cell_stride"] == 16 and out["dim"] == 64
+    assert out["codec"] == "pq" and out["bytes_per_image"] == (128 // 16) * (96 // 16) * 32  # 32 bytes per cell
     assert feature_meta(Workspace(ws), "assay-small")["weights_id"] != "random-init"
