@@ -1,7 +1,7 @@
 """Compact feature store: bytes per image, retrieval recall kept, and random-access cost, per store option.
 
-Options (alone and combined): cell size (8-px cells, or 16-px = 2×2 backbone cells averaged), PCA to 32 dims, the
-cell codec (fp16 as today, per-image per-channel int8, product quantization decoded in the fine stage), and the file
+Options (alone and combined): cell size (8-px cells, or 16-px = 2×2 backbone cells averaged), PCA (supported by
+``make_variant``; dropped from :data:`VARIANTS` for CPU time in the committed run), the cell codec (fp16 as today, per-image per-channel int8, product quantization decoded in the fine stage), and the file
 format for scattered reads (one-image-per-row-group Parquet, what Assay writes, against Lance ``take``).
 
 Every variant is derived from one fp16 8-px base store per world (``embed_pool(codec="fp16", pool=1)``): cells
@@ -19,8 +19,11 @@ truth, queries and scoring (held-out query instances; chance beside it).
    ``flock /tmp/team/timing.lock``): fine stage for 1,000 uncached random candidates (read + decode + match,
    ``Matcher(cache_size=0)``), and read + decode alone from Parquet vs Lance, ``--repeats`` alternating rounds.
 
-    python bench/feature_store.py --worlds /tmp/fsb --base lite0-s8 --part accuracy
-    flock /tmp/team/timing.lock python bench/feature_store.py --part timing --timing-ws /tmp/fsb/timing
+    python bench/feature_store.py --part tune --threads 1 --candidates 100 --tune-queries 15 --world-json T.json
+    python bench/feature_store.py --part report --threads 1 --candidates 100 --queries 25 --world-json R.json
+    python bench/feature_store.py --part merge --world-json T.json R.json
+    python bench/feature_store.py --part timing --prepare-only --out /tmp/prep.json     # nice: stores only
+    flock /tmp/team/timing.lock python bench/feature_store.py --part timing --threads 2
     python bench/feature_store.py --smoke --out /tmp/fs-smoke.json   # seconds
 """
 
