@@ -122,7 +122,9 @@ def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np
     if n == 0:
         raise UserError("PQ needs training cells, got none")
     rng = np.random.default_rng(seed)
-    x = np.asarray(cells, np.float32).reshape(n, m, c // m)
+    cells = np.asarray(cells, np.float32)
+    cells = cells[np.lexsort(cells.T[::-1])]  # canonical order: the same cells give the same codebook in any order
+    x = cells.reshape(n, m, c // m)
     out = np.empty((m, PQ_K, c // m), np.float32)
     for j in range(m):
         xj = x[:, j]
