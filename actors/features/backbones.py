@@ -173,6 +173,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     return _state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), path), _weights_id(data)
 
 
+def checkpoint_bytes(checkpoint: str | os.PathLike | None, workspace: Any, rel: str, *, label: str,
+                     train_cmd: str) -> bytes:
+    """The bytes of a trained backbone's weights: the local file ``checkpoint`` when given, else ``rel`` in
+    ``workspace`` (a :class:`~actors.core.workspace.Workspace` or its URI). A missing file is a one-line
+    :class:`UserError` naming the path and ``train_cmd``, the command that writes it."""
+    from actors.core.workspace import Workspace
+
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise UserError(f"{label} checkpoint {os.fspath(checkpoint)} does not exist")
+        with open(checkpoint, "rb") as f:
+            return f.read()
+    ws = Workspace(workspace) if isinstance(workspace, (str, os.PathLike)) else workspace
+    if ws is None or not ws.exists(rel):
+        where = ws.path(rel) if ws is not None else rel
+        raise UserError(f"no {label} weights at {where}; run `{train_cmd}` first (or pass another --backbone)")
+    return ws.read_bytes(rel)
+
+
 def _state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from actors.core.errors import UserError
-from actors.features.backbones import FeatureExtractor, register_backbone
+from actors.features.backbones import FeatureExtractor, checkpoint_bytes, register_backbone
 
 NAME = "efficientnet-lite0"
 STAGE_FOR_STRIDE = {8: 2, 16: 4, 32: 6}
@@ -193,8 +193,6 @@ def lite0_finetuned_backbone(*, workspace: Any = None, checkpoint: str | None = 
 
     import timm
 
-    from actors.core.workspace import Workspace
-
     body = Lite0Trunk(timm.create_model("efficientnet_lite0", pretrained=False), _cut([1, 2, 2, 3, 3, 4, 1], stride,
                                                                                        None))
     for m in body.modules():
@@ -203,18 +201,8 @@ def lite0_finetuned_backbone(*, workspace: Any = None, checkpoint: str | None = 
     if random_init:
         return FeatureExtractor(body, name=FT_NAME, normalize=False)
     rel = finetuned_checkpoint(stride)
-    if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise UserError(f"{FT_NAME} checkpoint {checkpoint} does not exist")
-        with open(checkpoint, "rb") as f:
-            data = f.read()
-    else:
-        ws = Workspace(workspace) if isinstance(workspace, (str, os.PathLike)) else workspace
-        if ws is None or not ws.exists(rel):
-            raise UserError(f"no fine-tuned Lite0 weights at {ws.path(rel) if ws is not None else rel}; run "
-                            f"`assay backbone train --backbone {NAME} --stride {stride}` first (or pass another "
-                            "--backbone)")
-        data = ws.read_bytes(rel)
+    data = checkpoint_bytes(checkpoint, workspace, rel, label="fine-tuned Lite0",
+                            train_cmd=f"assay backbone train --backbone {NAME} --stride {stride}")
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if int(ckpt.get("config", {}).get("stride", stride)) != stride:
         raise UserError(f"{rel}: trained at stride {ckpt['config']['stride']}, asked for stride {stride}")

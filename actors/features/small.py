@@ -27,7 +27,7 @@ from actors.catalog.schema import IMAGES, LABELS
 from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 from actors.features.backbones import (IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor, _state_dict, _weights_id,
-                                       register_backbone)
+                                       checkpoint_bytes, register_backbone)
 from actors.features.regions import region_vectors
 
 SMALL_CHECKPOINT = "models/assay-small.pt"
@@ -64,18 +64,8 @@ def _small_backbone(*, workspace: Workspace | str | None = None, checkpoint: str
     if random_init:
         conf = SmallConfig(**{k: v for k, v in cfg.items() if k in ("widths", "stride")})
         return FeatureExtractor(small_trunk(conf), name="assay-small", normalize=normalize)
-    if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise UserError(f"assay-small checkpoint {checkpoint} does not exist")
-        with open(checkpoint, "rb") as f:
-            data = f.read()
-    else:
-        ws = Workspace(workspace) if isinstance(workspace, (str, os.PathLike)) else workspace
-        if ws is None or not ws.exists(SMALL_CHECKPOINT):
-            where = ws.path(SMALL_CHECKPOINT) if ws is not None else SMALL_CHECKPOINT
-            raise UserError(f"no assay-small weights at {where}; run `assay backbone train --workspace …` "
-                                    "first (or pass another --backbone)")
-        data = ws.read_bytes(SMALL_CHECKPOINT)
+    data = checkpoint_bytes(checkpoint, workspace, SMALL_CHECKPOINT, label="assay-small",
+                            train_cmd="assay backbone train --workspace …")
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     conf = SmallConfig(**{k: tuple(v) if k == "widths" else v for k, v in ckpt.get("config", {}).items()
                           if k in ("widths", "stride")})
