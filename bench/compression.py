@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mag-budgets", default=None, help="budgets that get a magnitude baseline (default: all)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per pruned model (0: none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-threads", type=int, default=None,
+                   help="torch threads of Taylor scoring and fine-tuning (default: --threads; the LUT and the "
+                        "timing keep --threads)")
     p.add_argument("--lut-runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help="where the per-layer LUT is timed (the shipped runtime by default)")
     p.add_argument("--runs", type=int, default=10)
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     save_cached(ws, lut)
     lut_s = time.monotonic() - t0
     log(f"LUT {key}: {len(lut.entries)} signatures, {lut_s:.0f} s (0 when cached)")
+    torch.set_num_threads(args.train_threads or args.threads)
 
     models: dict[str, dict] = {}
     nets: dict[str, torch.nn.Module] = {}
@@ -214,6 +218,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.phase == "models":
         log(f"models cached in {cache}; measure them with --phase measure")
         return {"cache": str(cache), "models": sorted(models)}
+    torch.set_num_threads(args.threads)
     log("export + int8 (ONNX Runtime static QDQ, per-channel weights)")
     calib = [x.numpy() for x in calib_split.images[:args.calib]]
     paths = {}
