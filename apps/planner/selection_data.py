@@ -53,6 +53,12 @@ def _catalog(uri: str, stamp) -> pd.DataFrame:
     return load_images(uri, columns=["image_id", "uri", "width", "height", "split"]).to_pandas()
 
 
+def index_stamp(ws, model: str) -> tuple:
+    """A cache key that changes whenever ``model``'s region index changes: the stamps of the single index's
+    manifest and of the sharded index's manifest (``assay index --shards N``), whichever exist."""
+    return _stamp(ws, f"index/{model}/manifest.json"), _stamp(ws, f"index/{model}/shards/manifest.json")
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def indexed_images(uri: str, model: str, stamp) -> frozenset[str]:
     """Image ids in ``model``'s region index (their stored features can serve as a query)."""

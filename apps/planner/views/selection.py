@@ -10,7 +10,6 @@ import streamlit as st
 from actors.core.errors import UserError
 from apps.planner import selection_data as sd
 from apps.planner.common import missing, run_page, workspace
-from apps.planner.data import _stamp
 
 PAGE_SIZE = 12
 CANVAS_WIDTH = 640
@@ -68,7 +67,7 @@ def _query(ws, model: str):
     if cat.empty:
         st.info("The workspace has no catalog to pick a query from; upload an image instead.")
         return None
-    indexed = sd.indexed_images(ws.uri, model, _stamp(ws, f"index/{model}/manifest.json"))
+    indexed = sd.indexed_images(ws.uri, model, sd.index_stamp(ws, model))
     cat = cat[cat["image_id"].isin(indexed) | (cat["split"] == "queries")]
     if cat.empty:
         st.info("No catalog image is in the index; upload an image instead.")

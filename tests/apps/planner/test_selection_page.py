@@ -186,3 +186,14 @@ def test_a_box_drawn_on_the_canvas_maps_back_to_image_pixels():
     assert check_box((100, 50, 300, 150), 512, 384) == (100.0, 50.0, 300.0, 150.0)
     with pytest.raises(Exception, match="empty"):
         check_box((300, 50, 100, 150), 512, 384)
+
+
+def test_the_indexed_images_cache_key_changes_when_a_sharded_index_is_written(ws_dir):
+    from actors.core.workspace import Workspace
+    from apps.planner.selection_data import index_stamp
+
+    ws = Workspace(ws_dir)
+    before = index_stamp(ws, "toy")
+    ws.write_json("index/toy/shards/manifest.json", {"shards": []})  # `assay index --shards N` writes only this
+    after = index_stamp(ws, "toy")
+    assert after != before and after[0] == before[0]
