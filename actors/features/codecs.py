@@ -11,7 +11,8 @@ pq       M (+ the codebook once per store)          product quantization: the C 
                                                     nearest of 256 centroids; codes H×W×M, cell-major
 =======  =========================================  ============================================================
 
-Decoding gives float32 (fp16 stays float16, as stored). Codecs are pure numpy; the store's manifest ``meta`` names
+Decoding gives float32 (fp16 stays float16, as stored); a PQ grid comes back as a C×H×W view of H×W×C memory
+(the fine stage's channels-last layout, no transpose copy). Codecs are pure numpy; the store's manifest ``meta`` names
 the codec (``codec``; absent = fp16, so stores written before codecs read unchanged) and, for ``pq``, the
 workspace path of the codebook (``pq``: an ``.npz`` with ``centroids`` M×256×(C/M)).
 """
@@ -87,6 +88,11 @@ class PQCodec(Codec):
         self.centroids = np.ascontiguousarray(centroids, np.float32)  # M×K×d
         self.m, self.k, self.d = self.centroids.shape
         self._norms = (self.centroids ** 2).sum(-1)  # M×K
+        # the codebook as M·K items of d floats each (group j's code q is item j·K + q), seen as one d·4-byte
+        # word per item so that decoding is one 1-D np.take (about 10× faster than fancy-indexing M×K×d)
+        word = {4: np.int32, 8: np.int64}.get(4 * self.d, np.dtype((np.void, 4 * self.d)))
+        self._words = self.centroids.reshape(self.m * self.k, self.d).view(word).reshape(-1)  # M·K
+        self._offsets = (np.arange(self.m) * self.k).astype(np.uint16 if self.m * self.k <= 65536 else np.intp)
 
     def encode(self, fmap: np.ndarray) -> np.ndarray:
         c, h, w = fmap.shape
@@ -103,8 +109,8 @@ class PQCodec(Codec):
         codes = np.frombuffer(buf, dtype=np.uint8)
         if codes.size != h * w * self.m or c != self.m * self.d:
             raise ValueError(f"fmap holds {codes.size} PQ codes, expected {h * w * self.m} for {shape}")
-        cells = self.centroids[np.arange(self.m)[None], codes.reshape(h * w, self.m)]  # N×M×d
-        return np.ascontiguousarray(cells.reshape(h * w, c).T).reshape(shape)
+        items = np.take(self._words, (codes.reshape(h * w, self.m) + self._offsets).reshape(-1))  # N·M words
+        return items.view(np.float32).reshape(h, w, c).transpose(2, 0, 1)  # C×H×W view of H×W×C memory
 
     def nbytes(self, shape: tuple[int, int, int]) -> int:
         return self.m * shape[1] * shape[2]

@@ -29,6 +29,10 @@ y ∈ [i·stride_y, (i+1)·stride_y). Boxes are ``(x0, y0, x1, y1)`` in image pi
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -44,9 +48,10 @@ from actors.features.store import FeatureMap
 SCALES = (0.7, 1.0, 1.4)
 COMBINE = ("min", "mean")
 EPS = 1e-6
-# feature maps per fine-stage batch: on CPU a batch of 8 maps (64×48×64 float32 = 6 MB) stays in cache and the
-# elementwise passes run ~10× faster per map than at 64; on CUDA large batches keep the GPU busy
-FINE_BATCH = {"cpu": 8, "cuda": 256}
+# feature maps per fine-stage batch on accelerators (large batches keep the GPU busy); on CPU batches hold about
+# FINE_BATCH_BYTES of float32 (1.5 MB, 8 maps of 24×32 cells × 64 channels: the passes then run from cache)
+FINE_BATCH = {"cuda": 256}
+FINE_BATCH_BYTES = 8 * 64 * 24 * 32 * 4
 
 
 @dataclass
@@ -182,7 +187,8 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
     Parameters
     ----------
     t : BoxTemplate (on ``fmaps``' device).
-    fmaps : B×C×H×W.
+    fmaps : B×C×H×W, any strides; channels-last memory (a ``B×H×W×C`` tensor permuted, as
+        :func:`rank_feature_maps` builds it) is used as is.
 
     Returns
     -------
@@ -191,24 +197,26 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
         window (so a 1×1 window still gives a box of the object's size).
 
     The cosine with a window's mean equals ``(v · S) / |S|`` with S the window's sum, and ``v · S`` is the window
-    sum of the one-channel map ``v · x``: per size, only ``|S|`` needs the C channels (:func:`window_sums`).
-    Callers keep batches small (:data:`FINE_BATCH`): the passes then run from cache, several times faster.
+    sum of the one-channel map ``v · x``: per size, only ``|S|`` needs the C channels, as one depthwise
+    convolution with a ones kernel over channels-last memory (one pass, vectorised over channels) and one norm.
+    Callers keep batches to a few MB (:func:`fine_batch`): the passes then run from cache.
     """
-    x = fmaps.float()  # B×C×H×W
-    if t.vector.shape[0] != x.shape[1]:
-        raise UserError(f"template has {t.vector.shape[0]} channels, feature maps {x.shape[1]}")
+    if t.vector.shape[0] != fmaps.shape[1]:
+        raise UserError(f"template has {t.vector.shape[0]} channels, feature maps {fmaps.shape[1]}")
+    x = fmaps.float()
     if t.center is not None:
         x = x - t.center.view(1, -1, 1, 1)
+    x = x.contiguous(memory_format=torch.channels_last)  # no copy when it is already channels-last
     b, c, gh, gw = x.shape
-    proj = (t.vector.view(1, 1, c) @ x.reshape(b, c, gh * gw)).view(b, gh, gw)  # B×H×W: v · x per cell
+    proj = x.permute(0, 2, 3, 1) @ t.vector  # B×H×W: v · x per cell
     best = torch.full((b,), -float("inf"), device=x.device)
     boxes = torch.zeros(b, 4, device=x.device)
     for h, w, s in t.sizes:
         if h > gh or w > gw:
             continue
         dot = window_sums(proj, h, w)  # B×H'×W'
-        ws = window_sums(x, h, w)  # B×C×H'×W'
-        sim = dot / (ws * ws).sum(dim=1).sqrt().clamp_min(EPS * h * w)  # B×H'×W'
+        ws = x if h == w == 1 else F.conv2d(x, x.new_ones(c, 1, h, w), groups=c)  # B×C×H'×W' window sums
+        sim = dot / torch.linalg.vector_norm(ws, dim=1).clamp_min(EPS * h * w)  # B×H'×W'
         v, pos = sim.flatten(1).max(dim=1)  # B, B
         i, j = pos // (gw - w + 1), pos % (gw - w + 1)
         cy, cx = i.float() + h / 2, j.float() + w / 2
@@ -320,34 +328,83 @@ def _to_pixels(cells: torch.Tensor, stride_y: float, stride_x: float) -> tuple[f
 # ----------------------------------------------------------------------------------------------- ranking
 def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], *,
                       top_k: int | None = None, combine: str = "min", device: str = "cpu",
-                      batch_size: int | None = None) -> list[Hit]:
+                      batch_size: int | None = None, workers: int | None = None) -> list[Hit]:
     """Score every feature map (batched by grid shape) and return hits sorted by score, best first.
 
     ``objects`` is, per query object, a :class:`BoxTemplate` or a list of NCC templates (scales). The image box is
     the union of the objects' matched boxes; ``object_boxes`` lists them. Ties keep the input order.
-    ``batch_size`` defaults to :data:`FINE_BATCH` of the device type.
+    ``batch_size`` defaults to :func:`fine_batch` of the device type and map size. On CPU the batches run on
+    ``workers`` threads (default ``torch.get_num_threads()``), each with one torch thread (the setting is
+    restored after): independent batches scale over cores, while many small ops split over OpenMP threads
+    stall whenever another process holds a core. Scores do not depend on ``batch_size`` or ``workers``.
     """
-    batch_size = batch_size or FINE_BATCH.get(torch.device(device).type, 64)
     objects = [ts.to(device) if isinstance(ts, BoxTemplate) else [t.to(device) for t in ts] for ts in objects]
-    hits: list[Hit] = []
-    groups: dict[tuple, list[FeatureMap]] = {}
-    for fm in fmaps:
-        key = fm.fmap.shape
-        groups.setdefault(key, []).append(fm)
-        if len(groups[key]) >= batch_size:
-            hits += _score_group(objects, groups.pop(key), combine, device)
-    for group in groups.values():
-        hits += _score_group(objects, group, combine, device)
+    cpu = torch.device(device).type == "cpu"
+    with _one_torch_thread(cpu) as n_threads:
+        n_workers = max(1, workers or n_threads) if cpu else 1
+        pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+        done: list[list[Hit]] = []
+        pending: deque = deque()
+
+        def submit(group: list[FeatureMap]) -> None:
+            if pool is None:
+                done.append(_score_group(objects, group, combine, device))
+                return
+            pending.append(pool.submit(_score_group, objects, group, combine, device))
+            while len(pending) > 2 * n_workers:  # bounded memory for streamed maps
+                done.append(pending.popleft().result())
+
+        try:
+            groups: dict[tuple, list[FeatureMap]] = {}
+            for fm in fmaps:
+                key = fm.fmap.shape
+                groups.setdefault(key, []).append(fm)
+                if len(groups[key]) >= (batch_size or fine_batch(device, key)):
+                    submit(groups.pop(key))
+            for group in groups.values():
+                submit(group)
+            done += [f.result() for f in pending]
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    hits = [h for part in done for h in part]
     hits.sort(key=lambda h: -h.score)
     return hits[:top_k] if top_k is not None else hits
 
 
+def fine_batch(device: str, shape: tuple[int, ...]) -> int:
+    """Feature maps per fine-stage batch: on CPU about :data:`FINE_BATCH_BYTES` of float32 (a batch then stays in
+    cache through its passes), on CUDA :data:`FINE_BATCH` maps."""
+    if torch.device(device).type != "cpu":
+        return FINE_BATCH.get(torch.device(device).type, 64)
+    return max(1, FINE_BATCH_BYTES // (4 * max(1, int(np.prod(shape)))))
+
+
+_THREADS = threading.Lock()
+
+
+@contextmanager
+def _one_torch_thread(enabled: bool):
+    """While held: torch runs one intra-op thread (restored after); yields the thread count before."""
+    if not enabled:
+        yield torch.get_num_threads()
+        return
+    with _THREADS:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield n
+        finally:
+            torch.set_num_threads(n)
+
+
 def _score_group(objects, group: list[FeatureMap], combine: str, device: str) -> list[Hit]:
-    x = torch.from_numpy(np.stack([fm.fmap for fm in group])).to(device)  # B×C×H×W (fp16 as stored)
+    # channels-last B×H×W×C (one copy; a PQ-decoded map is already H×W×C memory), seen as B×C×H×W
+    x = torch.from_numpy(np.stack([fm.fmap.transpose(1, 2, 0) for fm in group])).to(device).permute(0, 3, 1, 2)
     scores, boxes = match_objects(objects, x, combine)  # B, B×n_obj×4
     out = []
-    for fm, s, bx in zip(group, scores.tolist(), boxes.cpu()):
-        obj = [_to_pixels(b, fm.stride_y, fm.stride_x) for b in bx]
+    for fm, s, bx in zip(group, scores.tolist(), boxes.cpu().tolist()):
+        obj = [(b[0] * fm.stride_x, b[1] * fm.stride_y, b[2] * fm.stride_x, b[3] * fm.stride_y) for b in bx]
         union = (min(b[0] for b in obj), min(b[1] for b in obj), max(b[2] for b in obj), max(b[3] for b in obj))
         out.append(Hit(fm.image_id, float(s), union, obj))
     return out

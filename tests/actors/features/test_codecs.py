@@ -70,13 +70,13 @@ def test_embed_with_int8_and_pq_stores_fewer_bytes_keeps_the_maps_and_never_mixe
     from actors.features.embed import embed_pool
 
     ref = {f.image_id: f.fmap.astype(np.float32)
-           for f in iter_feature_maps(toy, embed_pool(toy, name="ref", local=True, resources=RES, shard_size=4,
-                                                      progress=False, codec="fp16").model)}
+           for f in iter_feature_maps(toy, embed_pool(toy, model="assay-small", name="ref", local=True, resources=RES,
+                                                      shard_size=4, progress=False, codec="fp16").model)}
     fp16_bytes = next(iter(ref.values())).size * 2
     cells = fp16_bytes // (2 * 64)
     for codec, size, min_cos in (("int8", 8 * 64 + cells * 64, 0.99), ("pq", cells * 16, 0.8)):
-        rep = embed_pool(toy, name=codec, local=True, resources=RES, shard_size=4, progress=False, codec=codec,
-                         pq_m=16)
+        rep = embed_pool(toy, model="assay-small", name=codec, local=True, resources=RES, shard_size=4,
+                         progress=False, codec=codec, pq_m=16)
         assert rep.codec == codec and rep.n_embedded == len(ref) == 6
         assert rep.bytes_per_image == size < fp16_bytes  # int8: a byte per value + lo/scale; pq: 16 per cell
         got = {f.image_id: f.fmap for f in FeatureReader(toy, codec).get(sorted(ref))}
@@ -84,6 +84,21 @@ def test_embed_with_int8_and_pq_stores_fewer_bytes_keeps_the_maps_and_never_mixe
             cos = np.sum(got[k] * x, axis=0) / (np.linalg.norm(got[k], axis=0) * np.linalg.norm(x, axis=0) + 1e-9)
             assert np.median(cos) > min_cos, (codec, np.median(cos))
     with pytest.raises(UserError, match="existing features"):  # a codec never mixes into another store
-        embed_pool(toy, name="pq", local=True, resources=RES, shard_size=4, progress=False, codec="int8")
-    again = embed_pool(toy, name="pq", local=True, resources=RES, shard_size=4, progress=False)  # keeps its codec
+        embed_pool(toy, model="assay-small", name="pq", local=True, resources=RES, shard_size=4, progress=False,
+                   codec="int8")
+    again = embed_pool(toy, model="assay-small", name="pq", local=True, resources=RES, shard_size=4,
+                       progress=False)  # keeps its codec
     assert again.codec == "pq" and again.shards_written == 0
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_pq_decode_is_the_centroid_of_each_code(d):
+    """The one-gather decode equals looking up every (cell, group) centroid, for any sub-vector width."""
+    rng = np.random.default_rng(d)
+    m, (c, h, w) = 3, (3 * d, 4, 5)
+    centroids = rng.normal(size=(m, 256, d)).astype(np.float32)
+    codes = rng.integers(0, 256, size=(h * w, m)).astype(np.uint8)
+    got = PQCodec(centroids).decode(codes.reshape(-1), (c, h, w))
+    want = np.stack([np.concatenate([centroids[j, codes[n, j]] for j in range(m)]) for n in range(h * w)])
+    assert got.shape == (c, h, w) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want.T.reshape(c, h, w))
