@@ -17,7 +17,14 @@ Worlds, query objects (held out of the pool), metrics and chance are those of ``
 
     python bench/targeted_selection_backbones.py --tune-dir /tmp/bts/w1 --tune-view-of /tmp/tsb/seed1 \\
         --report-dir /tmp/bts/w0 --report-view-of /tmp/tsb/seed0 --tune-seed 1 --seed 0 --queries 50 \\
-        --tune-queries 30 --cell-pools 2 --candidates 150 --steps 100
+        --tune-queries 30 --cell-pools 2 --candidates 150 --steps 100 \\
+        --backbones assay-small lite0-s8 lite0-s16 lite0ft-s8
+
+(the committed run; assay-small's and lite0-s8's measurements and the patch peer's proposals were cached in each
+world's workspace by earlier invocations of the same code on the same queries, and reused). Every store is int8 at
+the backbone's own stride (:data:`STORE`), whatever the product's store default. Fine-tuning time is recorded per
+world (``training.<world>.<key>.train_s``).
+
     python bench/targeted_selection_backbones.py --smoke      # seconds; JSON under --out-dir
 """
 
@@ -51,6 +58,9 @@ BACKBONES = {"assay-small": ("assay-small", {}, None),
              "lite0ft-s16": ("efficientnet-lite0-ft", {"stride": 16}, 16)}
 
 
+# every backbone's store in one format (that of the committed runs), whatever the product's store default: int8 cells
+# at the backbone's own stride, so the comparison is between backbones, not codecs or cell sizes
+STORE = {"codec": "int8", "pool": 1}
 CACHED_ONLY = False  # --assemble: report what earlier invocations measured, compute nothing new
 
 
@@ -65,13 +75,18 @@ def ensure_backbone(ws: Workspace, key: str, steps: int, lr: float, log: dict) -
         return
     if not ws.exists(rel) and CACHED_ONLY:
         return
+    timing = Path(ws.local_path("bts_train_seconds.json"))  # training wall time, kept for later invocations
     if not ws.exists(rel):
         kw = {"name": "efficientnet-lite0", "stride": ft, "lr": lr} if ft is not None else {}
         rep = train_backbone(ws, steps=steps, progress=False, **kw)
         print(f"trained {key}: val accuracy {rep.val_accuracy:.3f} in {rep.seconds:.0f} s", flush=True)
+        done = json.loads(timing.read_text()) if timing.exists() else {}
+        done[key] = {"train_s": rep.seconds, "threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
+        timing.write_text(json.dumps(done))
     ck = torch.load(ws.path(rel), map_location="cpu", weights_only=True)  # what the checkpoint says it trained
     log[key] = {"checkpoint": rel, "steps": ck.get("steps"), "epochs": ck.get("epoch"), "seed": ck.get("seed"),
-                **{k: float(v) for k, v in (ck.get("metrics") or {}).items()}}
+                **{k: float(v) for k, v in (ck.get("metrics") or {}).items()},
+                **(json.loads(timing.read_text()).get(key, {}) if timing.exists() else {})}
 
 
 def ensure_store(ws: Workspace, key: str, threads: int) -> dict:
@@ -85,7 +100,7 @@ def ensure_store(ws: Workspace, key: str, threads: int) -> dict:
         return {"store": name}
     t = time.perf_counter()
     rep = embed_pool(ws, model=spec, name=name, splits=("pool",), progress=False, local=True, backbone_cfg=cfg,
-                     threads=threads)
+                     threads=threads, **STORE)
     if not ws.exists(f"{index_dir(name, 'global')}/manifest.json"):
         build_index(ws, name, kind="global", factory="Flat", progress=False)
     return {"store": name, "cell_stride": rep.cell_stride, "dim": rep.dim, "embed_s": time.perf_counter() - t,
@@ -210,6 +225,13 @@ def markdown(res: dict) -> str:
     for t in res["tuning"]["tried"]:
         lines.append(f"| {t['backbone']} | {t['cell_pool']} | {t['candidates']} | {t['recall@100_<1%']:.3f} | "
                      f"{t['precision@10_<1%']:.3f} | {t['latency_ms_p50']:.0f} |")
+    lines += ["", "Trained backbones (per world; train_s: wall time of the training run, on the loaded machine):", "",
+              "| world | backbone | steps | val crop accuracy | train s |", "|---|---|---|---|---|"]
+    for world, log in res["training"].items():
+        for key, t in log.items():
+            ts_ = t.get("train_s")
+            lines.append(f"| {world} | {key} | {t.get('steps')} | {t.get('val_accuracy', float('nan')):.3f} | "
+                         f"{'–' if ts_ is None else f'{ts_:.0f}'} |")
     return "\n".join(lines) + "\n"
 
 
