@@ -149,6 +149,31 @@ def finetune(net: nn.Module, data: Split, cfg: FinetuneConfig | None = None, *, 
             "loop": "actors.detection.train.train_detector"}
 
 
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, images: Sequence[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running mean/variance of ``net`` on ``images`` (1×3×H×W each), in place
+    ("adaptive BN", EagleEye, Li et al. ECCV'20): after channels are removed, the next layers' input statistics
+    change and the stored ones no longer normalise them. Only BN statistics change (no weights, no gradients);
+    the model is left in eval mode. Returns the number of BN layers re-estimated."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not len(images):
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    net.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calls
+        m.train()
+    try:
+        for x in images:
+            net(x)
+    finally:
+        for m, (mom, _) in zip(bns, saved):
+            m.momentum = mom
+        net.eval()
+    return len(bns)
+
+
 class _Source:
     """What :func:`finetune` needs of a source detector when none is given."""
 
@@ -158,4 +183,4 @@ class _Source:
 
 
 __all__ = ["Split", "load_split", "torch_runner", "onnx_runner", "evaluate_outputs", "FinetuneConfig",
-           "detection_loss", "detection_data", "finetune"]
+           "detection_loss", "detection_data", "finetune", "recalibrate_bn"]

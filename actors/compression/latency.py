@@ -104,20 +104,26 @@ class LatencyLUT:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)  # per-layer calibration (actors.compression.calibrate)
+    offset_ms: float = 0.0  # what the whole model costs besides its convs (calibrated LUTs only)
 
     def layer_ms(self, path: str, cin: int, cout: int) -> float:
-        """Interpolated latency of layer ``path`` with ``cin`` input and ``cout`` output channels."""
+        """Interpolated latency of layer ``path`` with ``cin`` input and ``cout`` output channels (times the
+        layer's calibration scale, 1 when uncalibrated)."""
         e = self.entries[self.layers[path]]
+        k = self.scale.get(path, 1.0)
         if e.get("dw"):
-            return float(np.interp(cout, e["cout"], e["ms"][0]))
+            return k * float(np.interp(cout, e["cout"], e["ms"][0]))
         ms = np.asarray(e["ms"])
         row = np.array([np.interp(cout, e["cout"], ms[i]) for i in range(len(e["cin"]))])
-        return float(np.interp(cin, e["cin"], row))
+        return k * float(np.interp(cin, e["cin"], row))
 
     def total_ms(self, widths: dict[str, tuple[int, int]] | None = None) -> float:
-        """Sum over layers of their latency at ``widths[path] = (cin, cout)`` (full width when absent)."""
+        """``offset_ms`` + the sum over layers of their latency at ``widths[path] = (cin, cout)`` (full width
+        when absent)."""
         widths = widths or {}
-        return sum(self.layer_ms(p, *widths.get(p, (s["cin"], s["cout"]))) for p, s in self.shapes.items())
+        return self.offset_ms + sum(self.layer_ms(p, *widths.get(p, (s["cin"], s["cout"])))
+                                    for p, s in self.shapes.items())
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.device, "entries": self.entries}

@@ -98,8 +98,16 @@ def _narrow(net: nn.Module, sd: dict[str, torch.Tensor], gn_groups: dict[str, in
         elif isinstance(m, nn.Conv2d) and (m.bias is None) != (f"{name}.bias" not in sd):
             new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
                             groups=m.groups, bias=f"{name}.bias" in sd)
-        elif isinstance(m, nn.BatchNorm2d) and w.shape[0] != m.num_features:
-            new = nn.BatchNorm2d(w.shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and w.shape[0] != m.num_features:
+            # narrowed in place, never replaced: a subclass (timm's BatchNormAct2d) also applies its activation,
+            # which a plain BatchNorm2d in its place would silently drop
+            n = int(w.shape[0])
+            m.num_features = n
+            if m.affine:
+                m.weight, m.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+            if m.running_mean is not None:
+                m.running_mean, m.running_var = torch.zeros(n), torch.ones(n)
+            continue
         elif isinstance(m, nn.GroupNorm):
             new = nn.GroupNorm(gn_groups.get(name, m.num_groups), w.shape[0], eps=m.eps, affine=m.affine)
         else:

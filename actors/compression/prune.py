@@ -321,6 +321,23 @@ def group_scores(model: nn.Module, example: torch.Tensor, ignored: Sequence[nn.M
     return {g.root: g.importance for _, g in groups}
 
 
+def normalize_scores(scores: dict[str, np.ndarray], how: str = "mean") -> dict[str, np.ndarray]:
+    """Per-group normalised importance, so that groups compare in the knapsack: raw Taylor scores scale with a
+    layer's weight and gradient magnitudes, which differ by orders of magnitude across depth. ``"mean"``: each
+    group divided by its mean (a group's total value = its channel count, Torch-Pruning's default normaliser);
+    ``"sum"``: each group sums to 1; ``"none"``: unchanged."""
+    if how == "none":
+        return dict(scores)
+    if how not in ("mean", "sum"):
+        raise ValueError(f"unknown normalisation {how!r}; known: none, mean, sum")
+    out = {}
+    for k, v in scores.items():
+        v = np.asarray(v, np.float64)
+        d = float(v.mean() if how == "mean" else v.sum())
+        out[k] = v / d if d > 0 else np.ones_like(v)
+    return out
+
+
 def lut_ms_of(model: nn.Module, lut: LatencyLUT) -> float:
     """LUT latency of ``model`` at its current conv widths (paths as when the LUT was built)."""
     names = dict(model.named_modules())
@@ -370,6 +387,7 @@ def magnitude_prune_to(make: Callable[[], nn.Module], example: torch.Tensor, lut
 
 
 __all__ = ["list_importances", "solve_knapsack", "Group", "dependency_groups", "score_groups", "PrunePlan",
-           "layer_widths", "plan_pruning", "apply_plan", "latency_aware_prune", "group_scores", "lut_ms_of",
+           "layer_widths", "plan_pruning", "apply_plan", "latency_aware_prune", "group_scores", "normalize_scores",
+           "lut_ms_of",
            "magnitude_prune",
            "magnitude_prune_to"]

@@ -45,6 +45,27 @@ def test_pruned_detector_loads_back_weights_only_with_equal_outputs(pruned):
         p.numel() for p in tensor_module(det2).parameters()) or True
 
 
+def test_unfolded_pruned_network_rebuilds_with_its_activations(tmp_path):
+    """The Ray fine-tuning worker and the benchmark rebuild *unfolded* pruned networks: a narrowed timm
+    BatchNormAct2d must keep its ReLU6 (a plain BatchNorm2d in its place silently dropped it)."""
+    from actors.detection.models import get_detector
+
+    torch.manual_seed(1)
+    det = get_detector("dense-lite0", ["a", "b"], random_init=True, width=32)
+    net = tensor_module(det)
+    for m in net.modules():  # non-trivial statistics, so that a lost activation shows in the outputs
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    x = torch.rand(1, 3, 48, 64)
+    lut = build_lut(net, (48, 64), fractions=(0.25, 0.5, 1.0), timer=macs_timer)
+    latency_aware_prune(net, x, lut, 0.5, ignored=final_layers(net))
+    path = save_compressed(net, det, str(tmp_path / "m.pt"), folded=False)
+    net2, _ = load_compressed(path)
+    assert [type(m).__name__ for m in net2.modules()] == [type(m).__name__ for m in net.modules()]
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(net(x), net2(x)))
+
+
 def _one_line_error(path: str) -> str:
     with pytest.raises(UserError) as e:
         load_compressed(path)
