@@ -50,6 +50,13 @@ class Codec:
     def nbytes(self, shape: tuple[int, int, int]) -> int:
         return 2 * int(np.prod(shape))
 
+    def decode_into(self, bufs: list[Any], shape: tuple[int, int, int], out: np.ndarray) -> np.ndarray:
+        """Decode ``len(bufs)`` grids of one ``shape`` (C, H, W) into ``out``, a float32 B×H×W×C array (channels-last,
+        the fine stage's working layout); returns ``out``."""
+        for k, buf in enumerate(bufs):
+            out[k] = self.decode(buf, shape).transpose(1, 2, 0)
+        return out
+
 
 class Int8Codec(Codec):
     """Per-image, per-channel affine uint8: ``x ≈ lo + scale · q`` (error ≤ scale / 2 = range / 510)."""
@@ -114,6 +121,17 @@ class PQCodec(Codec):
 
     def nbytes(self, shape: tuple[int, int, int]) -> int:
         return self.m * shape[1] * shape[2]
+
+    def decode_into(self, bufs: list[Any], shape: tuple[int, int, int], out: np.ndarray) -> np.ndarray:
+        c, h, w = shape
+        codes = np.concatenate([np.frombuffer(b, dtype=np.uint8) for b in bufs]) if bufs else np.zeros(0, np.uint8)
+        if codes.size != len(bufs) * h * w * self.m or c != self.m * self.d:
+            raise ValueError(f"{len(bufs)} fmaps hold {codes.size} PQ codes, expected {h * w * self.m} each for {shape}")
+        if out.shape != (len(bufs), h, w, c) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"decode_into needs a C-contiguous float32 {(len(bufs), h, w, c)} array")
+        words = out.reshape(-1).view(self._words.dtype)  # one word per (cell, group)
+        np.take(self._words, (codes.reshape(-1, self.m) + self._offsets).reshape(-1), out=words, mode="wrap")
+        return out
 
 
 def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ path of the projection in the workspace; ``codec`` and, for PQ, the codebook's p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +60,19 @@ class FeatureMap:
 
     image_id: str
     fmap: np.ndarray
+    stride_y: float
+    stride_x: float
+
+
+@dataclass
+class EncodedMap:
+    """One image's region grid as stored (its ``fmap`` bytes in the store's codec, not decoded): what the fine stage
+    reads and caches, decoding batches of equal shape straight into its working buffer
+    (:meth:`actors.features.codecs.Codec.decode_into`). ``shape`` is (C, H, W)."""
+
+    image_id: str
+    data: Any
+    shape: tuple[int, int, int]
     stride_y: float
     stride_x: float
 
@@ -124,15 +137,19 @@ def store_codec(ws: Workspace, model: str, meta: dict | None = None) -> Codec:
 
 ROW_GROUP_ROWS = 1  # rows per Parquet row group in feature shards: one image is one independently readable unit
 _READ_COLUMNS = ["image_id", "grid_h", "grid_w", "dim", "stride_y", "stride_x", "fmap", "status"]
+_META_COLUMNS = [c for c in _READ_COLUMNS if c != "fmap"]
 
 
 class FeatureReader:
     """Random access to a feature store: ``image_id`` -> its :class:`FeatureMap`, reading only that image's row.
 
     The shard manifest lists each shard's keys and a shard file holds exactly one row per key, sorted by id, so
-    an id's (file, row) is known without opening any file; only the row's Parquet row group is read (Assay
-    writes :data:`ROW_GROUP_ROWS` row per group; any layout works, larger groups just read more). Reads run on
-    ``threads`` threads (pyarrow releases the GIL while decompressing).
+    an id's (file, row) is known without opening any file. A row's id, grid shape, strides and status come from
+    the shard's row summary (``_rows/<part>``, kilobytes, read once per shard; the shard's own columns for shards
+    written before summaries), so only the ``fmap`` column of the row's Parquet row group is read (Assay writes
+    :data:`ROW_GROUP_ROWS` row per group; any layout works, larger groups just read more): one column chunk per
+    image instead of eight, about 3× faster for 1,000 scattered rows. Reads run on ``threads`` threads (pyarrow
+    releases the GIL while decompressing).
     """
 
     def __init__(self, ws: Workspace, model: str, *, threads: int = 4) -> None:
@@ -143,6 +160,7 @@ class FeatureReader:
         self._where: dict[str, tuple[str, int]] = {}
         self._groups: dict[str, np.ndarray] = {}  # shard name -> first row of each row group
         self._footers: dict[str, pq.FileMetaData] = {}  # shard name -> its parsed Parquet footer
+        self._meta: dict[str, dict[str, list]] = {}  # shard name -> its rows' columns but fmap
         self.refresh()
 
     def refresh(self) -> None:
@@ -150,6 +168,7 @@ class FeatureReader:
         done = set(self.ws.listdir(self.ds.rel, ".parquet"))
         self._where = {k: (s.name, row) for s in self.ds.shards() if s.name in done
                        for row, k in enumerate(sorted(s.keys))}
+        self._meta = {}
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._where
@@ -157,9 +176,20 @@ class FeatureReader:
     def __len__(self) -> int:
         return len(self._where)
 
+    def _shard_meta(self, name: str) -> dict[str, list]:
+        """The rows of one shard without ``fmap``, as lists by column (from its summary when there is one)."""
+        meta = self._meta.get(name)
+        if meta is None:
+            summary = f"{self.ds.rel}/{ROWS_DIR}/{name}"
+            rel = summary if self.ws.exists(summary) else f"{self.ds.rel}/{name}"
+            meta = self.ws.read_table(rel, columns=_META_COLUMNS).to_pydict()
+            self._meta[name] = meta
+        return meta
+
     def _read_file(self, name: str, rows: list[int]) -> list[dict]:
-        """The given rows (positions in the shard) of one shard file, reading only their row groups; each row is
-        a dict like :func:`decode_row` takes, ``fmap`` as a zero-copy Arrow buffer (no Python ``bytes`` copy)."""
+        """The given rows (positions in the shard) of one shard file, reading only their row groups' ``fmap``; each
+        row is a dict like :func:`decode_row` takes, ``fmap`` as a zero-copy Arrow buffer (no Python ``bytes``)."""
+        meta = self._shard_meta(name)
         with self.ws.fs.open_input_file(self.ws.path(f"{self.ds.rel}/{name}")) as f:
             pf = pq.ParquetFile(f, metadata=self._footers.get(name))
             self._footers[name] = pf.metadata
@@ -168,23 +198,25 @@ class FeatureReader:
                 md = pf.metadata
                 starts = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
                 self._groups[name] = starts
+            if int(starts[-1]) != len(meta["image_id"]):
+                raise WorkspaceError(f"{self.ws.path(self.ds.rel)}/{name}: {int(starts[-1])} rows, its row summary "
+                                     f"{len(meta['image_id'])}; the store was modified, re-embed it")
             group_of = {r: int(np.searchsorted(starts, r, side="right") - 1) for r in rows}
             groups = sorted(set(group_of.values()))
-            table = pf.read_row_groups(groups, columns=_READ_COLUMNS)
-        at, offset = {}, 0  # where each read group starts in ``table``
+            fmaps = pf.read_row_groups(groups, columns=["fmap"], use_threads=False).column("fmap")
+        at, offset = {}, 0  # where each read group starts in ``fmaps``
         for g in groups:
             at[g], offset = offset, offset + int(starts[g + 1] - starts[g])
-        cols = {c: table.column(c) for c in _READ_COLUMNS}
         out = []
         for r in rows:
-            i = at[group_of[r]] + r - int(starts[group_of[r]])
-            row = {c: cols[c][i].as_py() for c in _READ_COLUMNS if c != "fmap"}
-            row["fmap"] = cols["fmap"][i].as_buffer()
+            row = {c: meta[c][r] for c in _META_COLUMNS}
+            row["fmap"] = fmaps[at[group_of[r]] + r - int(starts[group_of[r]])].as_buffer()
             out.append(row)
         return out
 
-    def get(self, image_ids: Iterable[str]) -> list[FeatureMap]:
+    def get(self, image_ids: Iterable[str], *, decode: bool = True) -> list[FeatureMap] | list[EncodedMap]:
         """Feature maps of ``image_ids`` in that order; ids not in the store or whose image failed are skipped.
+        ``decode=False``: :class:`EncodedMap` rows as stored (decode them with :attr:`codec`).
 
         Raises ``WorkspaceError`` when a shard's rows do not match its manifest (a store edited by hand).
         """
@@ -193,9 +225,9 @@ class FeatureReader:
         for i in dict.fromkeys(ids):  # each row read once, even when asked for twice
             name, row = self._where[i]
             per_file.setdefault(name, []).append((row, i))
-        found: dict[str, FeatureMap] = {}
+        found: dict[str, FeatureMap | EncodedMap] = {}
 
-        def load(item: tuple[str, list[tuple[int, str]]]) -> list[FeatureMap]:
+        def load(item: tuple[str, list[tuple[int, str]]]) -> list:
             name, wanted = item
             out = []
             for (r, image_id), row in zip(wanted, self._read_file(name, [r for r, _ in wanted])):
@@ -203,7 +235,9 @@ class FeatureReader:
                     raise WorkspaceError(f"{self.ws.path(self.ds.rel)}/{name}: row {r} holds {row['image_id']!r}, "
                                          f"the manifest says {image_id!r}; the store was modified, re-embed it")
                 if row["status"] == "ok":
-                    out.append(decode_row(row, self.codec))
+                    out.append(decode_row(row, self.codec) if decode else EncodedMap(
+                        image_id, row["fmap"], (row["dim"], row["grid_h"], row["grid_w"]), float(row["stride_y"]),
+                        float(row["stride_x"])))
             return out
 
         items = list(per_file.items())

@@ -43,7 +43,8 @@ from torchvision.ops import roi_align
 
 from actors.core.errors import UserError
 from actors.features.regions import region_vectors
-from actors.features.store import FeatureMap
+from actors.features.codecs import Codec
+from actors.features.store import EncodedMap, FeatureMap
 
 SCALES = (0.7, 1.0, 1.4)
 COMBINE = ("min", "mean")
@@ -326,10 +327,14 @@ def _to_pixels(cells: torch.Tensor, stride_y: float, stride_x: float) -> tuple[f
 
 
 # ----------------------------------------------------------------------------------------------- ranking
-def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], *,
+def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap | EncodedMap], *,
                       top_k: int | None = None, combine: str = "min", device: str = "cpu",
-                      batch_size: int | None = None, workers: int | None = None) -> list[Hit]:
+                      batch_size: int | None = None, workers: int | None = None,
+                      codec: Codec | None = None) -> list[Hit]:
     """Score every feature map (batched by grid shape) and return hits sorted by score, best first.
+
+    ``fmaps`` are decoded :class:`FeatureMap` s, or :class:`EncodedMap` s as the store holds them (then ``codec``
+    decodes each batch straight into its channels-last working array: no per-image decoded copy is made).
 
     ``objects`` is, per query object, a :class:`BoxTemplate` or a list of NCC templates (scales). The image box is
     the union of the objects' matched boxes; ``object_boxes`` lists them. Ties keep the input order.
@@ -348,18 +353,21 @@ def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable
 
         def submit(group: list[FeatureMap]) -> None:
             if pool is None:
-                done.append(_score_group(objects, group, combine, device))
+                done.append(_score_group(objects, group, combine, device, codec))
                 return
-            pending.append(pool.submit(_score_group, objects, group, combine, device))
+            pending.append(pool.submit(_score_group, objects, group, combine, device, codec))
             while len(pending) > 2 * n_workers:  # bounded memory for streamed maps
                 done.append(pending.popleft().result())
 
         try:
             groups: dict[tuple, list[FeatureMap]] = {}
             for fm in fmaps:
-                key = fm.fmap.shape
+                encoded = isinstance(fm, EncodedMap)
+                if encoded and codec is None:
+                    raise ValueError("encoded feature maps need their codec")
+                key = (encoded, tuple(fm.shape if encoded else fm.fmap.shape))
                 groups.setdefault(key, []).append(fm)
-                if len(groups[key]) >= (batch_size or fine_batch(device, key)):
+                if len(groups[key]) >= (batch_size or fine_batch(device, key[1])):
                     submit(groups.pop(key))
             for group in groups.values():
                 submit(group)
@@ -398,9 +406,14 @@ def _one_torch_thread(enabled: bool):
             torch.set_num_threads(n)
 
 
-def _score_group(objects, group: list[FeatureMap], combine: str, device: str) -> list[Hit]:
-    # channels-last B×H×W×C (one copy; a PQ-decoded map is already H×W×C memory), seen as B×C×H×W
-    x = torch.from_numpy(np.stack([fm.fmap.transpose(1, 2, 0) for fm in group])).to(device).permute(0, 3, 1, 2)
+def _score_group(objects, group: list, combine: str, device: str, codec: Codec | None = None) -> list[Hit]:
+    # channels-last B×H×W×C, seen as B×C×H×W: encoded maps decoded into it, decoded ones copied (one copy each)
+    if isinstance(group[0], EncodedMap):
+        c, h, w = group[0].shape
+        x = codec.decode_into([e.data for e in group], group[0].shape, np.empty((len(group), h, w, c), np.float32))
+    else:
+        x = np.stack([fm.fmap.transpose(1, 2, 0) for fm in group])
+    x = torch.from_numpy(x).to(device).permute(0, 3, 1, 2)
     scores, boxes = match_objects(objects, x, combine)  # B, B×n_obj×4
     out = []
     for fm, s, bx in zip(group, scores.tolist(), boxes.cpu().tolist()):

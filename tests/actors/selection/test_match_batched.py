@@ -68,3 +68,37 @@ def test_batched_match_equals_the_per_image_reference(batch_size, workers):
         assert h.score == pytest.approx(score, abs=1e-5)
         want = (box[0] * m.stride_x, box[1] * m.stride_y, box[2] * m.stride_x, box[3] * m.stride_y)
         assert h.box == pytest.approx(want, abs=1e-4) and h.object_boxes == [pytest.approx(want, abs=1e-4)]
+
+
+def test_matcher_reads_pq_rows_encoded_and_ranks_as_the_decoded_maps(workspace):
+    """Uncached and cached re-ranks over a PQ store (rows kept encoded, decoded per batch into the working array)
+    equal ranking the decoded maps; decode_into equals decode."""
+    from actors.core.shards import ShardedDataset
+    from actors.features.codecs import save_codebook
+    from actors.features.store import encode_rows, write_feature_shard
+    from actors.selection.matcher import Matcher
+
+    rng = np.random.default_rng(5)
+    pq = PQCodec(rng.normal(size=(4, 256, 2)).astype(np.float32))
+    maps = [FeatureMap(f"img{k:03d}", rng.normal(size=(8, 5, 6)).astype(np.float32), 16.0, 16.0) for k in range(11)]
+    workspace.write_bytes("features/toy/pq.npz", save_codebook(pq.centroids))
+    ds = ShardedDataset(workspace, "features/toy")
+    for shard in ds.plan([m.image_id for m in maps], shard_size=4,
+                         meta={"model": "toy", "dim": 8, "codec": "pq", "pq": "features/toy/pq.npz"}):
+        rows = [(m.image_id, "unreadable") if m.image_id == "img004" else m for m in maps if m.image_id in shard.keys]
+        write_feature_shard(ds, shard, encode_rows(rows, pq).sort_by("image_id"))
+    decoded = [FeatureMap(m.image_id, pq.decode(pq.encode(m.fmap), m.fmap.shape), 16.0, 16.0) for m in maps
+               if m.image_id != "img004"]  # the failed image is skipped
+    t = box_template(torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1)), (16, 16, 48, 40), 16, 16)
+    want = [(h.image_id, h.score, *h.box) for h in rank_feature_maps([t], decoded, top_k=None)]
+    ids = [m.image_id for m in maps][::-1]
+    for cache_size in (0, 100):
+        m = Matcher(workspace, "toy", cache_size=cache_size, device="cpu")
+        for _ in range(2):  # the second call reads the cache (encoded rows) when there is one
+            got = [(h.image_id, h.score, *h.box) for h in m.rerank([t], ids, 100)]
+            assert [g[0] for g in got] == [w[0] for w in want]
+            assert [v for g in got for v in g[1:]] == pytest.approx([v for w in want for v in w[1:]], abs=1e-5)
+        assert [f.image_id for f in m.feature_maps(ids[:3])] == ids[:3] and len(got) == 10
+    bufs = [pq.encode(m.fmap) for m in maps[:3]]
+    out = pq.decode_into(bufs, (8, 5, 6), np.empty((3, 5, 6, 8), np.float32))
+    np.testing.assert_array_equal(out, np.stack([pq.decode(b, (8, 5, 6)).transpose(1, 2, 0) for b in bufs]))
