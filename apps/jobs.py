@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     from apps.schedule import Pipeline
 
 STEPS = ("ingest", "embed", "index", "mine", "pipeline")
+# mirrors actors.features.embed.DEFAULT_BACKBONE and actors.selection.mine.DEFAULT_MODEL (literal here so a step's
+# --help imports no torch; tests/apps/test_jobs.py checks they agree)
+DEFAULT_BACKBONE = "efficientnet-lite0"
+DEFAULT_MODEL = "efficientnet-lite0"
 OPTIONAL_STEPS = {"learn": "apps.cli.learn", "compress": "apps.cli.compress"}  # run through their `assay` command
 # the CLI's user errors (apps/cli/main.py): Assay's own types; anything else is a bug and shows its traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
@@ -59,7 +63,7 @@ def ingest_step(workspace: str, source: str, *, split: str | None = None, check_
     return {"step": "ingest", "workspace": workspace, "wrote": [IMAGES, LABELS], **rep}
 
 
-def embed_step(workspace: str, *, backbone: str = "assay-small", name: str | None = None,
+def embed_step(workspace: str, *, backbone: str = DEFAULT_BACKBONE, name: str | None = None,
                splits: Sequence[str] | None = ("pool",), actors: int | None = None, batch_size: int | None = None,
                num_gpus: float | None = None, shard_size: int = 256, local: bool = False) -> dict:
     """Embed the catalog images not embedded yet into ``features/<name>/`` (finished shards are skipped)."""
@@ -72,7 +76,7 @@ def embed_step(workspace: str, *, backbone: str = "assay-small", name: str | Non
     return {"step": "embed", "workspace": workspace, "wrote": [f"features/{rep['model']}"], **rep}
 
 
-def index_step(workspace: str, *, model: str = "assay-small", factory: str | None = None,
+def index_step(workspace: str, *, model: str = DEFAULT_MODEL, factory: str | None = None,
                rebuild: bool = False) -> dict:
     """Grow the region and global indexes of ``model`` by the images not indexed yet (build when none exists)."""
     from actors.core.workspace import Workspace
@@ -156,7 +160,7 @@ def run_pipeline(p: "Pipeline", run_id: str, *, scheduled_at: str | None = None)
     out: dict[str, Any] = {"pipeline": p.name, "run_id": run_id, "scheduled_at": scheduled_at,
                            "workspace": p.workspace}
     counts: dict[str, int] = {}
-    model = p.index.get("model") or p.embed.get("name") or p.embed.get("backbone", "assay-small")
+    model = p.index.get("model") or p.embed.get("name") or p.embed.get("backbone", DEFAULT_BACKBONE)
     if "ingest" in p.steps:
         r = _ingest_remote_aware(p)
         counts.update(ingested=r["added"], ingest_errors=r["errors"])
@@ -210,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--split")
     s.add_argument("--no-check-headers", dest="check_headers", action="store_false")
     s = step("embed", "embed catalog images not embedded yet")
-    s.add_argument("--backbone", "-b", default="assay-small")
+    s.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE)
     s.add_argument("--name")
     s.add_argument("--split", action="append", help="catalog split (repeat; 'all' = every readable image)")
     s.add_argument("--actors", type=int)
@@ -219,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=256)
     s.add_argument("--local", action="store_true", help="in-process, without Ray")
     s = step("index", "grow (or build) the FAISS indexes")
-    s.add_argument("--model", "-m", default="assay-small")
+    s.add_argument("--model", "-m", default=DEFAULT_MODEL)
     s.add_argument("--factory")
     s.add_argument("--rebuild", action="store_true")
     s = step("mine", "targeted selection for one query or a JSON list of queries")
@@ -227,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in pixels (repeat)")
     s.add_argument("--queries", help="JSON file: a list of queries")
     s.add_argument("--top-k", "-k", type=int, default=100)
-    s.add_argument("--model", "-m", default="assay-small")
+    s.add_argument("--model", "-m", default=DEFAULT_MODEL)
     s.add_argument("--method", default="template")
     s.add_argument("--workers", type=int, default=0, help="Ray match actors (0: in-process)")
     s.add_argument("--candidates", type=int)

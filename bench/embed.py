@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.repeats):
         if ws.exists(features_dir(STORE)):
             shutil.rmtree(ws.local_path(features_dir(STORE)))
-        rep = embed_pool(ws, name=STORE, resources=res, progress=False)
+        rep = embed_pool(ws, model="assay-small", name=STORE, resources=res, progress=False)
         dl = dataloader_loop(ws.uri, uris, res.batch_size, dev, cores)
         pc = per_core_loop(ws.uri, uris, res.batch_size, dev, cores)
         base = max(dl, pc)

@@ -110,7 +110,8 @@ def one_run(ws: str, pool_size: int, batch_size: int, shard_size: int, threads: 
     init_ray(num_cpus=pool_size, object_store_memory=200 * 2**20)
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     peaks: dict[int, int] = {}
-    rep = embed_pool(ws, resources=Resources(pool_size=pool_size, num_cpus=1, batch_size=batch_size),
+    rep = embed_pool(ws, model="assay-small",
+                     resources=Resources(pool_size=pool_size, num_cpus=1, batch_size=batch_size),
                      shard_size=shard_size, progress=False, threads=threads)
     for pid in _descendants(raylet):
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -319,7 +319,7 @@ def _smoke_world(root: Path) -> Workspace:
     ws = Workspace(root / "workspace")
     torch.manual_seed(0)
     save_small_checkpoint(ws, small_trunk(SmallConfig()), SmallConfig())
-    embed_pool(ws, name="base", local=True, progress=False, codec="fp16", pool=1)
+    embed_pool(ws, model="assay-small", name="base", local=True, progress=False, codec="fp16", pool=1)
     return ws
 
 

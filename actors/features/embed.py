@@ -51,6 +51,14 @@ from actors.features.store import (FEATURE_SCHEMA, encode_rows, feature_rows, fe
 # keeps the settings it was made with
 DEFAULT_CODEC = "pq"
 DEFAULT_CELL_PX = 16
+# the backbone of a new store when none is named: the ImageNet EfficientNet-Lite0 trunk, frozen, cut at stride 16
+# (block 11, 112 channels; weights in a base dependency, nothing to train). bench/targeted_selection_backbones.py chose
+# it on its tuning world (best template recall@100 on objects < 1% among assay-small, frozen Lite0 at stride 8 and 16,
+# and Lite0 fine-tuned at stride 8 with the ROI prototype loss) and reports it on another world seed. With the default
+# store (16-px cells, PQ at 2 channels per byte) that is 56 bytes per cell, 42 KiB per 512x384 image. Its store name
+# is ``store_name(DEFAULT_BACKBONE)`` = ``actors.selection.mine.DEFAULT_MODEL``.
+DEFAULT_BACKBONE = "efficientnet-lite0"
+DEFAULT_BACKBONE_CFG = {"stride": 16}  # its options when ``backbone_cfg`` is not given
 LEFT_CATALOG = "left the catalog (removed, or now status 'error') before its shard was embedded"
 
 
@@ -214,7 +222,7 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
     return meta
 
 
-def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | None = None,
+def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str | None = None,
                splits: Sequence[str] | None = ("pool",), resources: Resources | None = None, shard_size: int = 256,
                progress: bool = True, max_side: int | None = None, pca_dim: int | None = None,
                pool: int | None = None, checkpoint: str | None = None, backbone_cfg: dict[str, Any] | None = None,
@@ -225,8 +233,11 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
     Parameters
     ----------
     model : str
-        Backbone spec for :func:`actors.features.backbones.get_backbone` (``"assay-small"``, ``"resnet18:/ckpt.pt"``,
-        ``"torchscript:/m.pt"``).
+        Backbone spec for :func:`actors.features.backbones.get_backbone`: default :data:`DEFAULT_BACKBONE`
+        (``"efficientnet-lite0"``, frozen, with :data:`DEFAULT_BACKBONE_CFG`), or ``"assay-small"``,
+        ``"efficientnet-lite0-ft"``, ``"resnet18:/ckpt.pt"``, ``"torchscript:/m.pt"``. ``backbone_cfg``: the
+        builder's options (``stride``, ``layer``…); default :data:`DEFAULT_BACKBONE_CFG` for the default backbone,
+        none for the others.
     name : str, optional
         Feature-store name (default :func:`store_name` of ``model``); the matcher passes it to
         :func:`load_region_encoder`.
@@ -264,6 +275,8 @@ def embed_pool(ws: Workspace | str, *, model: str = "assay-small", name: str | N
     name = name or store_name(model)
     planned = _catalog(ws, splits)  # this run's splits: the new images to plan
     uris = _catalog(ws, None)  # every embeddable image: a pending shard is always redone whole
+    if backbone_cfg is None and model == DEFAULT_BACKBONE:
+        backbone_cfg = DEFAULT_BACKBONE_CFG
     meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, planned,
                     codec, pq_m)
     ds = ShardedDataset(ws, features_dir(name))

@@ -37,7 +37,9 @@ from actors.selection.matcher import Matcher
 from actors.core.workspace import Workspace
 
 METHODS = ("template", "global")
-DEFAULT_MODEL = "assay-small"
+# the feature store a query reads when none is named: the one `assay embed` makes by default
+# (store_name(actors.features.embed.DEFAULT_BACKBONE): the frozen ImageNet Lite0 trunk at stride 16)
+DEFAULT_MODEL = "efficientnet-lite0"
 SELECTION_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("rank", pa.int32()), ("score", pa.float32()),
     ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32()),

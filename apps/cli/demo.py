@@ -1,11 +1,13 @@
 """``assay demo``: the whole flow on the embedded world, offline, on whatever machine this is.
 
-world → catalog → backbone + detector learning curve (active learning) → embed (Ray) → index → mine (template vs. global) → estimate → plan
-→ compress the detector (latency budget 0.5, a short fine-tune, few val images: the before/after table).
+world → catalog → detector learning curve (active learning) → embed (Ray) → index → mine (template vs. global) →
+estimate → plan → compress the detector (latency budget 0.5, a short fine-tune, few val images: the before/after
+table).
 
-Every step is resumable: a second ``assay demo`` on the same folder reuses the world, the trained backbone, the
-feature shards and the index, and re-runs only the cheap steps. Each step calls one library function; this module
-only chooses the demo's settings and prints.
+Targeted selection uses the default backbone of ``assay embed`` (the ImageNet EfficientNet-Lite0 trunk, pretrained
+and frozen: nothing to train). Every step is resumable: a second ``assay demo`` on the same folder reuses the world,
+the learning curve, the feature shards and the index, and re-runs only the cheap steps. Each step calls one library
+function; this module only chooses the demo's settings and prints.
 """
 
 from __future__ import annotations
@@ -58,19 +60,13 @@ def _catalog(ws) -> dict:
     return summary
 
 
-def _curve_and_backbone(ws, seed: int, minutes: float):
-    """Train the backbone targeted selection uses, then measure the detector's learning curve with a short
-    active-learning run (mAP@.5 on the val split vs labeled images); both are reused when already there."""
+def _curve(ws, seed: int):
+    """Measure the detector's learning curve with a short active-learning run (mAP@.5 on the val split vs labeled
+    images); reused when already there."""
     from actors.active.rounds import LearnConfig, run_learning
     from actors.catalog.schema import load_images
     from actors.detection.train import TrainConfig
-    from actors.features.small import train_backbone
 
-    if ws.exists("models/assay-small.pt"):
-        console.print("reusing the trained backbone")
-    else:
-        rep = train_backbone(ws, seed=seed, max_minutes=minutes, progress=True)
-        console.print(f"assay-small: val crop accuracy {100 * rep.val_accuracy:.1f}% in {rep.seconds:.0f}s")
     splits = load_images(ws, columns=["split"]).column("split").to_pylist()
     n_train, n_pool = splits.count("train"), splits.count("pool")
     cfg = LearnConfig(rounds=2, budget=max(1, min(20, n_pool // 3)), initial=max(1, min(20, n_train)),
@@ -89,10 +85,10 @@ def _embed_and_index(ws) -> dict:
     from actors.features.embed import embed_pool
     from actors.selection.index import add_to_index
 
-    rep = embed_pool(ws, splits=("pool",), progress=True)
-    console.print(f"embedded {rep.n_embedded} images this run ({rep.shards_skipped} shards already done, "
-                  f"{rep.n_errors} errors), {rep.bytes_per_image / 1024:.0f} KiB per image")
-    mans = {kind: add_to_index(ws, "assay-small", kind=kind, progress=False) for kind in ("region", "global")}
+    rep = embed_pool(ws, splits=("pool",), progress=True)  # the default backbone: pretrained, nothing to train
+    console.print(f"embedded {rep.n_embedded} images this run with {rep.backbone} ({rep.shards_skipped} shards "
+                  f"already done, {rep.n_errors} errors), {rep.bytes_per_image / 1024:.0f} KiB per image")
+    mans = {kind: add_to_index(ws, rep.model, kind=kind, progress=False) for kind in ("region", "global")}
     console.print(f"index: {mans['region'].n:,} region vectors ({mans['region'].factory}), "
                   f"{mans['global'].n:,} whole-image vectors")
     return {"embed": vars(rep), "index": {k: vars(m) for k, m in mans.items()}}
@@ -197,8 +193,9 @@ def _compress(ws, root: Path) -> dict:
 def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo world and workspace.")] = DEMO_DIR,
          images: Annotated[int, typer.Option("--images", help="World size (images).")] = 600,
          top_k: Annotated[int, typer.Option("--top-k", help="Hits to show.")] = 10,
-         train_minutes: Annotated[float, typer.Option("--train-minutes",
-                                                      help="Time cap of the full backbone training.")] = 1.5,
+         train_minutes: Annotated[float, typer.Option(
+             "--train-minutes", hidden=True,
+             help="Ignored: the demo no longer trains a backbone (kept so older command lines run).")] = 1.5,
          seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Run the whole flow on the embedded world (no data, no GPU, no network needed)."""
     root = Path(out).resolve()
@@ -210,10 +207,10 @@ def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo wor
         _done(t0, "world")
         t0 = _step("2. catalog")
         result["catalog"] = _catalog(ws)
-        t0 = _step("3. backbone, and the detector's learning curve (active learning)")
-        n, v = _curve_and_backbone(ws, seed, train_minutes)
+        t0 = _step("3. the detector's learning curve (active learning)")
+        n, v = _curve(ws, seed)
         result["curve"] = {"n": n, "value": v}
-        _done(t0, "backbone")
+        _done(t0, "learning curve")
         t0 = _step("4. embed the pool on Ray and index it")
         result.update(_embed_and_index(ws))
         _done(t0, "embed + index")

@@ -9,7 +9,7 @@ import typer
 
 from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, SeedOpt, WorkspaceOpt
 
-backbone_app = typer.Typer(help="Backbones: list them, train Assay's own (assay-small) on the workspace labels.",
+backbone_app = typer.Typer(help="Backbones: list them, train assay-small or fine-tune Lite0 on the workspace labels.",
                            no_args_is_help=True)
 
 
@@ -60,8 +60,10 @@ def train_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 
 def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
               backbone: Annotated[str, typer.Option(
-                  "--backbone", "-b", help="assay-small | resnet18:/path/ckpt.pt | torchscript:/path/model.pt")]
-              = "assay-small",
+                  "--backbone", "-b", help="efficientnet-lite0 (ImageNet-pretrained, frozen; default) | "
+                  "efficientnet-lite0-ft (after `assay backbone train -b efficientnet-lite0`) | assay-small | "
+                  "resnet18:/path/ckpt.pt | torchscript:/path/model.pt")]
+              = "efficientnet-lite0",
               name: Annotated[Optional[str], typer.Option(
                   "--name", help="Feature-store name (default: derived from --backbone).")] = None,
               split: Annotated[Optional[list[str]], typer.Option(
@@ -74,6 +76,9 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                   "--max-side", help="Resize so the longer side is this many pixels.")] = None,
               layer: Annotated[Optional[str], typer.Option(
                   "--layer", help="Torchvision trunk: last stage kept (e.g. layer2).")] = None,
+              stride: Annotated[Optional[int], typer.Option(
+                  "--stride", help="Trunk output stride (efficientnet-lite0: 8 or 16; default: the default "
+                                   "backbone's measured choice, see the README).")] = None,
               codec: Annotated[Optional[str], typer.Option(
                   "--codec", help="How cells are stored: pq (default for a new store), int8, fp16; an existing "
                                   "store keeps its own.")] = None,
@@ -93,7 +98,8 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
     rep = asdict(embed_pool(workspace, model=backbone, name=name, splits=splits, resources=res,
                             shard_size=shard_size, progress=not as_json, max_side=max_side, pca_dim=pca_dim,
-                            backbone_cfg={"layer": layer} if layer else None, local=local,
+                            backbone_cfg={k: v for k, v in (("layer", layer), ("stride", stride)) if v} or None,
+                            local=local,
                             codec=codec, pq_m=pq_m, pool=pool))
     emit(rep, as_json, lambda r: console.print(table(
         f"features/{r['model']} ({r['mode']}, {r['codec']})", ["images", "embedded", "errors", "shards new/done", "dim",

@@ -11,7 +11,7 @@ from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
 
 # Mirrors actors.selection.mine (kept here so `assay --help` does not import torch; tests check they agree).
-DEFAULT_MODEL = "assay-small"
+DEFAULT_MODEL = "efficientnet-lite0"
 METHODS = ("template", "global")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Feature-store name (features/<model>/).")]

@@ -69,27 +69,29 @@ def run_jobs(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subproces
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_steps_in_process_ingest_embed_index_mine_and_final_json(tmp_path, capsys):
+    """The steps on the tiny world with random assay-small weights (fast; the default backbone's own flow is
+    tests/apps/cli/test_embed.py::test_embed_index_mine_with_no_flags_use_the_pretrained_lite0)."""
     ws = str(tmp_path / "ws")
     make_images(tmp_path / "in", 6)
     random_backbone(ws)
     assert jobs.main(["ingest", str(tmp_path / "in"), "-w", ws, "--split", "pool"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["added"] == 6
-    assert jobs.main(["embed", "-w", ws, "--local", "--shard-size", "4"]) == 0
+    assert jobs.main(["embed", "-w", ws, "-b", "assay-small", "--local", "--shard-size", "4"]) == 0
     emb = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (emb["n_embedded"], emb["shards_written"]) == (6, 2) and emb["images_per_s"] is not None
-    assert jobs.main(["index", "-w", ws]) == 0
+    assert jobs.main(["index", "-w", ws, "-m", "assay-small"]) == 0
     idx = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert idx["region"]["images"] == 6 and idx["region"]["added_images"] == 6
     q, box = make_query(tmp_path / "q.png")
-    assert jobs.main(["mine", "-w", ws, "--image", q, "--box", ",".join(map(str, box)), "-k", "3",
-                      "--run-id", "r1"]) == 0
+    assert jobs.main(["mine", "-w", ws, "-m", "assay-small", "--image", q, "--box", ",".join(map(str, box)),
+                      "-k", "3", "--run-id", "r1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     sel = out["selections"][0]
     assert sel["hits"] == 3 and out["wrote"] == [f"selections/{sel['query_id']}.parquet",
                                                  f"selections/{sel['query_id']}.r1.parquet"]
     assert (tmp_path / "ws" / out["wrote"][1]).exists() and (tmp_path / "ws" / out["wrote"][0]).exists()
     # a second embed is a no-op: every shard is done
-    assert jobs.main(["embed", "-w", ws, "--local", "--shard-size", "4"]) == 0
+    assert jobs.main(["embed", "-w", ws, "-b", "assay-small", "--local", "--shard-size", "4"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (again["n_embedded"], again["shards_written"], again["shards_skipped"]) == (0, 0, 2)
 

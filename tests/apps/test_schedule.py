@@ -178,7 +178,8 @@ def test_incremental_second_run_embeds_only_the_new_images(tmp_path):
     make_images(tmp_path / "incoming", 8)
     random_backbone(str(ws))
     q, box = make_query(tmp_path / "q.png")
-    extra = (f'[source]\nuri = "{tmp_path / "incoming"}"\nsplit = "pool"\n[embed]\nlocal = true\nshard_size = 4\n'
+    extra = (f'[source]\nuri = "{tmp_path / "incoming"}"\nsplit = "pool"\n'
+             f'[embed]\nbackbone = "assay-small"\nlocal = true\nshard_size = 4\n'
              f'[[queries]]\nname = "red-square"\nimage = "{q}"\nboxes = [{list(box)}]\ntop_k = 3\n')
     clock = Clock(at(10, 1))
     s = Scheduler(load_pipeline(spec(tmp_path, steps='["ingest", "embed", "index", "mine"]', extra=extra)),

@@ -25,4 +25,5 @@ def test_targeted_selection_backbones_smoke(tmp_path):
         assert 0.0 <= b["precision@10"] <= 1.0 and 0.0 <= b["recall@100"] <= 1.0
     s = rep["summary"]
     assert s["default_backbone"] == chosen["backbone"] and _finite(s["chance_precision@10_<1%"])
-    assert res["training"]["report"]["lite0ft-s16"]["steps"] == res["steps"]
+    ft = res["training"]["report"]["lite0ft-s16"]
+    assert ft["steps"] == res["steps"] and ft["train_s"] > 0  # fine-tuned here, its training time recorded

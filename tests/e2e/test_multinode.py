@@ -69,7 +69,8 @@ def kill():
         os.kill(pid, signal.SIGKILL)
 
 th = when_first_shard(kill)
-rep = embed_pool(ws, resources=Resources(pool_size=1, num_cpus=0.5, batch_size=1), shard_size=2, progress=False)
+rep = embed_pool(ws, model="assay-small", resources=Resources(pool_size=1, num_cpus=0.5, batch_size=1), shard_size=2,
+                 progress=False)
 th.join(5)
 print(json.dumps({"killed": killed, "n_embedded": rep.n_embedded, "shards_written": rep.shards_written,
                   "shards_total": rep.shards_total}))
@@ -97,10 +98,11 @@ def remove():
     cluster.remove_node(workers[1])  # its raylet stops (SIGTERM): the actors on it die mid-batch
 
 th = when_first_shard(remove)
-rep = embed_pool(ws, resources=Resources(pool_size=2, num_cpus=0.5, batch_size=1), shard_size=2, progress=False)
+rep = embed_pool(ws, model="assay-small", resources=Resources(pool_size=2, num_cpus=0.5, batch_size=1), shard_size=2,
+                 progress=False)
 th.join(5)
-index_step(ws)
-qs = [Query(q["image"], [tuple(q["box"])], top_k=4) for q in json.loads(sys.argv[2])]
+index_step(ws, model="assay-small")
+qs = [Query(q["image"], [tuple(q["box"])], top_k=4, model="assay-small") for q in json.loads(sys.argv[2])]
 sels = mine_batch(Workspace(ws), qs, workers=2)
 actors = [a for a in ray._private.state.actors().values()]
 placed = sorted({(a["ActorClassName"], a["Address"]["NodeID"]) for a in actors})
@@ -156,7 +158,7 @@ def test_killing_an_embedding_actor_mid_step_loses_and_duplicates_nothing(tmp_pa
 
     ws = _world(tmp_path, "ray", 16, size=(320, 240))
     ref = _world(tmp_path, "local", 16, size=(320, 240))
-    embed_step(ref, local=True, shard_size=2)
+    embed_step(ref, backbone="assay-small", local=True, shard_size=2)
     out = _script(KILL, ws)
     assert out["killed"]["pids"], "no embedding actor process was found to kill"
     assert out["killed"]["parts_at_kill"] < out["shards_total"] == 8  # killed mid-step, not after it
@@ -174,10 +176,10 @@ def test_two_worker_nodes_one_removed_mid_run_give_the_single_node_results(tmp_p
     ws = _world(tmp_path, "cluster", 16, size=(320, 240))  # big enough that the removal lands mid-embed
     ref = _world(tmp_path, "local", 16, size=(320, 240))
     q, box = make_query(tmp_path / "q.png")
-    embed_step(ref, local=True, shard_size=2)
-    index_step(ref)
+    embed_step(ref, backbone="assay-small", local=True, shard_size=2)
+    index_step(ref, model="assay-small")
     ref_hits = [[(h.image_id, h.score) for h in s.hits]
-                for s in mine_batch(Workspace(ref), [Query(q, [box], top_k=4)])]
+                for s in mine_batch(Workspace(ref), [Query(q, [box], top_k=4, model="assay-small")])]
 
     out = _script(MULTINODE, ws, json.dumps([{"image": q, "box": box}]))
     assert out["removed"]["parts_at_removal"] < 8  # removed mid-embed

@@ -24,9 +24,9 @@ from tests.apps.test_jobs import random_backbone
 ws, manifest, query, box = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 random_backbone(ws)
 ing = ingest_step(ws, manifest, split="pool")
-emb = embed_step(ws, shard_size=4, actors=1, batch_size=2)  # on Ray: workers read s3:// images
-idx = index_step(ws)
-sel = mine_step(ws, [{"image": query, "boxes": [box], "top_k": 5}], run_id="s3run")
+emb = embed_step(ws, backbone="assay-small", shard_size=4, actors=1, batch_size=2)  # on Ray: workers read s3:// images
+idx = index_step(ws, model="assay-small")
+sel = mine_step(ws, [{"image": query, "boxes": [box], "top_k": 5, "model": "assay-small"}], run_id="s3run")
 print(json.dumps({"ingest": ing, "embed": emb, "index": idx, "mine": sel}))
 """
 
@@ -108,9 +108,9 @@ def test_ingest_embed_index_mine_with_images_and_workspace_in_s3(tmp_path, s3):
     local = str(tmp_path / "local-ws")
     random_backbone(local)
     ingest_step(local, str(tmp_path / "images"), split="pool")
-    embed_step(local, local=True, shard_size=4)
-    index_step(local)
-    ref = mine_step(local, [{"image": q, "boxes": [box], "top_k": 5}])
+    embed_step(local, backbone="assay-small", local=True, shard_size=4)
+    index_step(local, model="assay-small")
+    ref = mine_step(local, [{"image": q, "boxes": [box], "top_k": 5, "model": "assay-small"}])
     assert ref["selections"][0]["query_id"] == qid  # same query bytes, boxes, model
     remote, here = _hits_by_name(ws, got["mine"]), _hits_by_name(local, ref)
     assert [n for n, _ in remote] == [n for n, _ in here] and len(here) == 5

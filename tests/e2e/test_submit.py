@@ -31,8 +31,8 @@ def test_submit_mine_to_a_local_head_and_wait(tmp_path):
     make_images(tmp_path / "in", 12)
     random_backbone(ws)
     ingest_step(ws, str(tmp_path / "in"), split="pool")
-    embed_step(ws, local=True, shard_size=4)
-    index_step(ws)
+    embed_step(ws, backbone="assay-small", local=True, shard_size=4)  # random weights, fast (the default
+    index_step(ws, model="assay-small")  # backbone's own flow: tests/apps/cli/test_embed.py)
     q, box = make_query(tmp_path / "q.png")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
@@ -51,8 +51,8 @@ def test_submit_mine_to_a_local_head_and_wait(tmp_path):
         assert bad.returncode != 0
 
         t1 = time.monotonic()
-        sub = assay("submit", "mine", "-w", ws, "--image", q, "--box", ",".join(map(str, box)), "-k", "4",
-                    "--run-id", "e2e", "--wait", env=env)
+        sub = assay("submit", "mine", "-w", ws, "-m", "assay-small", "--image", q, "--box", ",".join(map(str, box)),
+                    "-k", "4", "--run-id", "e2e", "--wait", env=env)
         t_job = time.monotonic() - t1
         assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
         out = json.loads(sub.stdout.strip().splitlines()[-1])  # the job's final JSON line, followed live
@@ -74,6 +74,7 @@ def test_submit_mine_to_a_local_head_and_wait(tmp_path):
         # the scheduler submits a due pipeline run as a Ray job with a deterministic id and records it
         spec = tmp_path / "standing.toml"
         spec.write_text(f'name = "standing"\nworkspace = "{ws}"\ncron = "* * * * *"\nsteps = ["index", "mine"]\n'
+                        f'[index]\nmodel = "assay-small"\n'
                         f'[[queries]]\nimage = "{q}"\nboxes = [{list(box)}]\ntop_k = 4\n')
         t2 = time.monotonic()
         once = assay("schedule", "once", str(spec), "--json", env=env)

@@ -81,7 +81,8 @@ def test_fit_pca_gives_orthonormal_top_axes():
 
 
 def test_local_embed_records_bad_images_and_query_encoder_matches_store(toy):
-    rep = embed_pool(toy, local=True, resources=RES, shard_size=3, pca_dim=16, progress=False, codec="fp16")
+    rep = embed_pool(toy, model="assay-small", local=True, resources=RES, shard_size=3, pca_dim=16, progress=False,
+                     codec="fp16")
     assert (rep.n_images, rep.n_embedded, rep.n_errors, rep.dim) == (8, 6, 2, 16)
     table = ShardedDataset(toy, features_dir("assay-small")).read()
     errors = table.filter(pc.equal(table["status"], "error")).to_pylist()
@@ -97,9 +98,9 @@ def test_local_embed_records_bad_images_and_query_encoder_matches_store(toy):
 
 
 def test_store_refuses_other_settings_and_changed_weights(toy):
-    embed_pool(toy, local=True, resources=RES, shard_size=4, progress=False)
+    embed_pool(toy, model="assay-small", local=True, resources=RES, shard_size=4, progress=False)
     with pytest.raises(UserError, match="existing features"):
-        embed_pool(toy, local=True, resources=RES, shard_size=4, pca_dim=8, progress=False)
+        embed_pool(toy, model="assay-small", local=True, resources=RES, shard_size=4, pca_dim=8, progress=False)
     save_small_checkpoint(toy, small_trunk(SmallConfig()), SmallConfig())  # "retrained" weights
     with pytest.raises(WorkspaceError, match="re-embed"):
         load_region_encoder(toy, "assay-small")
@@ -118,15 +119,15 @@ def _driver_dies_after_first_commit(monkeypatch):
 
 
 def test_actors_write_shards_driver_commits_and_a_rerun_adopts_uncommitted_ones(toy, ray_cluster, monkeypatch):
-    local = embed_pool(toy, name="local", local=True, resources=RES, shard_size=3, progress=False)
+    local = embed_pool(toy, model="assay-small", name="local", local=True, resources=RES, shard_size=3, progress=False)
     _driver_dies_after_first_commit(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+        embed_pool(toy, model="assay-small", name="ray", resources=RES, shard_size=3, progress=False)
     monkeypatch.undo()
     ds = ShardedDataset(toy, features_dir("ray"))
     assert len(ds.committed()) == 1  # the driver committed one shard, then died
     written = {os.path.basename(p): os.path.getmtime(p) for p in ds.part_paths()}  # actors may have written more
-    rep = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    rep = embed_pool(toy, model="assay-small", name="ray", resources=RES, shard_size=3, progress=False)
     assert rep.shards_total == 3 and rep.shards_written == 3 - len(written)
     assert rep.shards_adopted == len(written) - 1  # written by an actor, not committed: committed now, not redone
     assert {os.path.basename(p): os.path.getmtime(p) for p in ds.part_paths() if os.path.basename(p) in written} \
@@ -141,7 +142,7 @@ def test_actors_write_shards_driver_commits_and_a_rerun_adopts_uncommitted_ones(
     assert rows.sort_by("image_id").equals(ds.read().drop_columns(["fmap"]).sort_by("image_id"))
     assert {pq.read_metadata(p).num_row_groups for p in ds.part_paths()} == {2, 3}  # one image per row group
     assert not [n for n in os.listdir(toy.local_path(features_dir("ray"))) if ".tmp-" in n]
-    again = embed_pool(toy, name="ray", resources=RES, shard_size=3, progress=False)
+    again = embed_pool(toy, model="assay-small", name="ray", resources=RES, shard_size=3, progress=False)
     assert again.shards_written == 0 and again.shards_skipped == 3 and again.shards_adopted == 0
 
 
@@ -160,7 +161,7 @@ def _crash_after_first_shard(monkeypatch):
 def test_pending_shard_whose_key_left_the_catalog_is_redone_with_an_error_row_not_skipped(toy, monkeypatch):
     _crash_after_first_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        embed_pool(toy, name="s", local=True, resources=RES, shard_size=3, progress=False)
+        embed_pool(toy, model="assay-small", name="s", local=True, resources=RES, shard_size=3, progress=False)
     monkeypatch.undo()
     ds = ShardedDataset(toy, features_dir("s"))
     pending_keys = [k for s in ds.pending() for k in s.keys]
@@ -168,7 +169,7 @@ def test_pending_shard_whose_key_left_the_catalog_is_redone_with_an_error_row_no
     cat = toy.read_table(IMAGES)
     status = [("error" if i == victim else s) for i, s in zip(cat["image_id"].to_pylist(), cat["status"].to_pylist())]
     toy.write_table(IMAGES, cat.set_column(cat.schema.get_field_index("status"), "status", [status]))
-    rep = embed_pool(toy, name="s", local=True, resources=RES, shard_size=3, progress=False)
+    rep = embed_pool(toy, model="assay-small", name="s", local=True, resources=RES, shard_size=3, progress=False)
     assert (rep.shards_total, rep.shards_skipped, rep.shards_written) == (3, 1, 2)  # nothing skipped silently
     assert rep.n_left_catalog == 1 and ds.pending() == []
     row = feature_rows(toy, "s").filter(pc.equal(pc.field("image_id"), victim)).to_pylist()
@@ -185,7 +186,7 @@ def test_shards_that_never_report_are_redone_then_raise_never_discarded(toy, mon
 
     monkeypatch.setattr(embed, "_run_ray", lossy)
     with pytest.raises(RuntimeError, match=r"lost 3 shard\(s\).*re-run redoes them"):
-        embed_pool(toy, name="r", resources=RES, shard_size=3, progress=False)
+        embed_pool(toy, model="assay-small", name="r", resources=RES, shard_size=3, progress=False)
     assert calls == [[0, 1, 2], [0, 1, 2]]  # redone once before giving up
     assert ShardedDataset(toy, features_dir("r")).part_paths() == []
 
@@ -198,5 +199,5 @@ def test_shards_that_never_report_are_redone_then_raise_never_discarded(toy, mon
 
     calls.clear()
     monkeypatch.setattr(embed, "_run_ray", lossy_once)
-    rep = embed_pool(toy, name="r", resources=RES, shard_size=3, progress=False)
+    rep = embed_pool(toy, model="assay-small", name="r", resources=RES, shard_size=3, progress=False)
     assert rep.shards_written == 3 and rep.n_embedded + rep.n_errors == 8
