@@ -56,7 +56,10 @@ FLAT_MAX = 1_000_000          # below this many vectors: exact IndexFlatIP
 TRAIN_PER_CENTROID = 64       # FAISS wants >= 39 training points per centroid
 TRAIN_MAX = 500_000
 ADD_BATCH = 65_536
-CELL_POOL = 2                 # default region vectors: 2×2 blocks of stored cells (bench: 4× fewer, better recall)
+CELL_POOL = 2                 # region vectors: k×k blocks of stored cells when the store's cell size is unknown
+COARSE_BLOCK_PX = 32          # default region vectors: blocks of about 32 px (2×2 cells of the 16-px default store:
+                              # 192 vectors per 512×384 image instead of 768 for 16-px blocks; bench/feature_store.py
+                              # --part coarse: recall kept 0.97 on the report world, 1.01-1.08 on the tuning world)
 CENTER_CELLS = 200_000        # cells (from whole images drawn at random) that estimate the pool's mean cell
 KINDS = ("region", "global")
 
@@ -221,9 +224,17 @@ class LoadedIndex:
 
 
 # ------------------------------------------------------------------------------------------- build / add
+def default_cell_pool(ws: Workspace, model: str) -> int:
+    """Cells per block side for the coarse stage by default: blocks of about :data:`COARSE_BLOCK_PX` px
+    (``round(32 / cell px)``, at least 1: 2 on 16-px stores, 4 on 8-px ones); :data:`CELL_POOL` when the store's
+    meta has no cell size."""
+    stride = feature_meta(ws, model).get("stride")
+    return max(1, round(COARSE_BLOCK_PX / float(stride))) if stride else CELL_POOL
+
+
 def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: str = "region",
                 progress: bool = True, nprobe: int | None = None, seed: int = 0,
-                cell_pool: int = CELL_POOL) -> IndexManifest:
+                cell_pool: int | None = None) -> IndexManifest:
     """Build (or rebuild) the index of ``model`` from every ok feature map in ``features/<model>/``.
 
     Parameters
@@ -235,19 +246,20 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
     nprobe : int, optional
         Lists probed at search time for IVF indexes (default 32, saved in the manifest).
     cell_pool : int
-        Region vectors of k×k blocks of stored cells (default :data:`CELL_POOL`; k² fewer vectors, so the index
-        of a pool of millions fits one node); the fine stage still matches the full-resolution stored maps. On
-        ``bench/targeted_selection.py`` k = 2 recalled more than k = 1 (0.098 vs 0.092 recall@100) and k = 4 as
-        much (0.091).
+        Region vectors of k×k blocks of stored cells (default :func:`default_cell_pool`: blocks of about 32 px; k²
+        fewer vectors, so the index of a pool of millions fits one node); the fine stage still matches the
+        full-resolution stored maps. ``bench/feature_store.py --part coarse`` measured 32-px blocks (192 vectors
+        per image) against 16-px ones (768) on two worlds: recall@100 on objects < 1% kept 0.97 on the report
+        world and 1.01-1.08 on the tuning world.
 
     Returns
     -------
     IndexManifest. Raises ``WorkspaceError`` when the model has no features, ``ValueError`` when none are ok.
     """
-    if cell_pool < 1:
+    if cell_pool is not None and cell_pool < 1:
         raise UserError(f"cell_pool must be >= 1, got {cell_pool}")
-    cell_pool = cell_pool if kind == "region" else 1
     meta = feature_meta(ws, model)
+    cell_pool = (cell_pool or default_cell_pool(ws, model)) if kind == "region" else 1
     store = store_fingerprint(ws, model)
     counts = _cell_counts(ws, model, cell_pool)
     n = sum(counts.values()) if kind == "region" else len(counts)

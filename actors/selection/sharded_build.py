@@ -29,7 +29,7 @@ from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 from actors.features.store import feature_meta, iter_feature_maps, store_fingerprint
 from actors.selection._faiss import faiss
-from actors.selection.index import (CELL_POOL, CENTER_CELLS, _cell_counts, _first_dim, _sample_images,
+from actors.selection.index import (CENTER_CELLS, default_cell_pool, _cell_counts, _first_dim, _sample_images,
                                     _training_sample, build_index, add_to_index, cell_vectors, choose_factory,
                                     index_dir, load_manifest, pool_center)
 from actors.selection.shard_store import shards_root
@@ -76,7 +76,7 @@ def indexed_images(ws: Workspace, model: str) -> set[str]:
 
 
 def build_sharded(ws: Workspace, model: str, *, n_shards: int, factory: str | None = None, nprobe: int | None = None,
-                  cell_pool: int = CELL_POOL, seed: int = 0, progress: bool = True) -> dict:
+                  cell_pool: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """(Re)build ``model``'s sharded region index over ``n_shards`` actors (see the module contract); returns
     :func:`summary`. An existing sharded index is deleted first."""
     from actors.core.runtime import init_ray
@@ -84,6 +84,7 @@ def build_sharded(ws: Workspace, model: str, *, n_shards: int, factory: str | No
 
     if n_shards < 1:
         raise UserError(f"--shards must be >= 1, got {n_shards}")
+    cell_pool = default_cell_pool(ws, model) if cell_pool is None else cell_pool
     if cell_pool < 1:
         raise UserError(f"cell_pool must be >= 1, got {cell_pool}")
     store = store_fingerprint(ws, model)
@@ -140,7 +141,7 @@ def index_region(ws: Workspace, model: str, *, shards: int | None = None, factor
         before = old.images if old else 0
         if rebuild or old is None or factory or (cell_pool is not None and cell_pool != old.cell_pool):
             man = build_index(ws, model, kind="region", factory=factory, progress=progress,
-                              cell_pool=cell_pool or (old.cell_pool if old else CELL_POOL))
+                              cell_pool=cell_pool or (old.cell_pool if old else None))
         else:
             man = add_to_index(ws, model, kind="region", progress=progress)
         if sharded is not None:
@@ -151,7 +152,7 @@ def index_region(ws: Workspace, model: str, *, shards: int | None = None, factor
             or (cell_pool is not None and cell_pool != int(sharded.get("cell_pool") or 1))):
         single = load_manifest(ws, model, "region")
         pool = cell_pool or (int(sharded.get("cell_pool") or 1) if sharded else single.cell_pool if single
-                             else CELL_POOL)
+                             else None)
         out = build_sharded(ws, model, n_shards=n_shards, factory=factory, cell_pool=pool, progress=progress)
         out["added_images"] = out["images"]
     else:

@@ -291,3 +291,13 @@ def test_index_written_with_a_string_id_map_still_loads_and_is_rewritten_on_add(
     added = add_to_index(workspace, "toy", progress=False)
     assert added.images_file and workspace.read_table(f"index/toy/{added.ids_file}").schema == IDS_SCHEMA
     assert load_index(workspace, "toy").lookup(np.array([13, 36])) == [("old1", 0, 1), ("new0", 0, 0)]
+
+
+@pytest.mark.parametrize("stride,k", [(16, 2), (8, 4), (32, 1), (None, 2)])
+def test_default_coarse_blocks_are_about_32_px(workspace, stride, k):
+    """By default a region vector covers ~32 px whatever the store's cell size (2×2 cells of a 16-px store, 4×4 of
+    an 8-px one); a store whose meta has no cell size keeps 2×2 blocks."""
+    meta = {"model": "toy", "dim": 8, **({"stride": stride} if stride else {})}
+    write(workspace, maps([f"im{n}" for n in range(3)], hw=(8, 8)), meta=meta)
+    man = build_index(workspace, "toy", progress=False)
+    assert man.cell_pool == k and man.n == 3 * (-(-8 // k)) ** 2
