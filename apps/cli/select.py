@@ -35,7 +35,7 @@ def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEF
               rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild instead of adding new images.")] = False,
               cell_pool: Annotated[Optional[int], typer.Option(
                   "--cell-pool", help="Region vectors = k×k blocks of stored cells (k² fewer vectors; matching "
-                                      "keeps full resolution). Default 2; another k than the index's rebuilds it.")]
+                                      "keeps full resolution). Default: blocks of ~32 px (2 on 16-px stores); another k than the index's rebuilds it.")]
               = None,
               shards: Annotated[Optional[int], typer.Option(
                   "--shards", help="Shard the region index over N Ray actors (by image hash; `assay mine` uses them "
