@@ -50,11 +50,15 @@ class Codec:
     def nbytes(self, shape: tuple[int, int, int]) -> int:
         return 2 * int(np.prod(shape))
 
-    def decode_into(self, bufs: list[Any], shape: tuple[int, int, int], out: np.ndarray) -> np.ndarray:
+    def decode_into(self, bufs: list[Any], shape: tuple[int, int, int], out: np.ndarray,
+                    center: np.ndarray | None = None) -> np.ndarray:
         """Decode ``len(bufs)`` grids of one ``shape`` (C, H, W) into ``out``, a float32 B×H×W×C array (channels-last,
-        the fine stage's working layout); returns ``out``."""
+        the fine stage's working layout), minus ``center`` (C float32) when given; returns ``out``. The values equal
+        ``decode(buf) - center`` exactly."""
         for k, buf in enumerate(bufs):
             out[k] = self.decode(buf, shape).transpose(1, 2, 0)
+        if center is not None:
+            out -= np.asarray(center, np.float32)
         return out
 
 
@@ -122,7 +126,10 @@ class PQCodec(Codec):
     def nbytes(self, shape: tuple[int, int, int]) -> int:
         return self.m * shape[1] * shape[2]
 
-    def decode_into(self, bufs: list[Any], shape: tuple[int, int, int], out: np.ndarray) -> np.ndarray:
+    def decode_into(self, bufs: list[Any], shape: tuple[int, int, int], out: np.ndarray,
+                    center: np.ndarray | None = None) -> np.ndarray:
+        """One gather; with ``center`` from a codebook with the centre subtracted (centroid - centre is the same
+        float operation as decoded value - centre, so the result is the same to the bit, with no extra pass)."""
         c, h, w = shape
         codes = np.concatenate([np.frombuffer(b, dtype=np.uint8) for b in bufs]) if bufs else np.zeros(0, np.uint8)
         if codes.size != len(bufs) * h * w * self.m or c != self.m * self.d:
@@ -130,8 +137,19 @@ class PQCodec(Codec):
         if out.shape != (len(bufs), h, w, c) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"decode_into needs a C-contiguous float32 {(len(bufs), h, w, c)} array")
         words = out.reshape(-1).view(self._words.dtype)  # one word per (cell, group)
-        np.take(self._words, (codes.reshape(-1, self.m) + self._offsets).reshape(-1), out=words, mode="wrap")
+        np.take(self._table(center), (codes.reshape(-1, self.m) + self._offsets).reshape(-1), out=words, mode="wrap")
         return out
+
+    def _table(self, center: np.ndarray | None) -> np.ndarray:
+        """The codebook as words, minus ``center`` when given (the last centre's table is kept)."""
+        if center is None:
+            return self._words
+        center = np.asarray(center, np.float32).reshape(self.m, 1, self.d)
+        cached = getattr(self, "_centred", None)
+        if cached is None or not np.array_equal(cached[0], center):
+            table = (self.centroids - center).reshape(self.m * self.k, self.d).view(self._words.dtype).reshape(-1)
+            cached = self._centred = (center.copy(), table)
+        return cached[1]
 
 
 def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np.ndarray:

@@ -408,11 +408,17 @@ def _one_torch_thread(enabled: bool):
 
 def _score_group(objects, group: list, combine: str, device: str, codec: Codec | None = None) -> list[Hit]:
     # channels-last B×H×W×C, seen as B×C×H×W: encoded maps decoded into it, decoded ones copied (one copy each)
+    center = _shared_center(objects) if torch.device(device).type == "cpu" else None
+    if center is not None:  # subtracted once while building the working array; the templates then skip it
+        objects = [BoxTemplate(t.vector, t.sizes, t.box_cells, None) for t in objects]
     if isinstance(group[0], EncodedMap):
         c, h, w = group[0].shape
-        x = codec.decode_into([e.data for e in group], group[0].shape, np.empty((len(group), h, w, c), np.float32))
+        x = codec.decode_into([e.data for e in group], group[0].shape, np.empty((len(group), h, w, c), np.float32),
+                              center=center)
     else:
-        x = np.stack([fm.fmap.transpose(1, 2, 0) for fm in group])
+        x = np.stack([np.asarray(fm.fmap, np.float32).transpose(1, 2, 0) for fm in group])
+        if center is not None:
+            x -= center
     x = torch.from_numpy(x).to(device).permute(0, 3, 1, 2)
     scores, boxes = match_objects(objects, x, combine)  # B, B×n_obj×4
     out = []
@@ -421,6 +427,16 @@ def _score_group(objects, group: list, combine: str, device: str, codec: Codec |
         union = (min(b[0] for b in obj), min(b[1] for b in obj), max(b[2] for b in obj), max(b[3] for b in obj))
         out.append(Hit(fm.image_id, float(s), union, obj))
     return out
+
+
+def _shared_center(objects) -> np.ndarray | None:
+    """The centre (C float32) when every object is a :class:`BoxTemplate` with the same one, else None."""
+    if not objects or not all(isinstance(t, BoxTemplate) and t.center is not None for t in objects):
+        return None
+    c = objects[0].center
+    if not all(torch.equal(t.center, c) for t in objects[1:]):
+        return None
+    return c.detach().cpu().numpy().astype(np.float32)
 
 
 def exhaustive_match(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable[FeatureMap], top_k: int, *,

@@ -89,7 +89,8 @@ def test_matcher_reads_pq_rows_encoded_and_ranks_as_the_decoded_maps(workspace):
         write_feature_shard(ds, shard, encode_rows(rows, pq).sort_by("image_id"))
     decoded = [FeatureMap(m.image_id, pq.decode(pq.encode(m.fmap), m.fmap.shape), 16.0, 16.0) for m in maps
                if m.image_id != "img004"]  # the failed image is skipped
-    t = box_template(torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1)), (16, 16, 48, 40), 16, 16)
+    g = torch.Generator().manual_seed(1)
+    t = box_template(torch.randn(8, 5, 6, generator=g), (16, 16, 48, 40), 16, 16, center=torch.randn(8, generator=g))
     want = [(h.image_id, h.score, *h.box) for h in rank_feature_maps([t], decoded, top_k=None)]
     ids = [m.image_id for m in maps][::-1]
     for cache_size in (0, 100):
@@ -102,3 +103,6 @@ def test_matcher_reads_pq_rows_encoded_and_ranks_as_the_decoded_maps(workspace):
     bufs = [pq.encode(m.fmap) for m in maps[:3]]
     out = pq.decode_into(bufs, (8, 5, 6), np.empty((3, 5, 6, 8), np.float32))
     np.testing.assert_array_equal(out, np.stack([pq.decode(b, (8, 5, 6)).transpose(1, 2, 0) for b in bufs]))
+    center = t.center.numpy()
+    centred = pq.decode_into(bufs, (8, 5, 6), np.empty((3, 5, 6, 8), np.float32), center=center)
+    np.testing.assert_array_equal(centred, out - center)  # the centred codebook: the same values to the bit
