@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--search-runs", type=int, default=10)
     p.add_argument("--search-rounds", type=int, default=3)
     p.add_argument("--calib", type=int, default=16)
-    p.add_argument("--stat", choices=("p50", "min"), default="min",
+    p.add_argument("--stat", choices=("p50", "min", "paired"), default="paired",
                    help="per-round statistic the search compares (min: steadier on a shared machine)")
     p.add_argument("--bn-recal", type=int, default=64,
                    help="training images the BN statistics of every pruned model are re-estimated on (0: none)")
@@ -106,6 +106,7 @@ def context(args: argparse.Namespace) -> dict:
 
 
 def phase_search(args: argparse.Namespace, cache: Path, state: dict) -> None:
+    from actors.compression.detector import distill_loss
     from actors.compression.calibrate import (calibrate_lut, magnitude_to_measured, plan_to_measured,
                                               profile_convs, ratio_meter)
     from actors.compression.export import save_compressed
@@ -154,6 +155,9 @@ def phase_search(args: argparse.Namespace, cache: Path, state: dict) -> None:
         info["bn_recalibrated"] = recalibrate_bn(net, recal)
         info["map50_select_train"] = evaluate_outputs(torch_runner(net), net.head, sel_split, c["classes"])["map50"]
         info["map50_val_before_ft"] = evaluate_outputs(torch_runner(net), net.head, pre_val, c["classes"])["map50"]
+        with torch.no_grad():  # a continuous proxy when every pruned model's mAP is ~0 before fine-tuning
+            info["distill_select_train"] = float(np.mean([float(distill_loss(net(x), base(x)))
+                                                          for x in sel_split.images]))
     sel_split = load_split(c["ws"], "train", c["classes"], args.select)
     state.setdefault("variants", {})
     for name in args.variants.split(","):
@@ -174,8 +178,9 @@ def phase_search(args: argparse.Namespace, cache: Path, state: dict) -> None:
         state["variants"][name] = info
         log(f"{name}: ratio {info['measured_ratio']:.3f}, mAP@.5 before FT train-select "
             f"{info['map50_select_train']:.3f} / val {info['map50_val_before_ft']:.3f}")
-    chosen = max((v for v in args.variants.split(",")),  # ties: the first listed
-                 key=lambda v: state["variants"][v]["map50_select_train"])
+    chosen = max((v for v in args.variants.split(",")),  # mAP first; then the lower distillation loss
+                 key=lambda v: (round(state["variants"][v]["map50_select_train"], 3),
+                                -state["variants"][v]["distill_select_train"]))
     state["chosen"] = chosen
     r_la = state["variants"][chosen]["measured_ratio"]
     mag, ratio, hist = magnitude_to_measured(lambda: copy.deepcopy(base), example, r_la, measure,
@@ -271,19 +276,19 @@ def markdown(s: dict) -> str:
                   f"{cal['raw_lut_full_ms']:.1f} ms; calibrated LUT: per-layer scales from the whole-graph profile, "
                   f"offset {cal['offset_ms']:.1f} ms.", "",
                   "| variant (LUT / importance / min keep) | search (budget -> measured ratio) | measured ratio | "
-                  "mAP@.5 before FT (train-select, raw / BN re-estimated; val) |", "|---|---|---|---|"]
+                  "before FT: mAP@.5 train-select raw / BN re-estimated; val; distillation loss |", "|---|---|---|---|"]
         for name, v in s.get("variants", {}).items():
             srch = ", ".join(f"{h['budget']:.2f}->{h['measured']:.2f}" for h in v["search"])
             lines.append(f"| {name} (keep >= {v['min_keep']}) | {srch} | {v['measured_ratio']:.3f} | "
                          f"{100 * v.get('map50_select_train_raw', 0):.1f} / {100 * v['map50_select_train']:.1f}; "
-                         f"{100 * v['map50_val_before_ft']:.1f} |")
+                         f"{100 * v['map50_val_before_ft']:.1f}; distillation loss {v.get('distill_select_train', 0):.3f} |")
         if "magnitude" in s:
             m = s["magnitude"]
             srch = ", ".join(f"{h['ratio']:.2f}->{h['measured']:.2f}" for h in m["search"])
             lines.append(f"| magnitude (Torch-Pruning, ratio {m['ratio']:.3f}) | {srch} | {m['measured_ratio']:.3f} | "
                          f"{100 * m.get('map50_select_train_raw', 0):.1f} / {100 * m['map50_select_train']:.1f}; "
-                         f"{100 * m['map50_val_before_ft']:.1f} |")
-        lines += ["", f"Chosen on the training-image mAP: **{s.get('chosen')}**.", ""]
+                         f"{100 * m['map50_val_before_ft']:.1f}; distillation loss {m.get('distill_select_train', 0):.3f} |")
+        lines += ["", f"Chosen on training images (mAP@.5 after BN re-estimation, then the lower distillation loss to the original): **{s.get('chosen')}**.", ""]
     for k, f in s.get("finetune", {}).items():
         lines.append(f"Fine-tuned {k}: {f['epochs']} epochs on {f['n_train']} training images, losses "
                      f"{', '.join(f'{x:.3f}' for x in f['losses'])} ({f['seconds']:.0f} s).")

@@ -29,6 +29,7 @@ import copy
 import json
 import os
 import tempfile
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -144,18 +145,31 @@ def ratio_meter(reference: nn.Module, hw: tuple[int, int], *, threads: int = 1, 
     """``measure(net)``: latency of ``net`` / latency of ``reference``, both exported to ONNX and timed in ONNX
     Runtime (CPU, batch 1, ``threads`` threads) in alternating rounds of ``runs`` calls, so a machine whose load
     drifts slows both alike. ``stat``: the per-round statistic whose median over rounds is compared, ``"p50"`` or
-    ``"min"`` (steadier when other processes share the cores). ``measure.last`` holds the last timings."""
+    ``"min"``; ``"paired"``: reference and candidate called alternately, ``runs × rounds`` pairs, the
+    median of the per-pair ratios (the steadiest when other processes share the cores). ``measure.last`` holds the last timings."""
     from actors.compression.export import export_onnx, onnx_session
     from actors.compression.latency import measure_latency
 
-    if stat not in ("p50", "min"):
-        raise ValueError(f"stat must be p50 or min, got {stat!r}")
+    if stat not in ("p50", "min", "paired"):
+        raise ValueError(f"stat must be p50, min or paired, got {stat!r}")
     d = tempfile.mkdtemp(dir=workdir)
     ref = onnx_session(export_onnx(reference, os.path.join(d, "reference.onnx"), hw), threads)
     x = np.random.rand(1, 3, *hw).astype(np.float32)
 
+    def call(s: Any) -> float:
+        t0 = time.perf_counter()
+        s.run(None, {"images": x})
+        return (time.perf_counter() - t0) * 1000
+
     def measure(net: nn.Module) -> float:
         sess = onnx_session(export_onnx(net, os.path.join(d, "candidate.onnx"), hw), threads)
+        if stat == "paired":  # reference and candidate call by call: adjacent calls see the same load
+            for _ in range(2):
+                call(ref), call(sess)
+            pairs = [(call(ref), call(sess)) for _ in range(runs * rounds)]
+            measure.last = {"reference": float(np.median([a for a, _ in pairs])),  # type: ignore[attr-defined]
+                            "candidate": float(np.median([b for _, b in pairs]))}
+            return float(np.median([b / a for a, b in pairs]))
         per: dict[str, list[float]] = {"reference": [], "candidate": []}
         for _ in range(rounds):
             for k, s in (("reference", ref), ("candidate", sess)):

@@ -7,6 +7,14 @@ architecture from its weights (:func:`~actors.compression.detector.build_end_to_
 unpruned one), and the teacher for distillation from the teacher's weights. Rank 0 writes the checkpoint to the
 workspace after every epoch; calling again with the same ``ckpt`` and the same pruned start resumes after the last
 finished epoch (the checkpoint records a fingerprint of the starting weights and refuses another start).
+
+Why Ray and local fine-tuning gave different weights (only ~16% of the elements agreed): not seeding, data order
+or threads (the loop seeds shuffling/flips per epoch from ``cfg.seed`` on both sides and the test ran locally with
+one thread, as the worker). The worker rebuilds the *unfolded* pruned network from its spec
+(:func:`~actors.compression.net.build_net`), and the rebuild replaced every narrowed timm ``BatchNormAct2d`` by a
+plain ``BatchNorm2d``, silently dropping its ReLU6: the worker trained another function. Fixed in
+``actors.compression.net._narrow`` (BN layers are narrowed in place); ``tests/actors/compression/test_export.py``
+checks that an unfolded pruned network rebuilds with equal outputs.
 """
 
 from __future__ import annotations
