@@ -176,6 +176,7 @@ def ratio_meter(reference: nn.Module, hw: tuple[int, int], *, threads: int = 1, 
                 per[k].append(measure_latency(lambda s=s: s.run(None, {"images": x}), warmup=2, runs=runs)[stat])
         measure.last = {k: float(np.median(v)) for k, v in per.items()}  # type: ignore[attr-defined]
         return measure.last["candidate"] / measure.last["reference"]  # type: ignore[attr-defined]
+    measure.workdir = d  # type: ignore[attr-defined]  # the exported models (the caller may delete it)
     return measure
 
 

@@ -8,7 +8,11 @@
    Taylor scores on training images (magnitude when there are none), and fine-tunes the pruned network with the
    detector training loop (:mod:`~actors.compression.finetune`; on Ray Train with ``ray``:
    :mod:`~actors.compression.ray_finetune`), checkpointed every epoch to ``runs/<run>/compress/`` and resumed
-   from there when run again;
+   from there when run again. With ``measured_steps > 0`` the budget is met in *measured* latency instead
+   (:mod:`~actors.compression.calibrate`): the LUT is calibrated on a whole-graph ONNX Runtime profile of the
+   original, and up to ``measured_steps`` plans are built, exported and timed against the original (paired
+   calls) while the LUT budget is moved until the measured ratio meets ``latency``; every step is in the report
+   (``measured_search``);
 3. folds BN (:mod:`~actors.compression.fold`), exports ONNX + the weights-only state dict
    (:mod:`~actors.compression.export`), and with ``int8`` the ONNX Runtime static int8 model calibrated on
    training images (:mod:`~actors.compression.quantize`);
@@ -54,6 +58,7 @@ class CompressConfig:
     max_train_images: int | None = None
     ray: bool = False
     seed: int = 0
+    measured_steps: int = 0  # > 0: meet the budget in measured ONNX Runtime latency (calibrated LUT + outer loop)
 
     @classmethod
     def get_default_config(cls) -> "CompressConfig":
@@ -161,8 +166,26 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     importance = cfg.importance if train and cfg.importance == "taylor" else "magnitude"
     loss = _taylor_loss(train, cfg.taylor_images) if importance == "taylor" else None
     importance = importance if loss is not None or importance == "magnitude" else "magnitude"
-    plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=final_layers(pruned),
-                               importance=importance, loss_fn=loss, round_to=cfg.round_to)
+    measured: list[dict] = []
+    if cfg.measured_steps > 0:
+        from actors.compression.calibrate import calibrate_lut, plan_to_measured, profile_convs, ratio_meter
+        from actors.compression.prune import group_scores
+
+        cal = calibrate_lut(lut, profile_convs(base, hw, threads=cfg.threads, workdir=out))
+        scores = group_scores(copy.deepcopy(base), example, final_layers(base), importance, loss)
+        meter = ratio_meter(base, hw, threads=cfg.threads, runs=10, rounds=3, stat="paired")
+
+        def prune(net: torch.nn.Module, b: float) -> Any:
+            return latency_aware_prune(net, example, cal, b, ignored=final_layers(net), importance=importance,
+                                       scores=scores, round_to=cfg.round_to)
+        pruned, plan, measured = plan_to_measured(lambda: copy.deepcopy(base), prune, cfg.latency, meter,
+                                                  iterations=cfg.measured_steps, log=log)
+        import shutil
+
+        shutil.rmtree(meter.workdir, ignore_errors=True)
+    else:
+        plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=final_layers(pruned),
+                                   importance=importance, loss_fn=loss, round_to=cfg.round_to)
     log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f}); fine-tuning")
     ftc = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed)
     ckpt = f"runs/{run}/compress/finetune-{cfg.importance}-{cfg.latency:g}.pt"  # resumable: same start, same file
@@ -198,7 +221,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         "device": key, "runtime": "onnxruntime CPUExecutionProvider", "threads": cfg.threads,
         "input_hw": list(hw), "config": asdict(cfg), "importance": importance,
         "fold": {"original": fold_base.to_dict(), "compressed": fold_pruned.to_dict()},
-        "plan": plan.to_dict(), "finetune": ft, "lut": lut_rel,
+        "plan": plan.to_dict(), "finetune": ft, "lut": lut_rel, "measured_search": measured,
         "models": {k: {"latency_ms": lat[k], "accuracy": acc[k], **counts[k],
                        "file_bytes": os.path.getsize(p), "file": os.path.basename(p)} for k, p in paths.items()},
         "decoding": "outside the graph: sigmoid scores, centre -/+ ltrb boxes on the stride grid, NMS "

@@ -33,6 +33,9 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                  ray: Annotated[bool, typer.Option("--ray/--local", help="Fine-tune on Ray Train (TorchTrainer; "
                                                    "RAY_ADDRESS or a local instance) instead of in this process.")]
                  = False,
+                 measured_steps: Annotated[int, typer.Option(
+                     "--measured-steps", help="Meet the budget in measured ONNX Runtime latency: up to N "
+                     "plan-build-time steps on a calibrated LUT (0: the LUT's prediction only).")] = 0,
                  seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Prune to a latency budget (device LUT + knapsack), fine-tune with the detector training loop (a checkpoint
     every epoch; run again to resume), fold BN, export ONNX + state dict, report. dense-lite0 detectors only."""
@@ -42,7 +45,7 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 
     cfg = CompressConfig(latency=latency, int8=int8, data_free=data_free, importance=importance, finetune_epochs=epochs,
                          threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs,
-                         ray=ray)
+                         ray=ray, measured_steps=measured_steps)
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
 
