@@ -21,9 +21,15 @@ truth, queries and scoring (held-out query instances; chance beside it).
 
     python bench/feature_store.py --part tune --threads 1 --candidates 100 --tune-queries 15 --world-json T.json
     python bench/feature_store.py --part report --threads 1 --candidates 100 --queries 25 --world-json R.json
-    python bench/feature_store.py --part merge --world-json T.json R.json
+    python bench/feature_store.py --part coarse --seed 1 --threads 1 --candidates 100 --queries 15 --world-json C1.json
+    python bench/feature_store.py --part coarse --seed 0 --threads 1 --candidates 100 --queries 25 --world-json C0.json
+    python bench/feature_store.py --part merge --world-json T.json R.json C1.json C0.json
     python bench/feature_store.py --part timing --prepare-only --out /tmp/prep.json     # nice: stores only
-    flock /tmp/team/timing.lock python bench/feature_store.py --part timing --threads 2
+    flock /tmp/team/timing.lock python bench/feature_store.py --part timing --threads 2 --repeats 3
+
+4. **Coarse blocks** (``--part coarse``, one world per process): region vectors of k×k blocks of stored cells for
+   fp16 8-px (k = 2, 4) and PQ 16-px (k = 1, 2): vectors and index bytes per image, template recall@100 on < 1%
+   objects through the whole matcher, beside chance.
     python bench/feature_store.py --smoke --out /tmp/fs-smoke.json   # seconds
 """
 
@@ -184,6 +190,42 @@ def measure_world(ws: Workspace, base: str, n_queries: int, seed: int, candidate
     return out
 
 
+COARSE = (("fp16-8px", 2), ("fp16-8px", 4), ("pq-d2-16px", 1), ("pq-d2-16px", 2))  # (store, blocks of k×k cells)
+
+
+def measure_coarse(ws: Workspace, base: str, n_queries: int, seed: int, candidates: int,
+                   configs: tuple = COARSE) -> dict:
+    """Coarse-stage block size for scale: per (store, k) the region index over k×k blocks of stored cells (block
+    px = cell px · k): vectors per image, index bytes per image, and template recall@100 / precision@10 on < 1%
+    objects through the whole matcher (the fine stage is the same stored map for every k of a store)."""
+    from actors.selection.index import index_dir, load_manifest
+    from actors.selection.mine import Selector
+
+    truth = ts.load_truth(ws)
+    queries = ts.pick_queries(truth[0], n_queries, seed)
+    base_maps = query_maps(ws, base, queries)
+    out = {"n_pool": truth[3], "n_queries": len(queries), "chance": ts.chance(queries, truth)["bins"]["<1%"],
+           "configs": {}}
+    for name, k in configs:
+        make_variant(ws, base, name, VARIANTS[name])
+        built = ts.build_region(ws, name, k)
+        man = load_manifest(ws, name, "region")
+        index_bytes = Path(ws.local_path(f"{index_dir(name)}/{man.index_file}")).stat().st_size
+        sel = Selector(ws, preload=True)
+        sels = ts.run_method(sel, name, "template", queries, variant_queries(ws, name, VARIANTS[name], base_maps),
+                             candidates=candidates)
+        ev = ts.evaluate(sels, queries, truth, localizes=True)
+        small = ev["bins"]["<1%"]
+        cell_px = feature_meta(ws, name)["stride"]
+        out["configs"][f"{name}/k{k}"] = {
+            "store": name, "cell_pool": k, "block_px": cell_px * k, "vectors_per_image": man.n / max(1, man.images),
+            "index_bytes_per_image": index_bytes / max(1, man.images), "build_s": built["build_s"],
+            "recall@100_<1%": small["recall@100"], "precision@10_<1%": small["precision@10"], "n_<1%": small["n"]}
+        print(f"{name} k={k}: {man.n / max(1, man.images):.0f} vectors/image, R@100<1% {small['recall@100']:.3f}",
+              flush=True)
+    return out
+
+
 def choose(tuned: dict) -> str:
     """Smallest on-disk variant within the budget that keeps ≥ KEEP of the fp16 store's recall (tuning world)."""
     ok = [(v["disk_bytes_per_image"], n) for n, v in tuned["variants"].items()
@@ -206,29 +248,28 @@ def write_lance(ws: Workspace, name: str, out: Path) -> tuple[object, dict[str, 
     return ds, {k: i for i, k in enumerate(ids)}
 
 
-def lance_get(ds, where: dict[str, int], codec, image_ids: list[str]) -> list[FeatureMap]:
-    from actors.features.store import decode_row
-
+def lance_get(ds, where: dict[str, int], image_ids: list[str]) -> list:
+    """Lance ``take`` of the candidates' ``image_id`` and ``fmap`` (what the Parquet reader reads per row; both get
+    shapes and strides from metadata already in memory), as encoded buffers."""
     rows = sorted(where[i] for i in image_ids)
-    t = ds.take(rows, columns=["image_id", "grid_h", "grid_w", "dim", "stride_y", "stride_x", "fmap", "status"])
-    cols = {c: t.column(c) for c in t.column_names}
-    out = []
-    for j in range(t.num_rows):
-        row = {c: cols[c][j].as_py() for c in cols if c != "fmap"}
-        row["fmap"] = cols["fmap"][j].as_buffer()
-        out.append(decode_row(row, codec))
-    return out
+    t = ds.take(rows, columns=["image_id", "fmap"])
+    return [t.column("fmap")[j].as_buffer() for j in range(t.num_rows)]
 
 
 def timing(ws: Workspace, names: list[str], n_cand: int, repeats: int, lance_dir: Path) -> dict:
-    from actors.features.store import FeatureReader, store_codec
-    from actors.selection.match import box_template
+    """Per round (a new random candidate set) and store: the fine stage as ``assay mine`` runs it on uncached
+    candidates (``Matcher(cache_size=0).rerank``: Parquet read of the rows' ``fmap`` + decode into the batch
+    arrays + match), then its parts: Parquet read alone (encoded rows), Lance take of the same rows, and decode +
+    match alone."""
+    from actors.features.store import FeatureReader
+    from actors.selection.match import box_template, rank_feature_maps
     from actors.selection.matcher import Matcher
 
     all_ids = sorted(k for s in ShardedDataset(ws, features_dir(names[0])).shards() for k in s.keys)
     if len(all_ids) < n_cand:
         raise SystemExit(f"the timing store holds {len(all_ids)} images, fewer than {n_cand} candidates")
-    res: dict = {n: {"fine_s": [], "parquet_read_s": [], "lance_read_s": [], "match_only_s": []} for n in names}
+    res: dict = {n: {"fine_s": [], "fine_cpu_s": [], "parquet_read_s": [], "lance_read_s": [], "decode_match_s": []}
+                 for n in names}
     lances = {n: write_lance(ws, n, lance_dir / f"{n}.lance") for n in names}
     for r in range(repeats):
         rng = np.random.default_rng(100 + r)
@@ -237,32 +278,35 @@ def timing(ws: Workspace, names: list[str], n_cand: int, repeats: int, lance_dir
             fm = FeatureReader(ws, n).get([ids[0]])[0]
             _, h, w = fm.fmap.shape
             box = (w * fm.stride_x * 0.45, h * fm.stride_y * 0.45, w * fm.stride_x * 0.52, h * fm.stride_y * 0.53)
-            tmpl = box_template(np.asarray(fm.fmap, np.float32), box, fm.stride_y, fm.stride_x)
+            center = np.asarray(fm.fmap, np.float32).mean(axis=(1, 2))  # stands in for the pool mean
+            tmpl = box_template(np.asarray(fm.fmap, np.float32), box, fm.stride_y, fm.stride_x, center=center)
             m = Matcher(ws, n, cache_size=0, device="cpu")
-            m.feature_maps(ids[:2])  # opens the reader (manifest, codec): once per selector, not per query
-            t0 = time.perf_counter()
-            m.rerank([tmpl], ids, 100)
+            m.rerank([tmpl], ids[:2], 2)  # opens the reader (manifest, codec, row summaries): once per selector
+            m._reader.get(ids, decode=False)
+            t0, c0 = time.perf_counter(), time.process_time()
+            hits = m.rerank([tmpl], ids, 100)
             res[n]["fine_s"].append(time.perf_counter() - t0)
-            reader = FeatureReader(ws, n)
+            res[n]["fine_cpu_s"].append(time.process_time() - c0)  # CPU seconds of all the process's threads
+            reader = m._reader
             t0 = time.perf_counter()
-            maps = reader.get(ids)
+            enc = reader.get(ids, decode=False)
             res[n]["parquet_read_s"].append(time.perf_counter() - t0)
             ds, where = lances[n]
-            codec = store_codec(ws, n)
             t0 = time.perf_counter()
-            lmaps = lance_get(ds, where, codec, ids)
+            lbufs = lance_get(ds, where, ids)
             res[n]["lance_read_s"].append(time.perf_counter() - t0)
-            assert len(lmaps) == len(maps)
-            from actors.selection.match import rank_feature_maps
-
+            assert len(lbufs) == len(enc)
             t0 = time.perf_counter()
-            rank_feature_maps([tmpl], maps, top_k=100, device="cpu")
-            res[n]["match_only_s"].append(time.perf_counter() - t0)
-            print(f"round {r} {n}: fine {res[n]['fine_s'][-1]:.3f}s, parquet read {res[n]['parquet_read_s'][-1]:.3f}s,"
-                  f" lance read {res[n]['lance_read_s'][-1]:.3f}s, match {res[n]['match_only_s'][-1]:.3f}s", flush=True)
+            hits2 = rank_feature_maps([tmpl], enc, top_k=100, device="cpu", codec=reader.codec)
+            res[n]["decode_match_s"].append(time.perf_counter() - t0)
+            assert [h.image_id for h in hits] == [h.image_id for h in hits2]
+            print(f"round {r} {n}: fine {res[n]['fine_s'][-1]:.3f}s (CPU {res[n]['fine_cpu_s'][-1]:.3f}s), parquet read {res[n]['parquet_read_s'][-1]:.3f}s,"
+                  f" lance read {res[n]['lance_read_s'][-1]:.3f}s, decode+match {res[n]['decode_match_s'][-1]:.3f}s",
+                  flush=True)
     out = {}
     for n, d in res.items():
-        out[n] = {k: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v))} for k, v in d.items()}
+        out[n] = {k: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v)), "runs": v}
+                  for k, v in d.items()}
         out[n]["lance_disk_bytes_per_image"] = sum(p.stat().st_size for p in (lance_dir / f"{n}.lance").rglob("*")
                                                    if p.is_file()) / len(all_ids)
     return out
@@ -287,16 +331,39 @@ def markdown(res: dict) -> str:
                          f"| {v['fmap_bytes_per_image'] / 1024:.1f} | {v['disk_bytes_per_image'] / 1024:.1f} "
                          f"| {v['recall@100_<1%']:.3f} | {v['recall_kept']:.2f} | {v['precision@10_<1%']:.3f} "
                          f"| {v['top100_overlap_with_fp16']:.2f} | {t['recall_kept']:.2f} |")
+    co = res.get("coarse")
+    if co:
+        rep, tun = co["report"], co["tuning"]
+        lines += ["", f"Coarse blocks (region vectors per image for scale), report world seed {co['report_seed']} "
+                  f"({rep['n_queries']} queries; chance recall@100 on < 1% objects "
+                  f"{rep['chance']['recall@100']:.3f}), tuning seed {co['tune_seed']} (chance "
+                  f"{tun['chance']['recall@100']:.3f}); kept = recall / the same store's smallest blocks", "",
+                  "| store | blocks (cells) | block px | vectors/image | index KiB/image | R@100 <1% | kept | P@10 <1% "
+                  "| R@100 (tuning seed) | kept (tuning seed) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for key, v in rep["configs"].items():
+            t = tun["configs"][key]
+            ref = min((c for c in rep["configs"].values() if c["store"] == v["store"]), key=lambda c: c["cell_pool"])
+            tref = tun["configs"][f"{ref['store']}/k{ref['cell_pool']}"]
+            kept = v["recall@100_<1%"] / ref["recall@100_<1%"] if ref["recall@100_<1%"] else float("nan")
+            tkept = t["recall@100_<1%"] / tref["recall@100_<1%"] if tref["recall@100_<1%"] else float("nan")
+            lines.append(f"| {v['store']} | {v['cell_pool']}×{v['cell_pool']} | {v['block_px']} "
+                         f"| {v['vectors_per_image']:.0f} | {v['index_bytes_per_image'] / 1024:.1f} "
+                         f"| {v['recall@100_<1%']:.3f} | {kept:.2f} | {v['precision@10_<1%']:.3f} "
+                         f"| {t['recall@100_<1%']:.3f} | {tkept:.2f} |")
     tim = res.get("timing")
     if tim:
-        lines += ["", f"Random access, {tim['n_candidates']} uncached random candidates, {tim['repeats']} alternating "
-                  f"rounds, torch threads {tim['threads']}, load average {tim['loadavg']}: median (min–max) s", "",
-                  "| store | fine stage (read+decode+match) | Parquet read+decode | Lance read+decode | match only "
-                  "| Lance disk KiB |", "|---|---|---|---|---|---|"]
+        load = ", ".join(f"{x:.2f}" for x in tim["loadavg"])
+        lines += ["", f"Random access, {tim['n_candidates']} uncached random candidates of a {tim.get('store')} store "
+                  f"({tim['sizes'][next(iter(tim['sizes']))]['n_images'] if tim.get('sizes') else '?'} images), "
+                  f"{tim['repeats']} alternating rounds, torch threads {tim['threads']}, load average {load} "
+                  f"(1/5/15 min) at the start: median (min–max) s", "",
+                  "| store | fine stage (read+decode+match) | its CPU seconds (all threads) | Parquet read (fmap column) "
+                  "| Lance take (same rows) | decode+match | Lance disk KiB |", "|---|---|---|---|---|---|---|"]
         for n, v in tim["results"].items():
             f = lambda d: f"{d['median']:.3f} ({d['min']:.3f}–{d['max']:.3f})"  # noqa: E731
-            lines.append(f"| {n} | {f(v['fine_s'])} | {f(v['parquet_read_s'])} | {f(v['lance_read_s'])} "
-                         f"| {f(v['match_only_s'])} | {v['lance_disk_bytes_per_image'] / 1024:.1f} |")
+            cpu = f(v["fine_cpu_s"]) if "fine_cpu_s" in v else "–"
+            lines.append(f"| {n} | {f(v['fine_s'])} | {cpu} | {f(v['parquet_read_s'])} | {f(v['lance_read_s'])} "
+                         f"| {f(v['decode_match_s'])} | {v['lance_disk_bytes_per_image'] / 1024:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,7 +392,7 @@ def _smoke_world(root: Path) -> Workspace:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["accuracy", "tune", "report", "merge", "timing", "all"], default="all",
+    ap.add_argument("--part", choices=["accuracy", "tune", "report", "coarse", "merge", "timing", "all"], default="all",
                     help="tune / report: one world each (two processes), written to --world-json; merge: both "
                          "into --out")
     ap.add_argument("--world-json", nargs="+", default=None, help="tune/report: where to write; merge: tune, report")
@@ -365,20 +432,25 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(res))
         return
     res["smoke"] = False
-    if a.part in ("tune", "report"):
+    if a.part in ("tune", "report", "coarse"):
         import faiss
 
         faiss.omp_set_num_threads(a.threads)
         seed, nq = (a.tune_seed, a.tune_queries) if a.part == "tune" else (a.seed, a.queries)
         t0 = time.perf_counter()
-        w = measure_world(Workspace(Path(a.worlds) / f"seed{seed}" / "workspace"), a.base, nq, seed, a.candidates,
-                          names)
+        wsp = Workspace(Path(a.worlds) / f"seed{seed}" / "workspace")
+        w = (measure_coarse(wsp, a.base, nq, seed, a.candidates) if a.part == "coarse"
+             else measure_world(wsp, a.base, nq, seed, a.candidates, names))
         w.update(seed=seed, seconds=time.perf_counter() - t0, loadavg=os.getloadavg(), threads=a.threads,
                  candidates=a.candidates, command="python bench/feature_store.py " + " ".join(argv or sys.argv[1:]))
         Path(a.world_json[0]).write_text(json.dumps(w, indent=2) + "\n")
         return
     if a.part == "merge":
-        tuned, report = (json.loads(Path(p).read_text()) for p in a.world_json)
+        tuned, report, *coarse = (json.loads(Path(p).read_text()) for p in a.world_json)
+        if coarse:  # coarse-block worlds: tune, report
+            ct, cr = coarse
+            res["coarse"] = {"tuning": ct, "report": cr, "tune_seed": ct["seed"], "report_seed": cr["seed"],
+                             "keep": KEEP, "commands": [ct["command"], cr["command"]]}
         res["accuracy"] = {"tuning": tuned, "report": report, "chosen": choose(tuned), "tune_seed": tuned["seed"],
                            "report_seed": report["seed"], "backbone": a.backbone, "candidates": report["candidates"],
                            "budget_kib": BUDGET_KIB, "keep": KEEP, "threads": report["threads"],
@@ -409,9 +481,11 @@ def main(argv: list[str] | None = None) -> None:
                          "loadavg": os.getloadavg(), "store": a.timing_base, "sizes": infos,
                          "results": timing(ws, a.timing_variants, a.candidates_timing, a.repeats,
                                            Path(a.timing_ws).parent / "lance"),
-                         "loadavg_after": os.getloadavg(),
+                         "loadavg_after": os.getloadavg(), "torch_threads": torch.get_num_threads(),
                          "command": "python bench/feature_store.py " + " ".join(argv or sys.argv[1:]),
-                         "notes": "shared 2-core machine, other engineers' jobs running; OS page cache warm"}
+                         "notes": "shared 2-core machine, other engineers' (niced) jobs running; OS page cache warm; the "
+                                  "fine stage runs its batches on torch-threads worker threads, one torch thread "
+                                  "each; Parquet reads on 4 threads"}
         _write(out, res)
     print(markdown(res))
 
