@@ -2,13 +2,17 @@
 reported on another.
 
 Two embedded worlds are built (each step skipped when its output exists, so a re-run only measures):
-``make_world`` -> ``train_backbone`` (on that world's train split) -> ``embed_pool`` (pool split) -> region index
-(exact ``Flat``) + global index. The world keeps every query's object instance (digit glyph, face crop) out of the
-pool (:data:`actors.catalog.world.HELD_OUT_SPLIT`), so a query never finds its own glyph.
+``make_world`` -> ``train_backbone`` (``--backbone assay-small`` only, on that world's train split; the default,
+the product's :data:`actors.features.embed.DEFAULT_BACKBONE` = the frozen ImageNet EfficientNet-Lite0 trunk at stride
+16, is pretrained and skips it) -> ``embed_pool`` (pool split, the store's codec default) -> region index
+(exact ``Flat``) + global index. Store names carry the backbone (``efficientnet-lite0-s16-p1``, ``assay-small-p2``),
+so both backbones can share one ``--out-dir`` (and its worlds). The world keeps every query's object instance
+(digit glyph, face crop) out of the pool (:data:`actors.catalog.world.HELD_OUT_SPLIT`), so a query never finds its
+own glyph.
 
-1. **Tune** on world ``--tune-seed``: coordinate search, one knob at a time in this order, over the cell stride
-   (``--pool`` 1 = 8-px cells, 2 = 16-px), the region index's cell pooling (``--cell-pool`` k×k blocks), the coarse
-   candidates re-ranked by the fine stage and the fine stage's window scales; the criterion is template recall@100
+1. **Tune** on world ``--tune-seed``: coordinate search, one knob at a time in this order, over the cell pooling
+   of the store (``pool`` 1 = the backbone's stride, 2 = twice it: 8 / 16-px cells for assay-small, 16 / 32 for
+   Lite0), the region index's cell pooling (``cell_pool`` k×k blocks), the coarse candidates re-ranked by the fine stage and the fine stage's window scales; the criterion is template recall@100
    on query objects < 1% of the image (ties: lower p50 latency). Every configuration tried is kept in the JSON.
 2. **Report** on world ``--seed`` with the chosen configuration, on the same queries and the same feature store:
    ``template`` (coarse + fine), ``coarse`` (FAISS candidates ranked by the coarse score alone, no fine re-rank) and
@@ -22,6 +26,7 @@ p95 per query (coarse + fine; query encoding excluded) with feature maps cached,
 their candidates' rows from Parquet. Timings are noisy on a shared machine; accuracy figures are not.
 
     python bench/targeted_selection.py --out-dir /tmp/tsb --n-images 2000 --queries 50 --tune-queries 30
+    python bench/targeted_selection.py --backbone assay-small --out bench/targeted_selection_assay_small.json ...
     python bench/targeted_selection.py --smoke --out-dir /tmp/tsb-smoke   # seconds; JSON under --out-dir
 
 Writes ``bench/targeted_selection.json`` and ``.md`` (``--smoke``: ``<out-dir>/targeted_selection.json``).
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -43,6 +49,7 @@ from torchvision.ops import box_iou
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.catalog.schema import IMAGES, LABELS  # noqa: E402
+from actors.features.embed import DEFAULT_BACKBONE, DEFAULT_BACKBONE_CFG  # noqa: E402
 from actors.core.workspace import Workspace  # noqa: E402
 from actors.selection.match import SCALES, Hit, box_template  # noqa: E402
 from actors.selection.mine import Query, Selection, Selector, coarse_candidates  # noqa: E402
@@ -52,7 +59,10 @@ SPLITS = (("train", 0.25), ("val", 0.05), ("pool", 0.625), ("queries", 0.075))
 BINS = (("<0.5%", 0.0, 0.005), ("0.5-1%", 0.005, 0.01), (">1%", 0.01, 1.0))
 ALL_BINS = BINS + (("<1%", 0.0, 0.01), ("all", 0.0, 1.0))
 KS = (10, 50, 100)
-BACKBONE = "assay-small"
+# --backbone choices -> backbone options; assay-small is trained per world, the default is pretrained and frozen
+BACKBONES: dict[str, dict] = {DEFAULT_BACKBONE: dict(DEFAULT_BACKBONE_CFG), "assay-small": {}}
+TRAINED = {"assay-small"}
+BACKBONE = DEFAULT_BACKBONE  # set by main() from --backbone
 # the starting point of the search = the library's defaults (8-px cells, 2×2 blocks, 3 scales) with 400 candidates
 # (the library's 1,000 = max(10·top_k, 200) is most of a 1,250-image pool; it is one of the values tried)
 START = {"pool": 1, "cell_pool": 2, "candidates": 400, "scales": list(SCALES)}
@@ -61,14 +71,18 @@ GRID = {"pool": [1, 2], "cell_pool": [2, 4], "candidates": [200, 400], "scales":
 SMOKE_GRID = {"pool": [1], "cell_pool": [1, 2], "candidates": [20, 30], "scales": [list(SCALES)]}
 
 
-def store_name(pool: int) -> str:
-    return f"{BACKBONE}-p{pool}"
+def store_name(pool: int, backbone: str | None = None) -> str:
+    """``<backbone>[-s<stride>]-p<pool>``: distinct per backbone, its options and cell pooling."""
+    b = backbone or BACKBONE
+    cfg = BACKBONES[b]
+    return f"{b}{''.join(f'-{k[0]}{v}' for k, v in sorted(cfg.items()))}-p{pool}"
 
 
 # ----------------------------------------------------------------------------------------------- world + store
 def prepare_world(out_dir: Path, n_images: int, seed: int, train_minutes: float,
-                  size: tuple[int, int] = (512, 384)) -> tuple[Workspace, dict]:
-    """World + trained backbone in ``out_dir`` (skipped when present); generation timings when made now."""
+                  size: tuple[int, int] = (512, 384), train: bool = True) -> tuple[Workspace, dict]:
+    """World (+ assay-small trained on it when ``train``) in ``out_dir``, each skipped when present; generation
+    timings when made now."""
     from actors.catalog.world import make_world
     from actors.features.small import SMALL_CHECKPOINT, train_backbone
 
@@ -80,7 +94,7 @@ def prepare_world(out_dir: Path, n_images: int, seed: int, train_minutes: float,
         info.update(world_seconds=s.seconds, world_images_per_s=n_images / s.seconds)
         print(f"world seed {seed}: {s.seconds:.0f}s", flush=True)
     ws = Workspace(out_dir / "workspace")
-    if not ws.exists(SMALL_CHECKPOINT):
+    if train and not ws.exists(SMALL_CHECKPOINT):
         rep = train_backbone(ws, max_minutes=train_minutes, progress=False)
         info["backbone"] = {k: getattr(rep, k) for k in ("val_accuracy", "majority", "chance", "epochs", "seconds",
                                                           "stopped_early")}
@@ -90,18 +104,28 @@ def prepare_world(out_dir: Path, n_images: int, seed: int, train_minutes: float,
 
 
 def ensure_store(ws: Workspace, pool: int) -> dict:
-    """Embed the pool into ``assay-small-p<pool>`` (resumable) and build its global index once."""
+    """Embed the pool into :func:`store_name` (resumable) and build its global index once."""
     from actors.features.embed import embed_pool
     from actors.selection.index import build_index, index_dir
 
     model = store_name(pool)
     t = time.perf_counter()
-    rep = embed_pool(ws, model=BACKBONE, name=model, splits=("pool",), progress=False, local=True, pool=pool)
-    info = {"store": model, "cell_stride": rep.cell_stride, "dim": rep.dim, "embed_s": time.perf_counter() - t,
+    rep = embed_pool(ws, model=BACKBONE, name=model, splits=("pool",), progress=False, local=True, pool=pool,
+                     backbone_cfg=BACKBONES[BACKBONE])
+    info = {"store": model, "backbone": BACKBONE, "backbone_cfg": BACKBONES[BACKBONE], "codec": rep_codec(ws, model),
+            "cell_stride": rep.cell_stride, "dim": rep.dim, "embed_s": time.perf_counter() - t,
             "fmap_bytes_per_image": rep.bytes_per_image, "disk_bytes_per_image": disk_bytes_per_image(ws, model)}
     if not ws.exists(f"{index_dir(model, 'global')}/manifest.json"):
         build_index(ws, model, kind="global", factory="Flat", progress=False)
     return info
+
+
+def rep_codec(ws: Workspace, model: str) -> str:
+    """The store's codec name (fp16 / int8 / pq)."""
+    from actors.features.store import store_codec
+
+    c = store_codec(ws, model)
+    return getattr(c, "name", str(c))
 
 
 def disk_bytes_per_image(ws: Workspace, model: str) -> float:
@@ -253,7 +277,9 @@ def tune(ws: Workspace, queries: list[dict], truth: tuple, grid: dict) -> dict:
     best = dict(START, candidates=min(START["candidates"], max(grid["candidates"])))
     if best["scales"] not in grid["scales"]:
         best["scales"] = grid["scales"][0]
-    cache = Path(ws.local_path("bench_tuning.json"))  # configurations measured so far: a re-run resumes
+    # configurations measured so far (a re-run resumes), one file per backbone
+    cache = Path(ws.local_path("bench_tuning.json" if BACKBONE == "assay-small"
+                               else f"bench_tuning_{store_name(0)[:-3]}.json"))
     tried: dict[str, dict] = json.loads(cache.read_text()) if cache.exists() else {}
     state: dict = {"pool": None, "cell_pool": None, "sel": None, "fmaps": None}
 
@@ -323,7 +349,10 @@ def markdown(res: dict) -> str:
     rep = res["report"]
     lines = [f"Report world seed {res['report_seed']} (defaults tuned on seed {res['tune_seed']}): "
              f"{res['n_pool']} pool images, {rep['n_queries']} held-out queries; chosen {rep['config']}; "
+             f"backbone {res.get('backbone', 'assay-small')} "
+             f"({'trained per world' if res.get('trained', True) else 'pretrained, frozen'}); "
              f"store {rep['store']['store']} ({rep['store']['cell_stride']}-px cells, "
+             f"{rep['store'].get('codec', 'fp16')}, "
              f"{rep['store']['disk_bytes_per_image'] / 1024:.0f} KiB/image on disk); region index "
              f"{rep['store']['index_region']['factory']} n={rep['store']['index_region']['n_vectors']:,}", "",
              "| method | size bin | n | " + " | ".join(f"P@{k} | R@{k} | loc@{k}" for k in KS) + " |",
@@ -361,8 +390,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tune-queries", type=int, default=30, help="query objects on the tuning seed")
     ap.add_argument("--seed", type=int, default=0, help="world seed the figures are reported on")
     ap.add_argument("--tune-seed", type=int, default=1, help="world seed the defaults are chosen on")
+    ap.add_argument("--backbone", choices=list(BACKBONES), default=DEFAULT_BACKBONE,
+                    help="default: the product's (frozen, pretrained: no training); assay-small is trained per world")
     ap.add_argument("--train-minutes", type=float, default=2.5, help="backbone training budget per world")
     ap.add_argument("--cold", type=int, default=10, help="report queries re-run without the feature-map cache")
+    ap.add_argument("--pools", type=int, nargs="+", default=None,
+                    help="store cell poolings tried when tuning (default: the grid's %s); each is one pool embedding"
+                         % GRID["pool"])
     ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
     ap.add_argument("--smoke", action="store_true", help="tiny worlds and grid (seconds); JSON under --out-dir")
     ap.add_argument("--out", default=None, help="JSON path (default bench/targeted_selection.json)")
@@ -370,28 +404,34 @@ def main(argv: list[str] | None = None) -> None:
     if a.tune_seed == a.seed:
         ap.error("--tune-seed must differ from --seed")
     out_dir = Path(a.out_dir)
+    global BACKBONE
+    BACKBONE = a.backbone
+    train = a.backbone in TRAINED
     size, grid = (512, 384), GRID
     if a.smoke:
         a.n_images, a.queries, a.tune_queries, a.train_minutes, a.cold = 48, 4, 4, 0.05, 2
         size, grid = (192, 144), SMOKE_GRID
+    if a.pools:
+        grid = {**grid, "pool": a.pools}
     out = Path(a.out or (out_dir / "targeted_selection.json" if a.smoke else Path(__file__).with_suffix(".json")))
     torch.set_num_threads(a.threads)  # 1 by default: on a shared, oversubscribed machine more threads only spin
     import faiss
 
     faiss.omp_set_num_threads(a.threads)
     t0 = time.perf_counter()
-    ws_t, world_t = prepare_world(out_dir / f"seed{a.tune_seed}", a.n_images, a.tune_seed, a.train_minutes, size)
+    ws_t, world_t = prepare_world(out_dir / f"seed{a.tune_seed}", a.n_images, a.tune_seed, a.train_minutes, size, train)
     truth_t = load_truth(ws_t)
     tq = pick_queries(truth_t[0], a.tune_queries, a.tune_seed)
     tuning = {**tune(ws_t, tq, truth_t, grid), "n_queries": len(tq), "world": world_t}
-    ws_r, world_r = prepare_world(out_dir / f"seed{a.seed}", a.n_images, a.seed, a.train_minutes, size)
+    ws_r, world_r = prepare_world(out_dir / f"seed{a.seed}", a.n_images, a.seed, a.train_minutes, size, train)
     truth_r = load_truth(ws_r)
     rq = pick_queries(truth_r[0], a.queries, a.seed)
-    res = {"smoke": a.smoke, "tune_seed": a.tune_seed, "report_seed": a.seed, "n_images": a.n_images,
+    res = {"smoke": a.smoke, "backbone": BACKBONE, "backbone_cfg": BACKBONES[BACKBONE], "trained": train,
+           "tune_seed": a.tune_seed, "report_seed": a.seed, "n_images": a.n_images,
            "image_size": list(size), "threads": a.threads, "n_pool": truth_r[3], "splits": [list(s) for s in SPLITS],
            "query_instances_held_out": True, "grid": grid, "start": START, "tuning": tuning,
            "report_world": world_r, "report": report(ws_r, tuning["chosen"], rq, truth_r, a.cold),
-           "wall_s": time.perf_counter() - t0,
+           "wall_s": time.perf_counter() - t0, "loadavg_end": list(os.getloadavg()),
            "notes": "accuracy figures are deterministic given the seeds; latencies were measured on a shared "
                     "2-core machine with other jobs running and are noisy",
            "command": "python bench/targeted_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])}
