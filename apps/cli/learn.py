@@ -81,11 +81,13 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
                          "train": TrainConfig(epochs=epochs, seed=seed), **extra})
     _check_strategy(strategy)
     console.quiet = as_json
-    rep = run_learning(ws, cfg, run_id=run, priority=_priority(ws, priority), progress=not as_json, ray_scoring=ray,
-                       on_round=lambda r, row: console.print(
-                           f"round {r}: {row['n_labeled']} labeled images, mAP@.5 {row['value']:.1f}% "
-                           f"({row['seconds']:.0f}s)"))
-    console.quiet = False
+    try:
+        rep = run_learning(ws, cfg, run_id=run, priority=_priority(ws, priority), progress=not as_json,
+                           ray_scoring=ray, on_round=lambda r, row: console.print(
+                               f"round {r}: {row['n_labeled']} labeled images, mAP@.5 {row['value']:.1f}% "
+                               f"({row['seconds']:.0f}s)"))
+    finally:
+        console.quiet = False  # also when learning fails: the console is shared by every later command
     emit(vars(rep), as_json, lambda _, r=rep: (
         console.print(table(f"learning curve of run {r.run_id} ({strategy}{' + pseudo' if pseudo else ''})",
                             ["round", "labeled images", "mAP@.5 %", "mAP@[.5:.95] %", "seconds"],
