@@ -61,3 +61,20 @@ def test_embed_index_mine_with_no_flags_use_the_pretrained_lite0(tmp_path, capsy
     assert main(["mine", "-w", ws, "--image", q, "--box", ",".join(map(str, box)), "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 3 and all(h["image_id"] for h in hits)
+
+
+def test_embed_stride_8_keeps_lite0s_block_5_in_its_own_store(tmp_path, capsys):
+    """`assay embed --stride 8 --name S`: the Lite0 trunk cut at block 5 (40 channels, stride 8), recorded in the store
+    manifest; the default store is untouched."""
+    from apps import jobs
+    from tests.apps.test_jobs import make_images
+
+    ws = str(tmp_path / "ws")
+    make_images(tmp_path / "in", 3)
+    jobs.ingest_step(ws, str(tmp_path / "in"), split="pool")
+    assert main(["embed", "-w", ws, "--local", "--stride", "8", "--name", "lite0-s8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["model"], out["n_embedded"]) == ("lite0-s8", 3)
+    meta = feature_meta(Workspace(ws), "lite0-s8")
+    assert (meta["backbone_dim"], meta["backbone_stride"], meta["backbone_cfg"]["stride"]) == (40, 8, 8)
+    assert not Workspace(ws).exists("features/efficientnet-lite0")
