@@ -100,6 +100,8 @@ def prepare_world(out_dir: Path, n_images: int, seed: int, train_minutes: float,
                                                           "stopped_early")}
         print(f"backbone seed {seed}: val acc {rep.val_accuracy:.3f} ({rep.seconds:.0f}s)", flush=True)
     saved.write_text(json.dumps(info))
+    if not train:  # the world may hold an assay-small trained by an earlier run: not this backbone's
+        info = {k: v for k, v in info.items() if k != "backbone"}
     return ws, info
 
 
