@@ -95,6 +95,9 @@ def test_targeted_selection_smoke(tmp_path):
     rep = json.loads((tmp_path / "targeted_selection.json").read_text())
     assert rep["smoke"] is True and rep["tune_seed"] != rep["report_seed"]
     assert rep["query_instances_held_out"] is True
+    from actors.features.embed import DEFAULT_BACKBONE  # the product default, pretrained: nothing trained
+    assert rep["backbone"] == DEFAULT_BACKBONE and rep["trained"] is False and "backbone" not in rep["report_world"]
+    assert rep["report"]["store"]["store"].startswith(DEFAULT_BACKBONE + "-s16-")
     tried = rep["tuning"]["tried"]
     assert len(tried) >= 2 and rep["tuning"]["chosen"] in [{k: t[k] for k in rep["start"]} for t in tried]
     r = rep["report"]
