@@ -14,8 +14,9 @@ one thread, as the worker). The worker rebuilds the *unfolded* pruned network fr
 (:func:`~actors.compression.net.build_net`), and the rebuild replaced every narrowed timm ``BatchNormAct2d`` by a
 plain ``BatchNorm2d``, silently dropping its ReLU6: the worker trained another function. Fixed in
 ``actors.compression.net._narrow`` (BN layers are narrowed in place); ``tests/actors/compression/test_export.py``
-checks that an unfolded pruned network rebuilds with equal outputs. Whether the Ray run now matches the local one
-element-wise was not re-run yet (the slow Ray test still asserts resume + rebuilt architecture + training only).
+checks that an unfolded pruned network rebuilds with equal outputs. Since the fix, a Ray fine-tune that resumes a
+local checkpoint ends at the uninterrupted local run's weights (measured: all but 0.0003% of the elements within 1e-5,
+max 1.02e-5; ``tests/actors/compression/test_finetune.py`` asserts 1e-4).
 """
 
 from __future__ import annotations
