@@ -79,9 +79,7 @@ def profile_convs(net: nn.Module, hw: tuple[int, int], *, threads: int = 1, runs
                   workdir: str | None = None) -> dict[str, Any]:
     """Whole-graph ONNX Runtime profile of ``net`` (unfolded: ONNX Runtime folds BN itself): median kernel ms per
     conv layer (``convs``), the rest (``other_ms``), unattributed Conv nodes (``unmapped``)."""
-    import onnxruntime as ort
-
-    from actors.compression.export import export_onnx
+    from actors.compression.export import export_onnx, onnx_session
     from actors.compression.fold import fold_batchnorm
 
     probe = copy.deepcopy(net).eval()
@@ -91,11 +89,7 @@ def profile_convs(net: nn.Module, hw: tuple[int, int], *, threads: int = 1, runs
     order = [n for n, _ in net.named_modules()]
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         path = export_onnx(net, os.path.join(d, "model.onnx"), hw)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.enable_profiling, so.profile_file_prefix = True, os.path.join(d, "prof")
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        sess = onnx_session(path, threads, profile_prefix=os.path.join(d, "prof"))
         x = np.random.rand(1, 3, *hw).astype(np.float32)
         for _ in range(runs + 2):
             sess.run(None, {"images": x})

@@ -47,14 +47,17 @@ def export_onnx(net: nn.Module, path: str, hw: tuple[int, int] = (384, 512), ops
     return path
 
 
-def onnx_session(path: str, threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads (full graph optimisation)."""
+def onnx_session(path: str, threads: int = 1, *, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads (full graph optimisation); with
+    ``profile_prefix``, ONNX Runtime's per-node profiling is on (``sess.end_profiling()`` names the JSON)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
