@@ -168,34 +168,53 @@ def train_pq(cells: np.ndarray, m: int, *, iters: int = 12, seed: int = 0) -> np
     cells = cells[np.lexsort(cells.T[::-1])]  # canonical order: the same cells give the same codebook in any order
     x = cells.reshape(n, m, c // m)
     out = np.empty((m, PQ_K, c // m), np.float32)
-    # Each step computes exactly what ``argmin(|c|² - 2x @ c.T)`` and ``np.add.at(sums, assign, x)`` compute (the same
-    # float operations in the same order, so the codebook is the same to the bit), about twice as fast: ``2x`` once
-    # per group, the distances in place and their argmin over cache-sized row blocks, the sums one channel at a time.
-    block = 2048
-    for j in range(m):
-        xj = x[:, j]
-        x2 = 2 * xj  # contiguous, as ``2 * xj`` was inside the expression
-        cols = [np.ascontiguousarray(xj[:, i]) for i in range(c // m)]
-        assign = np.empty(n, np.intp)
-        cent = xj[rng.choice(n, PQ_K, replace=n < PQ_K)].copy()
-        for _ in range(iters):
-            dist = x2 @ cent.T
-            norms = (cent ** 2).sum(1)[None]
-            for b in range(0, n, block):
-                part = dist[b:b + block]
-                np.subtract(norms, part, out=part)
-                assign[b:b + block] = np.argmin(part, axis=1)
-            sums_t = np.zeros((c // m, PQ_K), np.float32)
-            for i, col in enumerate(cols):  # sequential per element, in row order: the adds np.add.at does
-                np.add.at(sums_t[i], assign, col)
-            sums = sums_t.T
-            counts = np.bincount(assign, minlength=PQ_K)
-            empty = counts == 0
-            cent[~empty] = sums[~empty] / counts[~empty, None]
-            if empty.any():  # re-seed empty centroids on random cells
-                cent[empty] = xj[rng.choice(n, int(empty.sum()), replace=n < int(empty.sum()))]
-        out[j] = cent
+    with _one_blas_thread():  # a (N×d)·(d×256) product is too small to split: threads only wait on each other
+        for j in range(m):
+            out[j] = _kmeans_group(x[:, j], iters, rng)
     return out
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread inside the block (each output element is computed the same way, so the products
+    are the same to the bit); no-op when threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _kmeans_group(xj: np.ndarray, iters: int, rng: np.random.Generator, block: int = 2048) -> np.ndarray:
+    """One group's k-means (see :func:`train_pq`): N×d cells -> 256×d centroids.
+
+    Each step computes exactly what ``argmin(|c|² - 2x @ c.T)`` and ``np.add.at(sums, assign, x)`` compute (the same
+    float operations in the same order, so the codebook is the same to the bit), faster: ``2x`` once per group, the
+    distances in place and their argmin over cache-sized row blocks, the sums one channel at a time.
+    """
+    n = len(xj)
+    x2 = 2 * xj  # contiguous, as ``2 * xj`` was inside the expression
+    cols = [np.ascontiguousarray(xj[:, i]) for i in range(xj.shape[1])]
+    assign = np.empty(n, np.intp)
+    cent = xj[rng.choice(n, PQ_K, replace=n < PQ_K)].copy()
+    for _ in range(iters):
+        dist = x2 @ cent.T
+        norms = (cent ** 2).sum(1)[None]
+        for b in range(0, n, block):
+            part = dist[b:b + block]
+            np.subtract(norms, part, out=part)
+            assign[b:b + block] = np.argmin(part, axis=1)
+        sums_t = np.zeros((xj.shape[1], PQ_K), np.float32)
+        for i, col in enumerate(cols):  # sequential per element, in row order: the adds np.add.at does
+            np.add.at(sums_t[i], assign, col)
+        sums = sums_t.T
+        counts = np.bincount(assign, minlength=PQ_K)
+        empty = counts == 0
+        cent[~empty] = sums[~empty] / counts[~empty, None]
+        if empty.any():  # re-seed empty centroids on random cells
+            cent[empty] = xj[rng.choice(n, int(empty.sum()), replace=n < int(empty.sum()))]
+    return cent
 
 
 def default_pq_m(dim: int) -> int:
