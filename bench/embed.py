@@ -15,7 +15,7 @@ side's images/s and of embed_pool / baseline. Writes ``bench/embed.json``. Timin
 the machine: the JSON says so and keeps every run.
 
     python bench/embed.py --world /tmp/tsb/seed0 --limit 400 --repeats 3
-    python bench/embed.py --smoke --out /tmp/embed.json     # seconds: tiny world, 1 repeat
+    python bench/embed.py --smoke --out /tmp/embed.json     # seconds: tiny world, random-init assay-small, 1 repeat
 
 ``--limit N`` embeds the first N pool images (a sub-workspace under ``--world`` with those catalog rows and the
 world's checkpoint). When ``--world`` holds no world one is generated and assay-small trained on it.
@@ -175,7 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         make_world(world, seed=0, n_images=args.n_images, workers=2,
                    size=(192, 144) if args.smoke else (512, 384))
     if not Workspace(world / "workspace").exists(SMALL_CHECKPOINT):
-        train_backbone(Workspace(world / "workspace"), max_minutes=0.05 if args.smoke else 2.5, progress=False)
+        if args.smoke:  # a seeded random-init assay-small: the weights do not change the work measured
+            from actors.features.small import SmallConfig, save_small_checkpoint, small_trunk
+
+            torch.manual_seed(0)
+            save_small_checkpoint(Workspace(world / "workspace"), small_trunk(SmallConfig()), SmallConfig())
+        else:
+            train_backbone(Workspace(world / "workspace"), max_minutes=2.5, progress=False)
     ws = subset_workspace(world, args.limit)
     cat = ws.read_table(IMAGES).to_pylist()
     uris = [r["uri"] for r in sorted(cat, key=lambda r: r["image_id"])
