@@ -196,7 +196,8 @@ def build(args) -> dict:
         sharded["max_abs_score_diff"] = float(np.max(np.abs(D - D1)))
         sharded["queries_with_same_hits"] = float(np.mean([sorted(a[d > t]) == sorted(b[d1 > t]) for a, b, d, d1, t
                                                            in zip(gid, I1, D, D1, cut[:, 0])]))
-    ray.shutdown()
+    if args.phase != "all":  # --phase all: qps() runs next in this process, on the same Ray instance (fresh actors)
+        ray.shutdown()
     return {"n": n, "dim": DIM, "factory": args.factory, "nprobe": args.nprobe, "shards": args.shards, "k": k,
             "nq": args.nq, "exact_queries": args.nq, "exact_s": exact_s, "per_image": args.per_image,
             "images": -(-n // args.per_image), "threads": args.threads, "runs": args.runs,
