@@ -47,6 +47,11 @@ class RegionEncoder:
                  max_side: int | None = None, device: str | None = None, batch_size: int = 16) -> None:
         self.device = device or auto_device()
         self.extractor = extractor.eval().to(self.device)
+        # the EfficientNet-Lite0 trunk (depthwise convolutions) runs ~20% faster on CPU in channels-last memory; its
+        # output is the same (to the bit on one thread; within thread-order rounding, as any run, on more)
+        self.channels_last = self.device == "cpu" and extractor.name.startswith("efficientnet-lite0")
+        if self.channels_last:
+            self.extractor = self.extractor.to(memory_format=torch.channels_last)
         self.pool, self.max_side, self.batch_size = int(pool), max_side, batch_size
         self.pca = None
         if pca is not None:
@@ -71,7 +76,10 @@ class RegionEncoder:
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B×3×H×W float in [0, 1] (already resized) -> B×D×h×w float32 region grid."""
-        f = self.extractor(x.to(self.device)).float()  # B×C×h'×w'
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        f = self.extractor(x).float().contiguous()  # B×C×h'×w'
         if self.pool > 1:
             f = F.avg_pool2d(f, self.pool, self.pool, ceil_mode=True)  # B×C×h×w
         if self.pca is not None:
