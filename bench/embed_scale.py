@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(one_run(a.one, a.actors, a.batch_size, a.shard_size, a.threads)))
         return
     if a.smoke:
-        a.sizes, a.side, a.shard_size, a.batch_size = [40], [64, 48], 16, 8
+        a.sizes, a.side, a.shard_size, a.batch_size, a.actors = [40], [64, 48], 16, 8, 1  # one actor: one fewer
+        # worker process to start (the plumbing is the same; tests/e2e/test_multinode.py runs a pool of 2)
         a.work = str(Path(a.out).parent / "embed-scale-smoke") if a.out else "/tmp/embed-scale-smoke"
     work = Path(a.work)
     images = work / "images"
