@@ -123,14 +123,35 @@ def _script(code: str, *args: str, timeout: float = 420) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _world(tmp_path: Path, name: str, n: int, size=(128, 96)) -> str:
+def _world(root: Path, name: str, images: Path) -> str:
+    """A workspace over ``images`` (every workspace over the same folder has the same image ids)."""
     from apps.jobs import ingest_step
 
-    ws = str(tmp_path / name)
-    make_images(tmp_path / "images", n, size=size)
+    ws = str(root / name)
     random_backbone(ws)  # seeded: every workspace gets the same weights
-    ingest_step(ws, str(tmp_path / "images"), split="pool")
+    ingest_step(ws, str(images), split="pool")
     return ws
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The scenarios' 16-image pool (320×240: big enough that a kill or removal lands mid-embed) and, once for the
+    module, a workspace over it embedded in this process, indexed, and the query's hits: what every scenario's
+    results must equal."""
+    from actors.core.workspace import Workspace
+    from actors.selection.mine import Query, mine_batch
+    from apps.jobs import embed_step, index_step
+
+    root = tmp_path_factory.mktemp("multinode")
+    images = root / "images"
+    make_images(images, 16, size=(320, 240))
+    ref = _world(root, "local", images)
+    q, box = make_query(root / "q.png")
+    embed_step(ref, backbone="assay-small", local=True, shard_size=2)
+    index_step(ref, model="assay-small")
+    hits = [[(h.image_id, h.score) for h in s.hits]
+            for s in mine_batch(Workspace(ref), [Query(q, [box], top_k=4, model="assay-small")])]
+    return {"images": images, "ws": ref, "query": (q, box), "hits": hits, "features": _features(ref)}
 
 
 def _features(ws: str) -> dict[str, np.ndarray]:
@@ -153,40 +174,28 @@ def _same_features(a: dict, b: dict) -> None:
         np.testing.assert_allclose(a[k], b[k], atol=2e-3, rtol=1e-2)
 
 
-def test_killing_an_embedding_actor_mid_step_loses_and_duplicates_nothing(tmp_path):
-    from apps.jobs import embed_step
-
-    ws = _world(tmp_path, "ray", 16, size=(320, 240))
-    ref = _world(tmp_path, "local", 16, size=(320, 240))
-    embed_step(ref, backbone="assay-small", local=True, shard_size=2)
+def test_killing_an_embedding_actor_mid_step_loses_and_duplicates_nothing(tmp_path, reference):
+    ws = _world(tmp_path, "ray", reference["images"])
     out = _script(KILL, ws)
     assert out["killed"]["pids"], "no embedding actor process was found to kill"
     assert out["killed"]["parts_at_kill"] < out["shards_total"] == 8  # killed mid-step, not after it
     assert out["n_embedded"] == 16 and out["shards_written"] == 8
     ids = _stored_ids(ws)
     assert len(ids) == len(set(ids)) == 16  # nothing lost, nothing twice
-    _same_features(_features(ws), _features(ref))
+    _same_features(_features(ws), reference["features"])
 
 
-def test_two_worker_nodes_one_removed_mid_run_give_the_single_node_results(tmp_path):
-    from actors.core.workspace import Workspace
-    from actors.selection.mine import Query, mine_batch
-    from apps.jobs import embed_step, index_step
-
-    ws = _world(tmp_path, "cluster", 16, size=(320, 240))  # big enough that the removal lands mid-embed
-    ref = _world(tmp_path, "local", 16, size=(320, 240))
-    q, box = make_query(tmp_path / "q.png")
-    embed_step(ref, backbone="assay-small", local=True, shard_size=2)
-    index_step(ref, model="assay-small")
-    ref_hits = [[(h.image_id, h.score) for h in s.hits]
-                for s in mine_batch(Workspace(ref), [Query(q, [box], top_k=4, model="assay-small")])]
+def test_two_worker_nodes_one_removed_mid_run_give_the_single_node_results(tmp_path, reference):
+    ws = _world(tmp_path, "cluster", reference["images"])
+    q, box = reference["query"]
+    ref_hits = reference["hits"]
 
     out = _script(MULTINODE, ws, json.dumps([{"image": q, "box": box}]))
     assert out["removed"]["parts_at_removal"] < 8  # removed mid-embed
     assert out["n_embedded"] == 16 and out["shards_written"] == 8
     ids = _stored_ids(ws)
     assert len(ids) == len(set(ids)) == 16
-    _same_features(_features(ws), _features(ref))
+    _same_features(_features(ws), reference["features"])
     ours = {(cls, node) for cls, node in map(tuple, out["placed"]) if "EmbedActor" in cls or cls == "MatchActor"}
     assert {"MatchActor"} < {cls for cls, _ in ours} and any("EmbedActor" in cls for cls, _ in ours)
     assert all(node in out["workers"] for _, node in ours)  # every embedding and match actor ran on a worker node
