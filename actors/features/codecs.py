@@ -191,7 +191,7 @@ def _kmeans_group(xj: np.ndarray, iters: int, rng: np.random.Generator, block: i
 
     Each step computes exactly what ``argmin(|c|² - 2x @ c.T)`` and ``np.add.at(sums, assign, x)`` compute (the same
     float operations in the same order, so the codebook is the same to the bit), faster: ``2x`` once per group, the
-    distances in place and their argmin over cache-sized row blocks, the sums one channel at a time.
+    distances (in place) and their argmin over cache-sized row blocks, the sums one channel at a time.
     """
     n = len(xj)
     x2 = 2 * xj  # contiguous, as ``2 * xj`` was inside the expression
@@ -199,10 +199,9 @@ def _kmeans_group(xj: np.ndarray, iters: int, rng: np.random.Generator, block: i
     assign = np.empty(n, np.intp)
     cent = xj[rng.choice(n, PQ_K, replace=n < PQ_K)].copy()
     for _ in range(iters):
-        dist = x2 @ cent.T
         norms = (cent ** 2).sum(1)[None]
-        for b in range(0, n, block):
-            part = dist[b:b + block]
+        for b in range(0, n, block):  # row blocks (a multiple of every GEMM kernel's row unroll): same products
+            part = x2[b:b + block] @ cent.T
             np.subtract(norms, part, out=part)
             assign[b:b + block] = np.argmin(part, axis=1)
         sums_t = np.zeros((xj.shape[1], PQ_K), np.float32)
