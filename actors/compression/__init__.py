@@ -1,5 +1,6 @@
 """compression: a trained detector made smaller and faster, with proof. BN folding, the device latency LUT,
-latency-aware (knapsack) structured pruning on Torch-Pruning's dependency graph, int8 quantization (ONNX Runtime
+latency-aware (knapsack) structured pruning on Torch-Pruning's dependency graph, feature distillation of a pruned
+trunk back to the original's map (unlabeled images), int8 quantization (ONNX Runtime
 static QDQ; SPIQ-style data-free), export (ONNX + state dict) and the before/after report."""
 
 from actors.core.lazy import lazy_exports
@@ -33,6 +34,9 @@ _PUBLIC = {
     "export_onnx": "export",
     "save_compressed": "export",
     "load_compressed": "export",
+    "DistillConfig": "distill",
+    "distill_trunk": "distill",
+    "head_convs": "net",
     "compress_run": "report",
     "CompressConfig": "report",
 }

@@ -5,7 +5,8 @@
 * :func:`evaluate_outputs` — mAP@.5 and mAP@[.5:.95] of any runner ``images -> (cls, ltrb, ctr)`` (PyTorch
   module or ONNX Runtime session) through the detector's own decoding and ``actors.detection``'s pycocotools
   evaluation, batch 1.
-* :func:`finetune` — the pruned network trained end to end by the detector training loop itself
+* :func:`finetune` — the pruned network trained end to end (or, ``head_only``, its head on the frozen trunk's
+  cached maps, as ``dense-lite0`` trains) by the detector training loop itself
   (:func:`actors.detection.train.train_detector` with ``warm_start=True``: nothing re-initialised, a checkpoint
   every epoch when ``ws``/``ckpt`` are given, resumed after a kill) through
   :class:`~actors.compression.detector.CompressedDetector`: the detector's loss (focal + GIoU + centerness) plus
@@ -95,6 +96,7 @@ class FinetuneConfig:
     batch_size: int = 2
     warmup: float = 0.05
     seed: int = 0
+    head_only: bool = False  # trunk frozen, its maps computed once: the detector's own cached training
 
     @classmethod
     def get_default_config(cls) -> "FinetuneConfig":
@@ -141,8 +143,13 @@ def finetune(net: nn.Module, data: Split, cfg: FinetuneConfig | None = None, *, 
     dd = detection_data(data)
     if not len(dd) or cfg.epochs <= 0:
         return {"epochs": 0, "losses": [], "seconds": 0.0, "resumed_from": 0, "loop": "none"}
-    det = from_net(net, source or _Source(net), end_to_end=True, teacher=teacher,
-                   distill=cfg.distill if teacher is not None else 0.0)
+    if cfg.head_only:  # the trunk's maps once per image (fp16, as the detector's feature cache), the head trains
+        det = from_net(net, source or _Source(net), end_to_end=False)
+        maps = torch.cat([det.inputs(dd.inputs[i:i + 8]) for i in range(0, len(dd), 8)])
+        dd = type(dd)(maps, dd.boxes, dd.labels, dd.sizes, dd.ids)
+    else:
+        det = from_net(net, source or _Source(net), end_to_end=True, teacher=teacher,
+                       distill=cfg.distill if teacher is not None else 0.0)
     res = train_detector(det, dd, cfg.train_config(), ws=ws, ckpt=ckpt, warm_start=True, on_step=progress)
     net.eval().requires_grad_(False)
     return {"epochs": res.epochs, "losses": res.losses, "seconds": res.seconds, "resumed_from": res.resumed_from,

@@ -68,6 +68,12 @@ def final_layers(net: DenseNet) -> list[nn.Module]:
     return [net.head.cls, net.head.box, net.head.ctr]
 
 
+def head_convs(net: DenseNet) -> list[nn.Module]:
+    """Every conv of the head: ignored by pruning, the head's input channels (the trunk's output) are kept, so
+    the original head still reads the pruned trunk's map (what :mod:`~actors.compression.distill` needs)."""
+    return [m for m in net.head.modules() if isinstance(m, nn.Conv2d)]
+
+
 @torch.no_grad()
 def decode(det: nn.Module, outputs: Sequence[Any], sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
     """Detections per image from raw outputs (torch tensors or numpy arrays) with the detector's own decoding."""
@@ -150,4 +156,4 @@ def build_net(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[Den
     return net.eval().requires_grad_(False), det
 
 
-__all__ = ["Normalize", "DenseNet", "tensor_module", "final_layers", "decode", "net_spec", "build_net"]
+__all__ = ["Normalize", "DenseNet", "tensor_module", "final_layers", "head_convs", "decode", "net_spec", "build_net"]

@@ -3,9 +3,14 @@
 :func:`compress_run` loads the run's detector checkpoint (``runs/<run>/models/*.pt``, read by
 ``actors.detection``), builds its tensor module (:mod:`~actors.compression.net`), and then:
 
-1. measures (or reads from the workspace cache) the per-layer latency LUT on this device at the validation size;
+1. builds the per-layer latency LUT on this device at the validation size: ``lut="profile"`` (default) reads
+   each layer's cost from a whole-graph ONNX Runtime profile of the original and scales it with the channel
+   counts by MACs; ``lut="grid"`` times every conv alone over a channel grid (cached in the workspace per device);
 2. prunes to ``latency`` × the LUT latency with the knapsack (:mod:`~actors.compression.prune`), importance from
-   Taylor scores on training images (magnitude when there are none), and fine-tunes the pruned network with the
+   Taylor scores on training images (magnitude when there are none) — by default inside the trunk only, the head's
+   input channels kept (``protect_head``) — distills the pruned trunk back to the original trunk's map on
+   unlabeled training + pool images (:mod:`~actors.compression.distill`, ``distill_steps``, checkpointed to
+   ``runs/<run>/compress/``), and fine-tunes the pruned network with the
    detector training loop (:mod:`~actors.compression.finetune`; on Ray Train with ``ray``:
    :mod:`~actors.compression.ray_finetune`), checkpointed every epoch to ``runs/<run>/compress/`` and resumed
    from there when run again. With ``measured_steps > 0`` the budget is met in *measured* latency instead
@@ -59,6 +64,10 @@ class CompressConfig:
     ray: bool = False
     seed: int = 0
     measured_steps: int = 0  # > 0: meet the budget in measured ONNX Runtime latency (calibrated LUT + outer loop)
+    lut: str = "profile"  # "profile": whole-graph per-layer cost scaled by MACs; "grid": isolated-conv grid
+    protect_head: bool = True  # the head's input (the trunk's output channels) is never pruned
+    distill_steps: int = 400  # feature distillation of the pruned trunk (needs protect_head); 0: none
+    distill_images: int = 1000  # unlabeled train + pool images it may use
 
     @classmethod
     def get_default_config(cls) -> "CompressConfig":
@@ -121,14 +130,61 @@ def _taylor_loss(train: Any, n: int) -> Callable[[torch.nn.Module], torch.Tensor
     return loss
 
 
+def _lut(ws: Any, base: torch.nn.Module, hw: tuple[int, int], key: str, cfg: CompressConfig, out: str,
+         log: Callable[[str], None]) -> tuple[Any, str | None]:
+    """The LUT the knapsack plans on: ``"grid"`` — every conv timed alone in ONNX Runtime over the channel grid
+    (cached in the workspace per device), calibrated on the whole-graph profile when the budget is met in measured
+    latency; ``"profile"`` — each layer's cost as measured inside the whole graph (ONNX Runtime profile of the
+    original on this device), scaled with its channel counts by multiply-accumulates (isolated-conv timings carry
+    a per-call overhead the whole graph does not have, so at small widths the grid overstates the cost)."""
+    from actors.compression.calibrate import calibrate_lut, profile_convs
+    from actors.compression.latency import build_lut, load_cached, macs_timer, ort_timer, save_cached
+
+    if cfg.lut == "profile":
+        macs = build_lut(base, hw, device=f"{key}-macs", timer=macs_timer)
+        lut = calibrate_lut(macs, profile_convs(base, hw, threads=cfg.threads, workdir=out))
+        log(f"latency LUT {key}: whole-graph profile of {len(lut.scale)} convs, scaled by MACs "
+            f"({lut.total_ms():.1f} ms in all)")
+        return lut, None
+    lut = build_lut(base, hw, device=key, cache=load_cached(ws, key), fractions=cfg.lut_fractions,
+                    timer=ort_timer(threads=cfg.threads))
+    rel = save_cached(ws, lut)
+    log(f"latency LUT {lut.device}: {len(lut.entries)} layer signatures ({rel})")
+    if cfg.measured_steps > 0:
+        lut = calibrate_lut(lut, profile_convs(base, hw, threads=cfg.threads, workdir=out))
+    return lut, rel
+
+
+def _distill(ws: Any, run: str, pruned: torch.nn.Module, base: torch.nn.Module, train: Any, classes: list[str],
+             cfg: CompressConfig, tag: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Feature distillation of the pruned trunk on unlabeled training + pool images (BN statistics re-estimated
+    first), checkpointed to ``runs/<run>/compress/distill-<tag>.pt``; None when switched off."""
+    if cfg.distill_steps <= 0 or not cfg.protect_head:
+        return None
+    from actors.compression.distill import DistillConfig, distill_trunk
+    from actors.compression.finetune import load_split, recalibrate_bn
+
+    n = cfg.distill_images
+    images = list(train.images[:n])
+    if len(images) < n:
+        images += load_split(ws, "pool", classes, n - len(images)).images
+    if not images:
+        return None
+    recalibrate_bn(pruned, images[:64])
+    dcfg = DistillConfig(steps=cfg.distill_steps, seed=cfg.seed)
+    log(f"distilling the pruned trunk: {dcfg.steps} steps on {len(images)} unlabeled images")
+    res = distill_trunk(pruned, base, images, dcfg, ws=ws, ckpt=f"runs/{run}/compress/distill-{tag}.pt")
+    return {**res, "images": len(images), "config": {**asdict(dcfg), "crop": list(dcfg.crop)}}
+
+
 def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None, *,
                  checkpoint: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Compress run ``run``'s detector into ``out``; returns the report (also written to ``out/report.json``)."""
     from actors.compression.export import decoding_params, export_onnx, onnx_session, save_compressed
     from actors.compression.finetune import FinetuneConfig, evaluate_outputs, finetune, load_split, onnx_runner
     from actors.compression.fold import fold_batchnorm
-    from actors.compression.latency import build_lut, device_key, load_cached, ort_timer, save_cached
-    from actors.compression.net import final_layers, tensor_module
+    from actors.compression.latency import device_key
+    from actors.compression.net import final_layers, head_convs, tensor_module
     from actors.compression.prune import latency_aware_prune
     from actors.compression.quantize import fake_quantize, quantize_static, spiq_ranges
     from actors.detection.train import load_detector
@@ -136,6 +192,8 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     cfg = cfg or CompressConfig()
     if cfg.importance not in ("taylor", "magnitude"):
         raise UserError(f"--importance must be taylor or magnitude, got {cfg.importance!r}")
+    if cfg.lut not in ("profile", "grid"):
+        raise UserError(f"--lut must be profile or grid, got {cfg.lut!r}")
     if not 0 < cfg.latency <= 1:
         raise UserError(f"--latency must be in (0, 1] (a fraction of the original latency), got {cfg.latency}")
     torch.set_num_threads(cfg.threads)
@@ -157,10 +215,8 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     base = tensor_module(det)
     example = torch.rand(1, 3, *hw)
     key = device_key("cpu") + "-onnxruntime"  # the LUT is timed in the runtime the model ships in
-    lut = build_lut(base, hw, device=key, cache=load_cached(ws, key), fractions=cfg.lut_fractions,
-                    timer=ort_timer(threads=cfg.threads))
-    lut_rel = save_cached(ws, lut)
-    log(f"latency LUT {lut.device}: {len(lut.entries)} layer signatures ({lut_rel})")
+    lut, lut_rel = _lut(ws, base, hw, key, cfg, out, log)
+    protected = head_convs if cfg.protect_head else final_layers
 
     pruned = copy.deepcopy(base)
     importance = cfg.importance if train and cfg.importance == "taylor" else "magnitude"
@@ -168,15 +224,14 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     importance = importance if loss is not None or importance == "magnitude" else "magnitude"
     measured: list[dict] = []
     if cfg.measured_steps > 0:
-        from actors.compression.calibrate import calibrate_lut, plan_to_measured, profile_convs, ratio_meter
+        from actors.compression.calibrate import plan_to_measured, ratio_meter
         from actors.compression.prune import group_scores
 
-        cal = calibrate_lut(lut, profile_convs(base, hw, threads=cfg.threads, workdir=out))
-        scores = group_scores(copy.deepcopy(base), example, final_layers(base), importance, loss)
+        scores = group_scores(copy.deepcopy(base), example, protected(base), importance, loss)
         meter = ratio_meter(base, hw, threads=cfg.threads, runs=10, rounds=3, stat="paired")
 
         def prune(net: torch.nn.Module, b: float) -> Any:
-            return latency_aware_prune(net, example, cal, b, ignored=final_layers(net), importance=importance,
+            return latency_aware_prune(net, example, lut, b, ignored=protected(net), importance=importance,
                                        scores=scores, round_to=cfg.round_to)
         pruned, plan, measured = plan_to_measured(lambda: copy.deepcopy(base), prune, cfg.latency, meter,
                                                   iterations=cfg.measured_steps, log=log)
@@ -184,11 +239,14 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
 
         shutil.rmtree(meter.workdir, ignore_errors=True)
     else:
-        plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=final_layers(pruned),
+        plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=protected(pruned),
                                    importance=importance, loss_fn=loss, round_to=cfg.round_to)
-    log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f}); fine-tuning")
+    log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f})")
+    tag = f"{cfg.importance}-{cfg.latency:g}"
+    distilled = _distill(ws, run, pruned, base, train, classes, cfg, tag, log)
+    log("fine-tuning")
     ftc = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed)
-    ckpt = f"runs/{run}/compress/finetune-{cfg.importance}-{cfg.latency:g}.pt"  # resumable: same start, same file
+    ckpt = f"runs/{run}/compress/finetune-{tag}.pt"  # resumable: same start, same file
     if cfg.ray:
         from actors.compression.ray_finetune import finetune_on_ray
         from actors.core.runtime import init_ray
@@ -221,7 +279,8 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         "device": key, "runtime": "onnxruntime CPUExecutionProvider", "threads": cfg.threads,
         "input_hw": list(hw), "config": asdict(cfg), "importance": importance,
         "fold": {"original": fold_base.to_dict(), "compressed": fold_pruned.to_dict()},
-        "plan": plan.to_dict(), "finetune": ft, "lut": lut_rel, "measured_search": measured,
+        "plan": plan.to_dict(), "distill": distilled, "finetune": ft, "lut": lut_rel, "lut_kind": cfg.lut,
+        "protect_head": cfg.protect_head, "measured_search": measured,
         "models": {k: {"latency_ms": lat[k], "accuracy": acc[k], **counts[k],
                        "file_bytes": os.path.getsize(p), "file": os.path.basename(p)} for k, p in paths.items()},
         "decoding": "outside the graph: sigmoid scores, centre -/+ ltrb boxes on the stride grid, NMS "
@@ -271,6 +330,11 @@ def summary(report: dict[str, Any]) -> str:
               "", "| layer | in | in kept | out | out kept |", "|---|---|---|---|---|"]
     for name, l in p["layers"].items():
         lines.append(f"| {name} | {l['in']} | {l['in_kept']} | {l['out']} | {l['out_kept']} |")
+    if report.get("distill"):
+        d = report["distill"]
+        lines += ["", f"Trunk distilled to the original's map: {d['steps']} steps (resumed from "
+                  f"{d['resumed_from']}) on {d['images']} unlabeled images, loss "
+                  f"{' -> '.join(f'{x:.3f}' for x in d['losses'][:1] + d['losses'][-1:])}."]
     if "data_free_int8" in report:
         d = report["data_free_int8"]
         lines += ["", f"Data-free int8 ({d['method']}): mAP@.5 {100 * d['accuracy']['map50']:.1f}, "

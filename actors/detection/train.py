@@ -96,7 +96,8 @@ def _flip(x: torch.Tensor, boxes: torch.Tensor, width: float) -> tuple[torch.Ten
 def _batch(det: Detector, data: DetectionData, idx: torch.Tensor, flips: torch.Tensor):
     x = data.inputs[idx]
     boxes, labels = [data.boxes[i] for i in idx.tolist()], [data.labels[i] for i in idx.tolist()]
-    stride = det.config.get("head", {}).get("stride", 1) if det.cached else 1
+    head = det.config.get("head") or det.config.get("source", {}).get("head", {})  # a compressed one: its source's
+    stride = head.get("stride", 1) if det.cached else 1
     xs, bs = [], []
     for j in range(len(idx)):
         width = x.shape[-1] * stride if det.cached else data.sizes[int(idx[j])][0]

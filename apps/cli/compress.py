@@ -36,8 +36,17 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                  measured_steps: Annotated[int, typer.Option(
                      "--measured-steps", help="Meet the budget in measured ONNX Runtime latency: up to N "
                      "plan-build-time steps on a calibrated LUT (0: the LUT's prediction only).")] = 0,
+                 lut: Annotated[str, typer.Option(
+                     "--lut", help="profile: per-layer cost from a whole-graph ONNX Runtime profile, scaled by MACs; "
+                     "grid: every conv timed alone over a channel grid (cached in the workspace).")] = "profile",
+                 protect_head: Annotated[bool, typer.Option(
+                     "--protect-head/--prune-head-input", help="Keep the trunk's output channels (the head's "
+                     "input) so the pruned trunk can be distilled back to the original's map.")] = True,
+                 distill_steps: Annotated[int, typer.Option(
+                     "--distill-steps", help="Feature-distillation steps of the pruned trunk on unlabeled train + "
+                     "pool images before fine-tuning (0: none).")] = 400,
                  seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
-    """Prune to a latency budget (device LUT + knapsack), fine-tune with the detector training loop (a checkpoint
+    """Prune to a latency budget (device LUT + knapsack), distill the pruned trunk to the original's map, fine-tune with the detector training loop (a checkpoint
     every epoch; run again to resume), fold BN, export ONNX + state dict, report. dense-lite0 detectors only."""
     from actors.compression.report import CompressConfig, compress_run
     from actors.core.workspace import Workspace
@@ -45,7 +54,8 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 
     cfg = CompressConfig(latency=latency, int8=int8, data_free=data_free, importance=importance, finetune_epochs=epochs,
                          threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs,
-                         ray=ray, measured_steps=measured_steps)
+                         ray=ray, measured_steps=measured_steps, lut=lut, protect_head=protect_head,
+                         distill_steps=distill_steps)
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
 

@@ -181,7 +181,7 @@ def _compress(ws, root: Path) -> dict:
         rep = json.loads((out / "report.json").read_text())
     else:
         cfg = CompressConfig(latency=0.5, finetune_epochs=1, max_val_images=12, max_train_images=12, taylor_images=4,
-                             timing_runs=5, lut_fractions=(0.25, 0.5, 1.0))
+                             timing_runs=5, lut_fractions=(0.25, 0.5, 1.0), distill_steps=20)
         rep = compress_run(ws, "demo-learn", str(out), cfg, log=console.print)
     console.print(summary(rep).split("\n\nPruning plan")[0])
     console.print(f"wrote {out}/model.onnx, model.pt, report.json, summary.md")

@@ -72,6 +72,23 @@ def test_finetune_starts_from_the_pruned_weights_and_resumes(pruned, workspace):
     assert _same(again, full, 1e-5)
 
 
+def test_head_only_finetune_trains_the_head_on_cached_maps_and_flips_boxes_in_pixels(pruned):
+    from actors.compression.detector import from_net
+    from actors.detection.train import _batch, DetectionData
+
+    det, base, net = pruned
+    tuned = copy.deepcopy(net)
+    rep = finetune(tuned, _split(3), FinetuneConfig(epochs=2, lr=1e-2, batch_size=2, head_only=True), source=det)
+    assert rep["epochs"] == 2
+    assert _same(tuned.trunk, net.trunk, 0)  # the trunk is frozen: its maps were cached
+    assert not _same(tuned.head, net.head, 1e-6)
+    cached = from_net(copy.deepcopy(net), det, end_to_end=False)
+    maps = cached.inputs(torch.rand(1, 3, 48, 64))  # stride 8: 6×8 cells for a 64-px-wide image
+    data = DetectionData(maps, [torch.tensor([[8.0, 8.0, 30.0, 28.0]])], [torch.tensor([0])], [(64, 48)], ["i"])
+    _, boxes, _ = _batch(cached, data, torch.tensor([0]), torch.tensor([True]))
+    assert boxes[0].tolist() == [[34.0, 8.0, 56.0, 28.0]]  # mirrored in the 64-px image, not in the 8-cell map
+
+
 @pytest.mark.slow
 def test_finetune_on_ray_train_resumes_the_local_checkpoint_to_the_same_weights(pruned, workspace, ray_cluster):
     from actors.compression.ray_finetune import finetune_on_ray

@@ -24,7 +24,7 @@ def compressed(tmp_path_factory):
                  "--run", "r1"]) == 0
     out = root / "out"
     code = main(["compress", "--workspace", ws, "--run", "r1", "--latency", "0.5", "--int8", "--out", str(out),
-                 "--epochs", "1", "--timing-runs", "2", "--measured-steps", "2", "--json"])
+                 "--epochs", "1", "--timing-runs", "2", "--measured-steps", "2", "--distill-steps", "4", "--json"])
     assert code == 0
     return root, out
 
@@ -45,6 +45,10 @@ def test_compress_writes_models_and_a_report_whose_accuracy_is_measured_not_assu
     on_budget = plan["predicted_ms"] <= plan["target_ms"] + 1e-9
     assert on_budget == plan["feasible"]
     assert rep["models"]["compressed"]["macs"] < rep["models"]["original"]["macs"]
+    assert rep["protect_head"] and rep["lut_kind"] == "profile"  # the trunk is pruned inside, its output kept
+    assert plan["layers"] and not any(name.startswith("head.") for name in plan["layers"])
+    d = rep["distill"]  # then distilled back toward the original trunk's map, on unlabeled images
+    assert d["steps"] == 4 and d["images"] > 0 and len(d["losses"]) == 1
     steps = rep["measured_search"]  # the budget searched on measured latency (2 steps at most)
     assert 1 <= len(steps) <= 2 and all(s["measured"] > 0 for s in steps) and steps[0]["budget"] == 0.5
     for m in rep["models"].values():

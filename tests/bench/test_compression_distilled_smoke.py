@@ -1,0 +1,41 @@
+"""`python bench/compression_distilled.py --smoke` runs search, recovery and measurement on a tiny world into a
+temporary folder, leaving the committed figures alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "bench" / "compression_distilled.json"
+
+
+def _digest(p: Path) -> str | None:
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+
+@pytest.mark.slow
+def test_compression_distilled_smoke_prunes_both_to_one_measured_latency_and_recovers_both(tmp_path):
+    before = _digest(COMMITTED)
+    r = subprocess.run([sys.executable, "bench/compression_distilled.py", "--smoke", "--out", str(tmp_path / "o"),
+                        "--cache", str(tmp_path / "c")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "o" / "compression_distilled.json").read_text())
+    assert rep["complete"] and _digest(COMMITTED) == before
+    la, mag = rep["pruned"]["latency-aware-0.6"], rep["pruned"]["magnitude-0.6"]
+    assert la["search"] and mag["search"] and 0 < la["measured_ratio"] < 1.5 and 0 < mag["measured_ratio"] < 1.5
+    assert not any(name.startswith("head.") for name in la["plan"]["layers"])  # the head's input kept
+    for key in ("latency-aware-0.6", "magnitude-0.6"):
+        rec = rep["recover"][key]
+        assert rec["distill"]["steps"] == 3 and rec["head_ft"]["epochs"] == 1
+        assert all(0 <= rec[k] <= 1 for k in ("map50_pruned", "map50_bn", "map50_distilled", "map50_head_ft"))
+    names = {x["model"] for x in rep["rows"]}
+    assert names == {"original", "original+int8", "latency-aware-0.6", "latency-aware-0.6+int8", "magnitude-0.6",
+                     "magnitude-0.6+int8"}
+    assert all(x["latency_ms"]["p50"] > 0 for x in rep["rows"])
+    assert "| latency-aware-0.6 |" in (tmp_path / "o" / "compression_distilled.md").read_text()
