@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--phase", choices=("search", "recover", "measure", "all"), default="all")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5])
     p.add_argument("--taylor", type=int, default=16)
-    p.add_argument("--steps", type=int, default=400, help="distillation steps")
+    p.add_argument("--steps", type=int, default=1500, help="distillation steps")
     p.add_argument("--crop", type=int, nargs=2, default=[128, 192])
     p.add_argument("--unlabeled", type=int, default=1000, help="train + pool images distillation may use")
     p.add_argument("--head-epochs", type=int, default=12)

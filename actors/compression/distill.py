@@ -41,7 +41,7 @@ from actors.core.errors import UserError
 class DistillConfig:
     """Feature distillation of a pruned trunk; ``get_default_config()`` gives the shipped defaults."""
 
-    steps: int = 400
+    steps: int = 1500
     batch_size: int = 8
     crop: tuple[int, int] = (128, 192)
     lr: float = 2e-3

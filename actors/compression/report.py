@@ -10,7 +10,8 @@
    Taylor scores on training images (magnitude when there are none) — by default inside the trunk only, the head's
    input channels kept (``protect_head``) — distills the pruned trunk back to the original trunk's map on
    unlabeled training + pool images (:mod:`~actors.compression.distill`, ``distill_steps``, checkpointed to
-   ``runs/<run>/compress/``), and fine-tunes the pruned network with the
+   ``runs/<run>/compress/``) and then fine-tunes its head on the frozen trunk's cached maps (``head_epochs``);
+   without distillation (or with ``ray``) it fine-tunes the whole pruned network with the
    detector training loop (:mod:`~actors.compression.finetune`; on Ray Train with ``ray``:
    :mod:`~actors.compression.ray_finetune`), checkpointed every epoch to ``runs/<run>/compress/`` and resumed
    from there when run again. With ``measured_steps > 0`` the budget is met in *measured* latency instead
@@ -66,7 +67,9 @@ class CompressConfig:
     measured_steps: int = 0  # > 0: meet the budget in measured ONNX Runtime latency (calibrated LUT + outer loop)
     lut: str = "profile"  # "profile": whole-graph per-layer cost scaled by MACs; "grid": isolated-conv grid
     protect_head: bool = True  # the head's input (the trunk's output channels) is never pruned
-    distill_steps: int = 400  # feature distillation of the pruned trunk (needs protect_head); 0: none
+    distill_steps: int = 1500  # feature distillation of the pruned trunk (needs protect_head); 0: none
+    head_epochs: int = 12  # after distillation: the head fine-tuned on the frozen trunk's cached maps
+    head_lr: float = 1e-3
     distill_images: int = 1000  # unlabeled train + pool images it may use
 
     @classmethod
@@ -244,9 +247,11 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f})")
     tag = f"{cfg.importance}-{cfg.latency:g}"
     distilled = _distill(ws, run, pruned, base, train, classes, cfg, tag, log)
-    log("fine-tuning")
-    ftc = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed)
-    ckpt = f"runs/{run}/compress/finetune-{tag}.pt"  # resumable: same start, same file
+    head_only = distilled is not None and not cfg.ray  # distilled: the trunk stays, the head learns its map
+    ftc = (FinetuneConfig(epochs=cfg.head_epochs, lr=cfg.head_lr, batch_size=8, seed=cfg.seed, head_only=True)
+           if head_only else FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, seed=cfg.seed))
+    log(f"fine-tuning the {'head on the cached trunk maps' if head_only else 'whole network'}")
+    ckpt = f"runs/{run}/compress/finetune-{tag}{'-head' if head_only else ''}.pt"  # resumable: same start, same file
     if cfg.ray:
         from actors.compression.ray_finetune import finetune_on_ray
         from actors.core.runtime import init_ray

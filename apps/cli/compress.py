@@ -44,7 +44,10 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                      "input) so the pruned trunk can be distilled back to the original's map.")] = True,
                  distill_steps: Annotated[int, typer.Option(
                      "--distill-steps", help="Feature-distillation steps of the pruned trunk on unlabeled train + "
-                     "pool images before fine-tuning (0: none).")] = 400,
+                     "pool images before fine-tuning (0: none).")] = 1500,
+                 head_epochs: Annotated[int, typer.Option(
+                     "--head-epochs", help="After distillation: epochs of the head on the frozen trunk's cached "
+                     "maps (--epochs is the whole-network fine-tuning without distillation or with --ray).")] = 12,
                  seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Prune to a latency budget (device LUT + knapsack), distill the pruned trunk to the original's map, fine-tune with the detector training loop (a checkpoint
     every epoch; run again to resume), fold BN, export ONNX + state dict, report. dense-lite0 detectors only."""
@@ -55,7 +58,7 @@ def compress_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     cfg = CompressConfig(latency=latency, int8=int8, data_free=data_free, importance=importance, finetune_epochs=epochs,
                          threads=threads, max_val_images=max_val, seed=seed, timing_runs=timing_runs,
                          ray=ray, measured_steps=measured_steps, lut=lut, protect_head=protect_head,
-                         distill_steps=distill_steps)
+                         distill_steps=distill_steps, head_epochs=head_epochs)
     log = (lambda s: None) if as_json else (lambda s: console.print(s))
     rep = compress_run(Workspace(workspace), run, out, cfg, checkpoint=checkpoint, log=log)
 

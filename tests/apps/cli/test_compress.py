@@ -49,6 +49,7 @@ def test_compress_writes_models_and_a_report_whose_accuracy_is_measured_not_assu
     assert plan["layers"] and not any(name.startswith("head.") for name in plan["layers"])
     d = rep["distill"]  # then distilled back toward the original trunk's map, on unlabeled images
     assert d["steps"] == 4 and d["images"] > 0 and len(d["losses"]) == 1
+    assert rep["finetune"]["epochs"] == rep["config"]["head_epochs"] == 12  # then the head on the cached maps
     steps = rep["measured_search"]  # the budget searched on measured latency (2 steps at most)
     assert 1 <= len(steps) <= 2 and all(s["measured"] > 0 for s in steps) and steps[0]["budget"] == 0.5
     for m in rep["models"].values():
