@@ -70,7 +70,7 @@ class CompressConfig:
     distill_steps: int = 1500  # feature distillation of the pruned trunk (needs protect_head); 0: none
     head_epochs: int = 12  # after distillation: the head fine-tuned on the frozen trunk's cached maps
     head_lr: float = 1e-3
-    distill_images: int = 1000  # unlabeled train + pool images it may use
+    distill_images: int = 450  # unlabeled train + pool images it may use (held in memory as float tensors)
 
     @classmethod
     def get_default_config(cls) -> "CompressConfig":
