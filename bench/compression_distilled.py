@@ -112,11 +112,9 @@ def _key(kind: str, target: float) -> str:
 
 
 def phase_search(args: argparse.Namespace, cache: Path, state: dict) -> None:
-    from actors.compression.calibrate import (calibrate_lut, magnitude_to_measured, plan_to_measured,
-                                              profile_convs, ratio_meter)
+    from actors.compression.calibrate import magnitude_to_measured, plan_to_measured, profile_lut, ratio_meter
     from actors.compression.export import save_compressed
     from actors.compression.finetune import load_split
-    from actors.compression.latency import build_lut, macs_timer
     from actors.compression.net import head_convs
     from actors.compression.prune import group_scores, latency_aware_prune
     from actors.compression.report import _taylor_loss
@@ -124,8 +122,7 @@ def phase_search(args: argparse.Namespace, cache: Path, state: dict) -> None:
     c = context(args)
     base, hw, det = c["base"], c["hw"], c["det"]
     example = torch.rand(1, 3, *hw)
-    lut = calibrate_lut(build_lut(base, hw, device="macs", timer=macs_timer),
-                        profile_convs(base, hw, threads=args.threads, workdir=str(cache)))
+    lut = profile_lut(base, hw, threads=args.threads, workdir=str(cache))
     sel = load_split(c["ws"], "train", c["classes"], args.taylor)
     scores = group_scores(copy.deepcopy(base), example, head_convs(base), "taylor", _taylor_loss(sel, args.taylor))
     measure = ratio_meter(base, hw, threads=args.threads, runs=10, rounds=3, stat="paired", workdir=str(cache))
@@ -190,50 +187,20 @@ def phase_recover(args: argparse.Namespace, cache: Path, state: dict) -> None:
 
 
 def phase_measure(args: argparse.Namespace, cache: Path, state: dict) -> None:
-    from actors.compression.export import export_onnx, load_compressed, onnx_session
-    from actors.compression.finetune import evaluate_outputs, load_split, onnx_runner
-    from actors.compression.fold import fold_batchnorm
-    from actors.compression.quantize import quantize_static
-    from actors.compression.report import count, timed
+    from actors.compression.export import load_compressed
+    from bench.compression_measured import measure_nets
 
     c = context(args)
-    hw, example = c["hw"], torch.rand(1, 3, *c["hw"])
-    calib = [x.numpy() for x in load_split(c["ws"], "train", c["classes"], args.calib).images]
     nets = {"original": c["base"]}
     for key in state.get("pruned", {}):
         nets[key] = load_compressed(str(cache / f"{key}.rec.pt"))[0]
-    paths = {}
-    for k, net in nets.items():
-        folded = copy.deepcopy(net)
-        fold_batchnorm(folded, example)
-        paths[k] = export_onnx(folded, str(cache / f"m-{k}.onnx"), hw)
-        paths[f"{k}+int8"] = quantize_static(paths[k], str(cache / f"m-{k}.int8.onnx"), calib)
-    sessions = {k: onnx_session(v, args.threads) for k, v in paths.items()}
-    lat = timed(sessions, c["val"].images[0].numpy(), args.runs, args.rounds)
-    rows = []
-    for k, s in sessions.items():
-        net = nets[k.split("+")[0]]
-        a = evaluate_outputs(onnx_runner(s), net.head, c["val"], c["classes"])
-        rows.append({"model": k, "latency_ms": lat[k], "map50": a["map50"], "map": a["map"], **count(net, hw),
-                     "file_bytes": os.path.getsize(paths[k])})
-        log(f"{k}: p50 {lat[k]['p50']:.1f} ms, mAP@.5 {a['map50']:.3f}")
-    o = rows[0]
-    for r in rows:
-        r["speedup"] = o["latency_ms"]["p50"] / r["latency_ms"]["p50"]
-        r["map50_drop_points"] = 100 * (o["map50"] - r["map50"])
-    state["rows"], state["n_val"], state["input_hw"] = rows, len(c["val"]), list(hw)
-    state["by_model"] = {r["model"]: r for r in rows}
-    state["loadavg_measure"] = list(os.getloadavg())
-    state["complete"] = True
+    measure_nets(nets, c, cache, args, state)
 
 
 def write(args: argparse.Namespace, state: dict) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(state, indent=1, default=float)), (".md", markdown(state))):
-        tmp = out / f".{args.name}{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / f"{args.name}{suffix}")
+    from bench.compression_measured import write_state
+
+    write_state(args, state, markdown)
 
 
 def markdown(s: dict) -> str:

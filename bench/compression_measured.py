@@ -221,18 +221,27 @@ def phase_finetune(args: argparse.Namespace, cache: Path, state: dict) -> None:
 
 
 def phase_measure(args: argparse.Namespace, cache: Path, state: dict) -> None:
-    from actors.compression.export import export_onnx, load_compressed, onnx_session
+    from actors.compression.export import load_compressed
+
+    c = context(args)
+    nets = {"original": c["base"]}
+    for kind, stem in _models(state).items():
+        nets[kind] = load_compressed(str(cache / f"{stem}.ft{args.epochs}.pt"))[0]
+    measure_nets(nets, c, cache, args, state)
+
+
+def measure_nets(nets: dict, c: dict, cache: Path, args: argparse.Namespace, state: dict) -> None:
+    """Every net of ``nets`` (name -> DenseNet; ``"original"`` first) BN-folded, exported, int8 (static QDQ on
+    ``args.calib`` training images), timed in alternating rounds and evaluated on ``c["val"]`` through ONNX
+    Runtime; the rows (speed-up and mAP@.5 drop against the original) go into ``state``."""
+    from actors.compression.export import export_onnx, onnx_session
     from actors.compression.finetune import evaluate_outputs, load_split, onnx_runner
     from actors.compression.fold import fold_batchnorm
     from actors.compression.quantize import quantize_static
     from actors.compression.report import count, timed
 
-    c = context(args)
     hw, example = c["hw"], torch.rand(1, 3, *c["hw"])
     calib = [x.numpy() for x in load_split(c["ws"], "train", c["classes"], args.calib).images]
-    nets = {"original": c["base"]}
-    for kind, stem in _models(state).items():
-        nets[kind] = load_compressed(str(cache / f"{stem}.ft{args.epochs}.pt"))[0]
     paths = {}
     for k, net in nets.items():
         folded = copy.deepcopy(net)
@@ -258,13 +267,18 @@ def phase_measure(args: argparse.Namespace, cache: Path, state: dict) -> None:
     state["complete"] = True
 
 
-def write(args: argparse.Namespace, state: dict) -> None:
+def write_state(args: argparse.Namespace, state: dict, markdown) -> None:
+    """``state`` as ``<args.out>/<args.name>.json`` and its ``markdown(state)`` as ``.md`` (temp file, rename)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(state, indent=1, default=float)), (".md", markdown(state))):
         tmp = out / f".{args.name}{suffix}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / f"{args.name}{suffix}")
+
+
+def write(args: argparse.Namespace, state: dict) -> None:
+    write_state(args, state, markdown)
 
 
 def markdown(s: dict) -> str:

@@ -134,6 +134,18 @@ def calibrate_lut(lut: LatencyLUT, profile: dict[str, Any], whole_ms: float | No
     return out
 
 
+def profile_lut(net: nn.Module, hw: tuple[int, int], *, threads: int = 1, workdir: str | None = None,
+                device: str = "profile-macs") -> LatencyLUT:
+    """The ``profile`` LUT: each conv's cost as measured inside the whole graph (:func:`profile_convs` of ``net``
+    in ONNX Runtime on this device), scaled with its channel counts by multiply-accumulates, plus the rest of the
+    graph as ``offset_ms``. Isolated-conv timings carry a per-call overhead the whole graph does not have, so at
+    small widths a grid of them overstates the cost; this table does not."""
+    from actors.compression.latency import build_lut, macs_timer
+
+    return calibrate_lut(build_lut(net, hw, device=device, timer=macs_timer),
+                         profile_convs(net, hw, threads=threads, workdir=workdir))
+
+
 def ratio_meter(reference: nn.Module, hw: tuple[int, int], *, threads: int = 1, runs: int = 10, rounds: int = 3,
                 stat: str = "p50", workdir: str | None = None) -> Meter:
     """``measure(net)``: latency of ``net`` / latency of ``reference``, both exported to ONNX and timed in ONNX
@@ -248,5 +260,5 @@ def magnitude_to_measured(make: Callable[[], nn.Module], example: torch.Tensor, 
     return m, ratio, hist
 
 
-__all__ = ["scope_path", "node_to_conv", "profile_convs", "calibrate_lut", "ratio_meter", "plan_to_measured",
+__all__ = ["scope_path", "node_to_conv", "profile_convs", "calibrate_lut", "profile_lut", "ratio_meter", "plan_to_measured",
            "magnitude_to_measured"]

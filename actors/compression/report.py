@@ -137,15 +137,12 @@ def _lut(ws: Any, base: torch.nn.Module, hw: tuple[int, int], key: str, cfg: Com
          log: Callable[[str], None]) -> tuple[Any, str | None]:
     """The LUT the knapsack plans on: ``"grid"`` — every conv timed alone in ONNX Runtime over the channel grid
     (cached in the workspace per device), calibrated on the whole-graph profile when the budget is met in measured
-    latency; ``"profile"`` — each layer's cost as measured inside the whole graph (ONNX Runtime profile of the
-    original on this device), scaled with its channel counts by multiply-accumulates (isolated-conv timings carry
-    a per-call overhead the whole graph does not have, so at small widths the grid overstates the cost)."""
-    from actors.compression.calibrate import calibrate_lut, profile_convs
-    from actors.compression.latency import build_lut, load_cached, macs_timer, ort_timer, save_cached
+    latency; ``"profile"`` — :func:`actors.compression.calibrate.profile_lut`."""
+    from actors.compression.calibrate import calibrate_lut, profile_convs, profile_lut
+    from actors.compression.latency import build_lut, load_cached, ort_timer, save_cached
 
     if cfg.lut == "profile":
-        macs = build_lut(base, hw, device=f"{key}-macs", timer=macs_timer)
-        lut = calibrate_lut(macs, profile_convs(base, hw, threads=cfg.threads, workdir=out))
+        lut = profile_lut(base, hw, threads=cfg.threads, workdir=out, device=f"{key}-macs")
         log(f"latency LUT {key}: whole-graph profile of {len(lut.scale)} convs, scaled by MACs "
             f"({lut.total_ms():.1f} ms in all)")
         return lut, None

@@ -13,10 +13,7 @@ from actors.compression.distill import DistillConfig, crop_size, distill_trunk
 from actors.compression.latency import build_lut, macs_timer
 from actors.compression.net import final_layers, head_convs, tensor_module
 from actors.core.errors import UserError
-
-
-class Killed(Exception):
-    pass
+from tests.actors.compression.test_finetune import Killed
 
 
 @pytest.fixture(scope="module")
