@@ -25,7 +25,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -297,6 +297,8 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
         stats["written"] += 1
         bar.update(int(summary["ok"] + summary["err"]))
 
+    if 0 < len(pending) < res.pool_size:  # one shard is one block of work: an actor beyond that would only start up
+        res = replace(res, pool_size=len(pending))
     th = threads or max(1, torch.get_num_threads() // max(1, res.pool_size))
     if local:
         _run_local(ws, name, pending, work, res, device, commit)

@@ -9,10 +9,10 @@ from apps.cli.main import main
 
 def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--images", "90", "--top-k", "5", "--json"]
+    args = ["demo", "--out", str(out), "--images", "60", "--top-k", "5", "--json"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["catalog"]["images"] == 90
+    assert result["catalog"]["images"] == 60
     assert len(result["curve"]["n"]) >= 3 and result["curve"]["n"] == sorted(result["curve"]["n"])
     for method in ("template", "global"):
         sel = result["mine"][method]
