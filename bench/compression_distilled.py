@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workspace", default="/tmp/assay-bench-compression/world-5-600-40/workspace")
     p.add_argument("--run", default="bench5")
+    p.add_argument("--world-seed", type=int, default=None,
+                   help="build (or reuse) the 600-image world of this seed with a 40-epoch detector, run benchSEED, "
+                        "instead of --workspace/--run (the defaults were tuned on seed 5)")
     p.add_argument("--phase", choices=("search", "recover", "measure", "all"), default="all")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5])
     p.add_argument("--taylor", type=int, default=16)
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.smoke:
         args = _smoke(args)
+    elif args.world_seed is not None:
+        args = _world(args)
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"assay-bench-{args.name}")
     cache.mkdir(parents=True, exist_ok=True)
     state_path = cache / "state.json"
@@ -91,6 +96,17 @@ def _smoke(args: argparse.Namespace) -> argparse.Namespace:
     args.workspace, args.run, args.cache = str(ws), "s", str(root / "cache")
     args.targets, args.steps, args.head_epochs, args.taylor = [0.6], 3, 1, 2
     args.runs, args.rounds, args.search_steps, args.calib, args.unlabeled = 2, 1, 2, 2, 8
+    return args
+
+
+def _world(args: argparse.Namespace) -> argparse.Namespace:
+    """Point ``args`` at world ``--world-seed`` (512×384, 600 images, detector head trained 40 epochs), built once."""
+    from bench.compression import prepare
+
+    run = f"bench{args.world_seed}"
+    ws, _ = prepare(argparse.Namespace(workspace=None, run=run, seed=args.world_seed, images=600, size=(512, 384),
+                                       detector_epochs=40, world_dir=None, smoke=False, out=args.out))
+    args.workspace, args.run = ws.uri, run
     return args
 
 
