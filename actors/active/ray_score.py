@@ -117,8 +117,10 @@ def score_pool_on_ray(ws: Workspace, checkpoint: str, rows: Sequence[dict[str, A
         return PoolScores([], np.zeros(0), np.zeros(0), {}, {})
     res = resources or Resources.auto()
     items = [{"row": json.dumps({k: r[k] for k in ("image_id", "uri", "width", "height")})} for r in rows]
-    ds = (ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, res.batch_size)))
-          .map_batches(ScoreActor, compute=ray.data.ActorPoolStrategy(size=res.pool_size), batch_size=res.batch_size,
+    blocks = max(1, len(items) // max(1, res.batch_size))
+    ds = (ray.data.from_items(items, override_num_blocks=blocks)  # no more actors than blocks: an idle one only starts
+          .map_batches(ScoreActor, compute=ray.data.ActorPoolStrategy(size=min(res.pool_size, blocks)),
+                       batch_size=res.batch_size,
                        num_gpus=res.num_gpus, num_cpus=res.num_cpus,
                        fn_constructor_kwargs={"workspace": ws.uri, "checkpoint": checkpoint, "flip": flip,
                                               "device": device or ("cuda" if res.num_gpus > 0 else "cpu"),
