@@ -46,10 +46,13 @@ class _Reader:
 
 
 def quantize_static(onnx_in: str, onnx_out: str, calibration: Sequence[np.ndarray], *, per_channel: bool = True,
-                    method: str = "minmax") -> str:
-    """Write the int8 QDQ model of ``onnx_in`` to ``onnx_out`` (atomic) calibrated on ``calibration`` images.
+                    method: str = "minmax", fmt: str = "qdq", keep_depthwise_float: bool = False) -> str:
+    """Write the int8 model of ``onnx_in`` to ``onnx_out`` (atomic) calibrated on ``calibration`` images.
 
-    Raises ValueError when ``calibration`` is empty (use the data-free path instead).
+    ``fmt``: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs that ORT fuses into integer kernels; the default) or
+    ``"qoperator"`` (``QLinearConv`` nodes written directly). ``keep_depthwise_float`` leaves grouped (depthwise)
+    convolutions in fp32. Both alternatives are measured in ``bench/int8_formats.py``.
+    Raises ValueError when ``calibration`` is empty (use the data-free path instead) or ``fmt`` is unknown.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize
@@ -57,17 +60,29 @@ def quantize_static(onnx_in: str, onnx_out: str, calibration: Sequence[np.ndarra
 
     if not len(calibration):
         raise ValueError("static int8 quantization needs calibration images")
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    if fmt not in formats:
+        raise ValueError(f"int8 format must be one of {sorted(formats)}, got {fmt!r}")
     pre = onnx_out + ".pre.onnx"
     quant_pre_process(onnx_in, pre, skip_symbolic_shape=True)
+    exclude = depthwise_convs(pre) if keep_depthwise_float else []
     tmp = onnx_out + ".tmp"
     meth = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
     extra = {"CalibPercentile": 99.99} if method == "percentile" else {}
-    ort_quantize(pre, tmp, _Reader(calibration, "images"), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+    ort_quantize(pre, tmp, _Reader(calibration, "images"), quant_format=formats[fmt], per_channel=per_channel,
                  activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth,
-                 extra_options=extra)
+                 extra_options=extra, nodes_to_exclude=exclude)
     os.replace(tmp, onnx_out)
     os.remove(pre)
     return onnx_out
+
+
+def depthwise_convs(onnx_path: str) -> list[str]:
+    """Names of the ``Conv`` nodes of ``onnx_path`` with ``group > 1``."""
+    import onnx
+
+    return [n.name for n in onnx.load(onnx_path).graph.node
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
 # ------------------------------------------------------------------------------------------ SPIQ-style data-free

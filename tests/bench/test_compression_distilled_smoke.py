@@ -39,3 +39,16 @@ def test_compression_distilled_smoke_prunes_both_to_one_measured_latency_and_rec
                      "magnitude-0.6+int8"}
     assert all(x["latency_ms"]["p50"] > 0 for x in rep["rows"])
     assert "| latency-aware-0.6 |" in (tmp_path / "o" / "compression_distilled.md").read_text()
+
+    # the int8 layouts bench reads the finished cache: every model in fp32 and four int8 layouts, timed and evaluated
+    r = subprocess.run([sys.executable, "bench/int8_formats.py", "--smoke", "--cache", str(tmp_path / "c" / "cache"),
+                        "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    q = json.loads((tmp_path / "o" / "int8_formats.json").read_text())
+    assert {(x["model"], x["variant"]) for x in q["rows"]} == {
+        (m, v) for m in ("original", "latency-aware-0.6", "magnitude-0.6")
+        for v in ("fp32", "qdq", "qdq-dwfloat", "qoperator", "qoperator-dwfloat")}
+    for x in q["rows"]:
+        assert x["latency_ms"]["p50"] > 0 and 0 <= x["map50"] <= 1 and x["speedup_vs_fp32"] > 0
+    for m, v in q["source"]["map50"].items():  # the same fp32 files as the source bench, its mAP@.5 on 4 images
+        assert 0 <= v <= 1 and q["by_key"][f"{m}+fp32"]["file_bytes"] > 0
