@@ -221,8 +221,11 @@ def write(args: argparse.Namespace, state: dict) -> None:
 
 def markdown(s: dict) -> str:
     st = s["setup"]
+    where = (f"--world-seed {st['world_seed']}" if st.get("world_seed") is not None
+             else f"--workspace {st['workspace']} --run {st['run']}") + \
+        (f" --name {st['name']}" if st.get("name", "compression_distilled") != "compression_distilled" else "")
     lines = ["# Compression with the trunk distilled back (latency-aware vs magnitude at equal measured latency)",
-             "", f"Command: `python bench/compression_distilled.py --workspace {st['workspace']} --run {st['run']} "
+             "", f"Command: `python bench/compression_distilled.py {where} "
              f"--targets {' '.join(f'{t:g}' for t in st['targets'])} --steps {st['steps']} "
              f"--head-epochs {st['head_epochs']}`", ""]
     if s.get("pruned"):
