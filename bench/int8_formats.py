@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--max-val", type=int, default=None)
+    p.add_argument("--models", nargs="+", default=None, help="models of the cache (default: every one it timed)")
     p.add_argument("--out", default=str(ROOT / "bench"))
     p.add_argument("--name", default="int8_formats")
     p.add_argument("--smoke", action="store_true", help="2 rounds of 2 runs, 4 validation images")
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     c = context(argparse.Namespace(workspace=setup["workspace"], run=setup["run"], max_val=args.max_val))
     calib = [x.numpy() for x in load_split(c["ws"], "train", c["classes"], args.calib).images]
     models = [r["model"] for r in src["rows"] if "+" not in r["model"]]
+    if args.models:
+        unknown = sorted(set(args.models) - set(models))
+        if unknown or "original" not in args.models:
+            raise SystemExit(f"--models: {', '.join(unknown) or 'original is needed'} (the cache has {', '.join(models)})")
+        models = [m for m in models if m in args.models]
     paths: dict[str, str] = {}
     for m in models:
         fp32 = str(cache / f"m-{m}.onnx")
