@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.models:
         unknown = sorted(set(args.models) - set(models))
         if unknown or "original" not in args.models:
-            raise SystemExit(f"--models: {', '.join(unknown) or 'original is needed'} (the cache has {', '.join(models)})")
+            raise SystemExit(f"--models: {', '.join(unknown) or 'original is needed'} "
+                             f"(the cache has {', '.join(models)})")
         models = [m for m in models if m in args.models]
     paths: dict[str, str] = {}
     for m in models:
