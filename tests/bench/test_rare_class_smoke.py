@@ -1,15 +1,16 @@
-"""`python bench/rare_class.py --smoke` runs end to end in a subprocess: every arm labels K images, the mined arm's
-images are the mine result's, chance is reported, and the committed bench JSON is never touched."""
+"""`python bench/rare_class.py --smoke` runs end to end (in the test's process: it starts no Ray): every
+arm labels K images, the mined arm's images are the mine result's, chance is reported, and the committed bench JSON
+is never touched."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.test_bench_smoke import _run_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,9 +20,7 @@ def test_rare_class_smoke(tmp_path):
     committed = ROOT / "bench" / "rare_class.json"
     before = hashlib.sha256(committed.read_bytes()).hexdigest() if committed.exists() else None
     out = tmp_path / "rare.json"
-    r = subprocess.run([sys.executable, "bench/rare_class.py", "--smoke", "--out", str(out),
-                        "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    _run_in_process("rare_class.py", ["--smoke", "--out", str(out), "--work", str(tmp_path / "work")])
     doc = json.loads(out.read_text())
     seed = doc["per_seed"]["2"]
     k = doc["settings"]["k"]
