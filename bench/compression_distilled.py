@@ -243,17 +243,9 @@ def markdown(s: dict) -> str:
                 continue
             lines.append(f"| {k} | {100 * v['map50_pruned']:.1f} | {100 * v['map50_bn']:.1f} | "
                          f"{100 * v['map50_distilled']:.1f} | {100 * v['map50_head_ft']:.1f} | {v['seconds']:.0f} |")
-    if s.get("rows"):
-        lines += ["", f"ONNX Runtime CPU, batch 1, {st['threads']} thread, {st['rounds']} alternating rounds x "
-                  f"{st['runs']} runs; {s['n_val']} validation images; load average at timing "
-                  f"{s['loadavg_measure'][0]:.2f} (2 shared cores: noisy).", "",
-                  "| model | p50 ms | spread ms | speed-up | mAP@.5 | drop (pts) | mAP@[.5:.95] | MMACs | params |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in s["rows"]:
-            lat = r["latency_ms"]
-            lines.append(f"| {r['model']} | {lat['p50']:.1f} | {lat['spread']:.1f} | {r['speedup']:.2f}x | "
-                         f"{100 * r['map50']:.1f} | {r['map50_drop_points']:.1f} | {100 * r['map']:.1f} | "
-                         f"{r['macs'] / 1e6:.0f} | {r['params'] / 1e6:.2f} M |")
+    from bench.compression_measured import rows_markdown
+
+    lines += rows_markdown(s)
     return "\n".join(lines) + "\n"
 
 

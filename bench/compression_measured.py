@@ -306,18 +306,26 @@ def markdown(s: dict) -> str:
     for k, f in s.get("finetune", {}).items():
         lines.append(f"Fine-tuned {k}: {f['epochs']} epochs on {f['n_train']} training images, losses "
                      f"{', '.join(f'{x:.3f}' for x in f['losses'])} ({f['seconds']:.0f} s).")
-    if s.get("rows"):
-        lines += ["", f"ONNX Runtime CPU, batch 1, {st['threads']} thread, {st['rounds']} alternating rounds x "
-                  f"{st['runs']} runs; {s['n_val']} validation images; load average at timing "
-                  f"{s['loadavg_measure'][0]:.2f} (2 shared cores: noisy).", "",
-                  "| model | p50 ms | spread ms | speed-up | mAP@.5 | drop (pts) | mAP@[.5:.95] | MMACs | params |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in s["rows"]:
-            lat = r["latency_ms"]
-            lines.append(f"| {r['model']} | {lat['p50']:.1f} | {lat['spread']:.1f} | {r['speedup']:.2f}x | "
-                         f"{100 * r['map50']:.1f} | {r['map50_drop_points']:.1f} | {100 * r['map']:.1f} | "
-                         f"{r['macs'] / 1e6:.0f} | {r['params'] / 1e6:.2f} M |")
+    lines += rows_markdown(s)
     return "\n".join(lines) + "\n"
+
+
+def rows_markdown(s: dict) -> list[str]:
+    """The timed models of ``s`` (what :func:`measure_nets` wrote) as Markdown lines; none before the measure phase."""
+    if not s.get("rows"):
+        return []
+    st = s["setup"]
+    lines = ["", f"ONNX Runtime CPU, batch 1, {st['threads']} thread, {st['rounds']} alternating rounds x "
+             f"{st['runs']} runs; {s['n_val']} validation images; load average at timing "
+             f"{s['loadavg_measure'][0]:.2f} (2 shared cores: noisy).", "",
+             "| model | p50 ms | spread ms | speed-up | mAP@.5 | drop (pts) | mAP@[.5:.95] | MMACs | params |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in s["rows"]:
+        lat = r["latency_ms"]
+        lines.append(f"| {r['model']} | {lat['p50']:.1f} | {lat['spread']:.1f} | {r['speedup']:.2f}x | "
+                     f"{100 * r['map50']:.1f} | {r['map50_drop_points']:.1f} | {100 * r['map']:.1f} | "
+                     f"{r['macs'] / 1e6:.0f} | {r['params'] / 1e6:.2f} M |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from actors.compression.export import onnx_session
     from actors.compression.finetune import evaluate_outputs, load_split, onnx_runner
+    from actors.compression.latency import cpu_name
     from actors.compression.quantize import depthwise_convs, quantize_static
     from actors.compression.report import timed
     from bench.compression_distilled import context
@@ -108,16 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
                                              "map50": {m: src["by_model"][m]["map50"] for m in models}},
              "n_val": len(c["val"]), "rows": rows, "by_key": {f"{r['model']}+{r['variant']}": r for r in rows},
              "loadavg": list(os.getloadavg()), "onnxruntime": __import__("onnxruntime").__version__,
-             "cpu": _cpu(), "complete": True}
+             "cpu": cpu_name(), "complete": True}
     write_state(args, state, markdown)
     return state
-
-
-def _cpu() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def markdown(s: dict) -> str:

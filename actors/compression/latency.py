@@ -68,11 +68,12 @@ def device_key(device: str | torch.device = "cpu") -> str:
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
     else:
-        name = _cpu_name() + f"-t{torch.get_num_threads()}"
+        name = cpu_name() + f"-t{torch.get_num_threads()}"
     return f"{dev.type}-" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else what ``platform`` knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
