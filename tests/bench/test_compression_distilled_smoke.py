@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.bench.test_bench_smoke import _run_in_process
 
@@ -42,15 +41,9 @@ def test_compression_distilled_smoke_prunes_both_to_one_measured_latency_and_rec
 
     # the int8 layouts bench reads the finished cache: every model in fp32 and four int8 layouts, timed and evaluated
     # (in this process: no second interpreter start; the original only, the pruned models take the same path)
-    from bench.int8_formats import main as int8_formats
-
-    threads = torch.get_num_threads()
-    try:
-        q = int8_formats(["--smoke", "--cache", str(tmp_path / "c" / "cache"), "--out", str(tmp_path / "o"),
-                          "--models", "original"])
-    finally:
-        torch.set_num_threads(threads)
-    assert q == json.loads((tmp_path / "o" / "int8_formats.json").read_text())
+    _run_in_process("int8_formats.py", ["--smoke", "--cache", str(tmp_path / "c" / "cache"),
+                                        "--out", str(tmp_path / "o"), "--models", "original"])
+    q = json.loads((tmp_path / "o" / "int8_formats.json").read_text())
     assert {(x["model"], x["variant"]) for x in q["rows"]} == {
         ("original", v) for v in ("fp32", "qdq", "qdq-dwfloat", "qoperator", "qoperator-dwfloat")}
     for x in q["rows"]:
