@@ -41,6 +41,7 @@ from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 
 MAX_EXAMPLES = 50  # failed rows listed by name in a report (all are counted)
+FOLDER_SPLIT = "pool"  # a folder of images has no split column: its images are the pool to mine (assay embed's default)
 
 
 @dataclass
@@ -392,7 +393,8 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
         against the manifest's folder; ``split``, ``width``, ``height`` and other columns are kept), or a COCO
         JSON file (``file_name`` resolved against the JSON's folder, its ``images/`` sibling or their parent).
     split : str, optional
-        Split for every new row; overrides a manifest's ``split`` column.
+        Split for every new row; overrides a manifest's ``split`` column. A folder's images get
+        :data:`FOLDER_SPLIT` (``"pool"``, what ``assay embed`` reads by default) when it is None.
     check_headers : bool
         Read each image's header (size, format, truncation). Off: rows get ``status="unchecked"`` and the
         manifest's width/height, and URIs need not exist.
@@ -418,6 +420,7 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
     report = IngestReport(source=str(path), kind=kind)
     labels = LABEL_SCHEMA.empty_table()
     if kind == "folder":
+        split = FOLDER_SPLIT if split is None else split
         total, batches = _folder(path, batch_size)
         extras: list[str] = []
     elif kind == "coco":
@@ -439,4 +442,4 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
     return report
 
 
-__all__ = ["IngestReport", "ingest", "check_image", "detect_kind", "scheme_error"]
+__all__ = ["FOLDER_SPLIT", "IngestReport", "ingest", "check_image", "detect_kind", "scheme_error"]

@@ -38,7 +38,7 @@ from actors.core.errors import UserError
 from actors.core.images import decode_batch
 from actors.core.runtime import Resources, init_ray
 from actors.core.shards import Shard, ShardedDataset
-from actors.core.workspace import Workspace
+from actors.core.workspace import Workspace, WorkspaceError
 from actors.features.backbones import parse_spec
 from actors.features.codecs import CODECS, Codec, default_pq_m, save_codebook, train_pq
 from actors.features.encoder import (CELL_STRIDE, RegionEncoder, _backbone, _save_pca, fit_pca, load_region_encoder,
@@ -165,10 +165,25 @@ def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa
 
 
 def _catalog(ws: Workspace, splits: Iterable[str] | None) -> dict[str, str]:
+    if not ws.exists(IMAGES):
+        raise WorkspaceError(f"{ws.path(IMAGES)}: no catalog yet; add images first: assay ingest FOLDER -w {ws.uri}")
     cat = ws.read_table(IMAGES, columns=["image_id", "uri", "split", "status"]).to_pylist()
     wanted = None if splits is None else set(splits)
     return {r["image_id"]: r["uri"] for r in cat
             if r["status"] != "error" and (wanted is None or r["split"] in wanted)}
+
+
+def _nothing_to_embed(ws: Workspace, splits: Sequence[str] | None) -> str:
+    """The one-line message for a catalog with no embeddable image in ``splits``: what it holds and what to run."""
+    t = ws.read_table(IMAGES, columns=["split", "status"])
+    ok = t.filter(pc.not_equal(t["status"], "error"))
+    if ok.num_rows == 0:
+        return (f"{ws.path(IMAGES)}: no readable image to embed ({t.num_rows} rows, all status 'error': see "
+                f"`assay catalog -w {ws.uri}`); ingest readable images with `assay ingest FOLDER -w {ws.uri}`")
+    counts = pc.value_counts(pc.fill_null(ok["split"], "")).to_pylist()
+    held = ", ".join(f"{d['counts']} in split {d['values']!r}" for d in counts)
+    return (f"{ws.path(IMAGES)}: no readable image in split(s) {', '.join(map(repr, splits or ()))} to embed "
+            f"(the catalog has {held}); run `assay embed -w {ws.uri} --split SPLIT` (or --split all)")
 
 
 def _sample_cells(enc: RegionEncoder, uris: dict[str, str], what: str) -> np.ndarray:
@@ -177,7 +192,8 @@ def _sample_cells(enc: RegionEncoder, uris: dict[str, str], what: str) -> np.nda
     dec = decode_batch({"image_id": np.array(sample, object), "uri": np.array([uris[i] for i in sample], object)})
     fms = enc.encode_batch([im for im, e in zip(dec["image"], dec["error"]) if not e])
     if not fms:
-        raise UserError(f"cannot fit the {what}: none of the first 32 images is readable")
+        first = f" (first: {uris[sample[0]]}: {dec['error'][0]})" if sample else ""
+        raise UserError(f"cannot fit the {what}: none of the first {len(sample)} images decodes{first}")
     cells = np.concatenate([f.fmap.reshape(f.fmap.shape[0], -1).T for f in fms])  # N×C
     return cells[np.random.default_rng(0).permutation(len(cells))[:50000]]
 
@@ -258,7 +274,8 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
     Raises
     ------
     WorkspaceError
-        No catalog. ``UserError``: the store exists with other settings, or no weights.
+        No catalog. ``UserError``: no readable image in ``splits`` (the message says what the catalog holds and
+        what to run), the store exists with other settings, or no weights.
     RuntimeError
         Some shards never reported back from the Ray pipeline, even after one redo (nothing is dropped silently:
         those shards are not committed, so a re-run redoes or adopts them).
@@ -274,6 +291,8 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
     res = resources or Resources.auto()
     name = name or store_name(model)
     planned = _catalog(ws, splits)  # this run's splits: the new images to plan
+    if not planned:
+        raise UserError(_nothing_to_embed(ws, splits))
     uris = _catalog(ws, None)  # every embeddable image: a pending shard is always redone whole
     if backbone_cfg is None and model == DEFAULT_BACKBONE:
         backbone_cfg = DEFAULT_BACKBONE_CFG

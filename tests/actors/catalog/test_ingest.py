@@ -50,7 +50,7 @@ def test_folder_keeps_bad_files_as_error_rows(folder, workspace):
     assert any(f.endswith("truncated.jpg: truncated") for f in report.failures)
     rows = workspace.read_table(IMAGES).to_pylist()
     ok = next(r for r in rows if r["uri"].endswith("ok.png"))
-    assert (ok["width"], ok["height"], ok["split"]) == (12, 10, "")
+    assert (ok["width"], ok["height"], ok["split"]) == (12, 10, "pool")  # a folder is the pool unless told
     assert ok["image_id"] == image_id(normalize_uri(str(folder / "ok.png")))
     assert workspace.read_table(LABELS).num_rows == 0
 
