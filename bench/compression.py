@@ -42,11 +42,13 @@ def log(msg: str) -> None:
 
 def prepare(args: argparse.Namespace) -> tuple[object, str]:
     """The workspace with a trained detector checkpoint (built and trained on first use)."""
-    from actors.catalog.world import CATEGORIES, make_world
+    from actors.catalog.world import WorldConfig, make_world
     from actors.core.workspace import Workspace
     from actors.detection.data import FeatureCache, build_data, catalog_rows, labels_by_image
     from actors.detection.models import get_detector
     from actors.detection.train import TrainConfig, train_detector
+
+    CATEGORIES = WorldConfig().categories()  # the default world's (make_world below uses the default classes)
 
     if args.workspace:
         ws = Workspace(args.workspace)

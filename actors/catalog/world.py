@@ -47,15 +47,26 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from actors.catalog.emoji import EMOJI_CATEGORIES, EMOJI_SUPERCATEGORY, render_glyph
 from actors.core.errors import UserError
 
 BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "grass", "gravel",
                "brick", "camera", "cat", "immunohistochemistry", "coins", "moon", "stereo_motorcycle")
+EMOJI = tuple(EMOJI_CATEGORIES)
 DIGITS = tuple(f"digit_{d}" for d in range(10))
 SHAPES = ("circle", "triangle", "square", "star", "ring", "cross")
-CATEGORIES = DIGITS + ("face",) + SHAPES
-SUPERCATEGORY = {**{d: "digit" for d in DIGITS}, "face": "face", **{s: "shape" for s in SHAPES}}
+CATEGORIES = EMOJI + DIGITS + ("face",) + SHAPES  # every category the generator knows, in canonical order
+# family (what draws it) of each category; ``classes`` may name a category, a family or a supercategory
+FAMILY = {**dict.fromkeys(EMOJI, "emoji"), **dict.fromkeys(DIGITS, "digit"), "face": "face",
+          **dict.fromkeys(SHAPES, "shape")}
+SUPERCATEGORY = {**EMOJI_SUPERCATEGORY, **{d: "digit" for d in DIGITS}, "face": "face", **{s: "shape" for s in SHAPES}}
+# the default world: category-level objects recognisable at their size (measured: bench/selection_ceiling.py)
+DEFAULT_CLASSES = ("emoji",)
+# skewed class frequencies by default: a few common classes, most at weight 1, three rare ones (about 1 object in 60)
+DEFAULT_CLASS_WEIGHTS = (("car", 3.0), ("pedestrian", 3.0), ("sign", 2.0), ("aircraft", 0.3), ("boat", 0.3),
+                         ("book", 0.3))
 DEFAULT_SPLITS = (("train", 0.3), ("val", 0.1), ("pool", 0.5), ("queries", 0.1))
+DEFAULT_OBJECT_AREA = (0.0015, 0.04)  # log-uniform box area fraction: ~58% of objects under 1%, the rest 1-4%
 MAX_OVERLAP = 0.3  # a new object may cover at most this fraction of an earlier object's box (and vice versa)
 HELD_OUT_SPLIT = "queries"  # its digit glyphs and face crops are used in no other split
 QUERY_INSTANCE_EVERY = 5  # instance i of a class is a query instance iff i % QUERY_INSTANCE_EVERY == 0
@@ -67,9 +78,10 @@ class WorldConfig:
 
     ``size`` is ``(W, H)`` in pixels; ``object_area`` the range of an object's box area as a fraction of the image
     (log-uniform); ``clutter`` the range of distractors per image; ``occlusion`` the chance an object gets an
-    occluder; ``classes`` category or group names (``digit``, ``face``, ``shape``), ``None`` for all;
-    ``class_weights`` relative sampling weights of some categories (the rest weigh 1), e.g. ``(("star", 0.05),)``
-    makes ``star`` a rare class; ``None`` (uniform) leaves the output of earlier worlds unchanged.
+    occluder; ``classes`` category, family (``emoji``, ``digit``, ``face``, ``shape``) or supercategory names
+    (``vehicle``, ``animal`` …), ``None`` for :data:`DEFAULT_CLASSES`; ``class_weights`` relative sampling weights
+    of some categories (the rest weigh 1), e.g. ``(("star", 0.05),)`` makes ``star`` a rare class; ``None`` applies
+    :data:`DEFAULT_CLASS_WEIGHTS` to those of its categories in use, ``()`` draws uniformly.
     """
 
     seed: int = 0
@@ -77,7 +89,7 @@ class WorldConfig:
     size: tuple[int, int] = (512, 384)
     classes: tuple[str, ...] | None = None
     objects_per_image: tuple[int, int] = (1, 4)
-    object_area: tuple[float, float] = (0.0015, 0.012)
+    object_area: tuple[float, float] = DEFAULT_OBJECT_AREA
     clutter: tuple[int, int] = (2, 6)
     occlusion: float = 0.3
     splits: tuple[tuple[str, float], ...] = DEFAULT_SPLITS
@@ -92,13 +104,12 @@ class WorldConfig:
 
     def categories(self) -> tuple[str, ...]:
         """The category names in use, in canonical order (category id = position + 1)."""
-        if self.classes is None:
-            return CATEGORIES
         wanted = set()
-        for c in self.classes:
-            names = [n for n in CATEGORIES if n == c or SUPERCATEGORY[n] == c]
+        for c in DEFAULT_CLASSES if self.classes is None else self.classes:
+            names = [n for n in CATEGORIES if c in (n, FAMILY[n], SUPERCATEGORY[n])]
             if not names:
-                raise UserError(f"unknown class {c!r}; known: {', '.join(CATEGORIES)} or digit/face/shape")
+                groups = sorted(set(FAMILY.values()) | set(SUPERCATEGORY.values()))
+                raise UserError(f"unknown class {c!r}; known: {', '.join(CATEGORIES)} or {'/'.join(groups)}")
             wanted.update(names)
         return tuple(n for n in CATEGORIES if n in wanted)
 
@@ -126,10 +137,14 @@ class WorldConfig:
 
     def class_probs(self) -> np.ndarray | None:
         """Sampling probabilities of :meth:`categories` (None: uniform, the original draw)."""
-        if not self.class_weights:
+        cats = self.categories()
+        weights = self.class_weights
+        if weights is None:
+            weights = tuple((c, w) for c, w in DEFAULT_CLASS_WEIGHTS if c in cats)
+        if not weights:
             return None
-        wgt = dict(self.class_weights)
-        p = np.array([float(wgt.get(c, 1.0)) for c in self.categories()])
+        wgt = dict(weights)
+        p = np.array([float(wgt.get(c, 1.0)) for c in cats])
         return p / p.sum()
 
 
@@ -180,6 +195,9 @@ def _faces() -> np.ndarray:
 
 def _warm_assets() -> None:
     _backgrounds(), _digits(), _faces()
+    for name, codes in EMOJI_CATEGORIES.items():
+        for i in range(len(codes)):
+            render_glyph(name, i)
 
 
 # --------------------------------------------------------------------------- masks
@@ -240,11 +258,28 @@ def _instance(n: int, rng: np.random.Generator, held_out: bool) -> int:
     return int(ids[rng.integers(len(ids))])
 
 
+def _emoji_patch(name: str, area: float, rng: np.random.Generator,
+                 held_out: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """(alpha, rgb, instance) of one drawing of an emoji category: its own aspect ratio (±10 %), box area ``area``
+    px², mirrored half the time, rotated up to ±15°, per-channel gain 0.8–1.2 (lighting)."""
+    i = _instance(len(EMOJI_CATEGORIES[name]), rng, held_out)
+    alpha, rgb = render_glyph(name, i)
+    aspect = alpha.shape[1] / alpha.shape[0] * rng.uniform(0.9, 1.1)
+    w, h = max(4, round(math.sqrt(area * aspect))), max(4, round(math.sqrt(area / aspect)))
+    if rng.random() < 0.5:
+        alpha, rgb = alpha[:, ::-1], rgb[:, ::-1]
+    angle = float(rng.uniform(-15, 15))
+    a = _resize(alpha, w, h, angle).clip(0, 1)
+    gain = rng.uniform(0.8, 1.2, 3).astype(np.float32)
+    rgb = np.stack([_resize(rgb[..., k], w, h, angle) for k in range(3)], -1) * gain
+    return a, rgb.clip(0, 255), i
+
+
 def _object_patch(name: str, w: int, h: int, rng: np.random.Generator,
                   held_out: bool = False) -> tuple[np.ndarray, np.ndarray | None, int | None]:
     """(alpha, shade, instance) of one object; shade multiplies the colour (None: flat colour); instance is the
     digit glyph / face crop index (None for procedural shapes), drawn from the held-out query instances iff
-    ``held_out``."""
+    ``held_out``. Emoji categories are drawn by :func:`_emoji_patch`."""
     if name in SHAPES:
         return _shape_alpha(name, h, w, rng.uniform(0, 2 * np.pi)), None, None
     angle = float(rng.uniform(-25, 25))
@@ -344,10 +379,15 @@ def _place_object(img, rng, cfg, name, boxes,
     """Paint one object where it does not hide earlier ones; returns (tight box, mask area, instance) or None."""
     H, W = img.shape[:2]
     area = math.exp(rng.uniform(*np.log(cfg.object_area))) * W * H
-    aspect = rng.uniform(0.75, 1.33)
-    side = math.sqrt(area) / (0.75 if name in SHAPES else 0.9)
-    pw, ph = max(4, round(side * math.sqrt(aspect))), max(4, round(side / math.sqrt(aspect)))
-    alpha, shade, instance = _object_patch(name, min(pw, W - 2), min(ph, H - 2), rng, held_out)
+    if name in EMOJI_CATEGORIES:
+        alpha, rgb, instance = _emoji_patch(name, area, rng, held_out)
+        shade = None
+    else:
+        aspect = rng.uniform(0.75, 1.33)
+        side = math.sqrt(area) / (0.75 if name in SHAPES else 0.9)
+        pw, ph = max(4, round(side * math.sqrt(aspect))), max(4, round(side / math.sqrt(aspect)))
+        alpha, shade, instance = _object_patch(name, min(pw, W - 2), min(ph, H - 2), rng, held_out)
+        rgb = None
     ys, xs = np.nonzero(alpha > 0.5)
     h, w = alpha.shape
     if len(ys) == 0 or h > H or w > W:
@@ -359,8 +399,9 @@ def _place_object(img, rng, cfg, name, boxes,
             break
     else:
         return None
-    colour = _colour(rng, img[y : y + h, x : x + w].mean((0, 1)))
-    rgb = colour if shade is None else shade[..., None] * (0.5 * colour + 0.5 * 255)
+    if rgb is None:
+        colour = _colour(rng, img[y : y + h, x : x + w].mean((0, 1)))
+        rgb = colour if shade is None else shade[..., None] * (0.5 * colour + 0.5 * 255)
     _paste(img, alpha, rgb, x, y)
     return box, len(ys), instance
 
@@ -511,7 +552,7 @@ def _coco(cfg: WorldConfig, split: str, results: list[tuple], first_ann_id: int)
 
 def make_world(out_dir: str | os.PathLike, *, seed: int = 0, n_images: int = 2000,
                size: tuple[int, int] = (512, 384), classes: Sequence[str] | None = None,
-               objects_per_image: tuple[int, int] = (1, 4), object_area: tuple[float, float] = (0.0015, 0.012),
+               objects_per_image: tuple[int, int] = (1, 4), object_area: tuple[float, float] = DEFAULT_OBJECT_AREA,
                clutter: tuple[int, int] = (2, 6), occlusion: float = 0.3,
                splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS, image_format: str = "jpg",
                workers: int = 0, workspace: Any = None, progress: bool = False,
@@ -534,7 +575,7 @@ def make_world(out_dir: str | os.PathLike, *, seed: int = 0, n_images: int = 200
                       classes=None if classes is None else tuple(classes), object_area=tuple(object_area),
                       clutter=tuple(clutter), occlusion=occlusion, splits=tuple(tuple(s) for s in splits),
                       image_format=image_format, workers=workers,
-                      class_weights=None if not class_weights else tuple((c, float(w)) for c, w in class_weights))
+                      class_weights=None if class_weights is None else tuple((c, float(w)) for c, w in class_weights))
     return generate_world(out_dir, cfg.validate(), workspace=workspace, progress=progress)
 
 
@@ -580,5 +621,6 @@ def generate_world(out_dir: str | os.PathLike, cfg: WorldConfig, *, workspace: A
 
 
 __all__ = ["WorldConfig", "WorldSummary", "make_world", "generate_world", "render_image", "encode_image",
-           "CATEGORIES", "SHAPES", "DIGITS", "BACKGROUNDS", "DEFAULT_SPLITS",
+           "CATEGORIES", "SHAPES", "DIGITS", "EMOJI", "FAMILY", "DEFAULT_CLASSES", "DEFAULT_CLASS_WEIGHTS",
+           "DEFAULT_OBJECT_AREA", "BACKGROUNDS", "DEFAULT_SPLITS",
            "HELD_OUT_SPLIT", "QUERY_INSTANCE_EVERY"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from actors.core.errors import UserError
-from actors.catalog.world import CATEGORIES, WorldConfig, make_world, render_image
+from actors.catalog.world import DEFAULT_CLASSES, WorldConfig, make_world, render_image
 
 TINY = dict(n_images=20, size=(128, 96), workers=1, object_area=(0.004, 0.02))
 
@@ -53,8 +53,9 @@ def test_layout_and_coco_boxes_are_valid(tiny_world):
     for split, n in tiny_world.images_per_split.items():
         coco = json.loads((out / "annotations" / f"{split}.json").read_text())
         assert len(coco["images"]) == n
-        assert {c["name"] for c in coco["categories"]} == set(CATEGORIES)
-        assert {c["supercategory"] for c in coco["categories"]} == {"digit", "face", "shape"}
+        assert [c["name"] for c in coco["categories"]] == list(WorldConfig().categories())
+        assert {c["supercategory"] for c in coco["categories"]} == {"vehicle", "animal", "plant", "person",
+                                                                    "street", "object"}
         for im in coco["images"]:
             assert im["file_name"] == f"images/{split}/{Path(im['file_name']).name}"
             assert Image.open(out / im["file_name"]).size == (128, 96)
@@ -67,11 +68,25 @@ def test_layout_and_coco_boxes_are_valid(tiny_world):
             assert per_image == {im["id"] for im in coco["images"]}
 
 
-def test_most_objects_cover_under_one_percent():
+def test_default_world_spreads_sizes_over_both_bins_and_skews_classes():
     cfg = WorldConfig()  # shipped defaults, 512x384
-    areas = [o["bbox"][2] * o["bbox"][3] / (512 * 384) for i in range(40) for o in render_image(cfg, i)[1]]
-    assert len(areas) > 40
-    assert np.mean(np.array(areas) < 0.01) > 0.8
+    objs = [o for i in range(80) for o in render_image(cfg, i)[1]]
+    areas = np.array([o["bbox"][2] * o["bbox"][3] / (512 * 384) for o in objs])
+    assert len(areas) > 100
+    assert 0.4 < np.mean(areas < 0.01) < 0.8  # a < 1% bin and a 1-4% bin, both well filled
+    assert areas.max() < 0.06
+    probs = dict(zip(cfg.categories(), cfg.class_probs()))
+    assert probs["car"] > 5 * probs["boat"]  # common and rare classes by default
+
+
+def test_default_classes_are_category_level_drawings():
+    from actors.catalog.emoji import EMOJI_CATEGORIES
+
+    assert DEFAULT_CLASSES == ("emoji",) and WorldConfig().categories() == tuple(EMOJI_CATEGORIES)
+    # every category has several distinct drawings, at least one held out for queries and three for the rest
+    assert all(len(codes) >= 4 for codes in EMOJI_CATEGORIES.values())
+    img, objs = render_image(WorldConfig(seed=2), 1, min_objects=2)
+    assert img.shape == (384, 512, 3) and len(objs) >= 2
 
 
 def test_classes_subset_and_bad_config(tmp_path):
@@ -103,7 +118,7 @@ def test_catalog_holds_every_image_and_box(tiny_world):
 def test_query_instances_are_held_out_of_every_other_split(tiny_world):
     from actors.catalog.world import QUERY_INSTANCE_EVERY, encode_image
 
-    cfg = WorldConfig(seed=3, size=(128, 96), classes=("digit", "face"), object_area=(0.004, 0.02))
+    cfg = WorldConfig(seed=3, size=(128, 96), classes=("digit", "face", "vehicle"), object_area=(0.004, 0.02))
     seen = {True: set(), False: set()}
     for i in range(60):
         for held_out in (True, False):
