@@ -2,9 +2,11 @@
 
 One code path for laptop and cluster (DESIGN.md, Execution):
 
-* ``init_ray()`` connects to ``RAY_ADDRESS`` when it is set, else starts a local instance bound to 127.0.0.1 with
-  the dashboard off unless asked. A local instance runs with ``RAY_AUTH_MODE=token`` (a token is created when none
-  exists); joining a cluster uses the cluster's token (``RAY_AUTH_TOKEN`` or the token file) and never creates one.
+* ``init_ray()`` connects to ``RAY_ADDRESS`` when it is set, else starts a local instance on loopback only (node
+  address 127.0.0.1; its gRPC servers, metrics exporters and agents listen on 127.0.0.1, see :func:`loopback_only`)
+  with the dashboard off unless asked. A local instance runs with ``RAY_AUTH_MODE=token`` (a token is created when
+  none exists); joining a cluster uses the cluster's token (``RAY_AUTH_TOKEN`` or the token file) and never creates
+  one.
   Ray's own log lines stay out of the terminal unless ``assay --verbose`` (``ASSAY_VERBOSE=1``).
 * ``device()`` is ``cuda`` when torch sees a GPU, else ``cpu``; ``ASSAY_DEVICE`` overrides it.
 * ``Resources`` carries the per-actor asks (``num_gpus``, ``num_cpus``, pool size, batch size) from config or the
@@ -13,6 +15,7 @@ One code path for laptop and cluster (DESIGN.md, Execution):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,7 +23,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from actors.core.errors import UserError
 
@@ -155,8 +158,9 @@ def auth_token_available() -> bool:
 def ensure_auth_token() -> None:
     """Make sure a token exists for a *local* Ray instance that this process starts (never for a cluster it joins).
 
-    Ray's gRPC servers listen on every interface even for a "local" instance, so token auth stays on; a new
-    random token (mode 0600) is written to :func:`auth_token_path` when none is configured. A cluster joined through
+    A local instance listens on loopback only (:func:`loopback_only`), and token auth stays on all the same: every
+    user and process of this machine reaches loopback. A new random token (mode 0600) is written to
+    :func:`auth_token_path` when none is configured. A cluster joined through
     ``RAY_ADDRESS`` has its own token, which a fresh random one could never match: see :func:`init_ray`.
     """
     if auth_token_available():
@@ -188,6 +192,35 @@ def _refresh_ray_config() -> None:
         Config.initialize("")
     except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
         pass
+
+
+# Ray's switch for its single-machine mode (on by default only on macOS/Windows): node address 127.0.0.1 stays
+# 127.0.0.1 instead of being replaced by this machine's network address.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local Ray instance starts in this process: keep it on loopback.
+
+    Ray replaces a node address of 127.0.0.1 by this machine's network address unless it runs in its
+    single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); with the network address its gRPC servers
+    (GCS, raylet, workers) listen on ``*`` and its Prometheus exporters on 0.0.0.0. With the node on 127.0.0.1,
+    Ray binds all of them to 127.0.0.1. Ray reads that variable once, at import, so the constant it was read into is
+    set for the start and restored after (private: no public equivalent); the processes Ray starts get the node
+    address on their command lines and need nothing else.
+    """
+    try:
+        from ray._private import ray_constants  # private: no public equivalent
+    except ImportError:  # pragma: no cover - other Ray versions
+        yield
+        return
+    old = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
 
 
 def verbose_requested() -> bool:
@@ -235,7 +268,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
     Parameters
     ----------
     address : str, optional
-        Cluster address; default ``$RAY_ADDRESS``, else a new local instance on 127.0.0.1.
+        Cluster address; default ``$RAY_ADDRESS``, else a new local instance listening on 127.0.0.1 only.
     num_cpus : int, optional
         CPUs for a new local instance (default: all).
     dashboard : bool
@@ -266,17 +299,18 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
     if not verbose:
         quiet_native_logs()
     logging.getLogger("ray").setLevel(logging.INFO if verbose else logging.ERROR)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        _node_ip_address="127.0.0.1",  # private, but the only way to keep a local instance on loopback
-        dashboard_host="127.0.0.1",
-        object_store_memory=object_store_memory,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        log_to_driver=verbose,
-        configure_logging=True,
-    )
+    with loopback_only():
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            _node_ip_address="127.0.0.1",  # private, but the only way to name the node's address
+            dashboard_host="127.0.0.1",
+            object_store_memory=object_store_memory,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+            log_to_driver=verbose,
+            configure_logging=True,
+        )
     try:  # quieter progress output for CLI use; Ray Data's own bars are replaced by ours
         from ray.data import DataContext
 

@@ -1,11 +1,14 @@
 """``assay cluster up|down|status``: a local Ray head for development, and the Jobs-API client every submit uses.
 
 The local head (:func:`cluster_up`) is ``ray start --head --block`` run in this project's environment (so job
-entrypoints find the project's Python), every port bound on 127.0.0.1 and chosen free, the dashboard on 127.0.0.1
-(the Jobs API lives there), and Ray token authentication on: Ray's gRPC ports listen on every interface even with the
-node address on 127.0.0.1, so the token is what keeps them closed. Its state (addresses, pid, interpreter, token
-path) is ``$ASSAY_CLUSTER_DIR/cluster.json`` (default ``~/.assay/cluster``); the token is the cluster's own
-(``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` when given, else a new one in the state folder, mode 0600).
+entrypoints find the project's Python), in Ray's single-machine mode so that the node address stays 127.0.0.1 and
+every port (GCS, raylet, agents, metrics exporters, dashboard with the Jobs API) listens on 127.0.0.1 only, each
+chosen free; Ray token authentication stays on (every local user reaches loopback). Its state (addresses, pid and
+start time, interpreter, token path) is ``$ASSAY_CLUSTER_DIR/cluster.json`` (default ``~/.assay/cluster``); the
+token is the cluster's own (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` when given, else a new one in the state
+folder, mode 0600). A pid in that file is trusted only while the process with that pid is still that head (same
+start time, a ``ray start --head`` command line with the head's temp dir): a stale file never gets another process
+signalled.
 
 :func:`job_client` finds a cluster in this order: ``--address``, ``RAY_ADDRESS``, the local head's state. It turns
 token auth on unless that cluster was started with ``--no-auth``, and uses the cluster's token (``RAY_AUTH_TOKEN``,
@@ -30,6 +33,7 @@ from typing import Annotated, Any, Optional, Sequence
 import typer
 
 from actors.core.errors import UserError
+from actors.core.runtime import SINGLE_MACHINE_ENV
 from apps.cli.options import JsonOpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,12 +51,57 @@ def state_dir() -> Path:
 
 
 def local_cluster() -> dict | None:
-    """The local head's state when its ``ray start`` process is alive, else None."""
+    """The local head's state when its ``ray start`` process is alive and still that head, else None."""
+    st = _read_state()
+    return st if st and head_mismatch(st) is None else None
+
+
+def _read_state() -> dict | None:
     f = state_dir() / "cluster.json"
     if not f.exists():
         return None
-    st = json.loads(f.read_text())
-    return st if _alive(st["pid"]) else None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{f}: not a readable head state ({e}); delete it if no head runs") from None
+
+
+def head_mismatch(st: dict) -> str | None:
+    """None when pid ``st["pid"]`` is the head that ``st`` describes; else why not (gone, or another process now:
+    a different start time, or a command line that is not this head's ``ray start --head``)."""
+    pid = st["pid"]
+    if not _alive(pid):
+        return f"pid {pid} is not running"
+    started = _start_time(pid)
+    if st.get("start_time") is not None and started is not None and started != st["start_time"]:
+        return f"pid {pid} is another process (started at {started} ticks, the head at {st['start_time']})"
+    cmd = _cmdline(pid)
+    if cmd is not None and not _is_head_command(cmd, st):
+        return f"pid {pid} is another process ({' '.join(cmd)[:120]!r})"
+    return None
+
+
+def _is_head_command(cmd: list[str], st: dict) -> bool:
+    """``cmd`` is ``… ray start --head … --temp-dir=<this head's temp dir>``."""
+    has_ray = any(Path(a).name == "ray" for a in cmd[:2])
+    return has_ray and "start" in cmd and "--head" in cmd and f"--temp-dir={st.get('temp_dir')}" in cmd
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The arguments of ``pid`` (None where the OS does not say)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").rstrip("\0").split("\0")
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (field 22 of ``/proc/<pid>/stat``); None where unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -129,12 +178,13 @@ def _start_head(folder: Path, token: str | None, auth: bool, num_cpus: int | Non
     cmd += [f"--num-gpus={num_gpus}"] if num_gpus is not None else []
     env = dict(os.environ, RAY_AUTH_MODE="token" if auth else "disabled",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env[SINGLE_MACHINE_ENV] = "0"  # node address 127.0.0.1 kept (not replaced by the network address): loopback only
     if token:
         env["RAY_AUTH_TOKEN_PATH"] = token
     log = open(folder / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=str(REPO))
-    st = {"pid": proc.pid, "address": f"127.0.0.1:{ports['port']}", "dashboard": f"http://127.0.0.1:"
+    st = {"pid": proc.pid, "start_time": _start_time(proc.pid), "address": f"127.0.0.1:{ports['port']}", "dashboard": f"http://127.0.0.1:"
           f"{ports['dashboard-port']}", "python": sys.executable, "auth": auth, "token_path": token,
           "temp_dir": str(temp), "log": str(folder / "head.log"), "started_at": time.time()}
     _atomic_json(folder / "cluster.json", st)
@@ -161,21 +211,20 @@ def _wait_ready(proc: subprocess.Popen, st: dict, timeout_s: float) -> str | Non
 
 def cluster_down(timeout_s: float = 60.0) -> dict:
     """Stop the local head: SIGTERM to its ``ray start`` process (which stops what it started), then SIGKILL to its
-    process group (only the processes this head started) if anything is left after ``timeout_s``."""
+    process group (only the processes this head started) if anything is left after ``timeout_s``.
+
+    The pid comes from a file, so it is checked first (:func:`head_mismatch`): when that process is no longer this
+    head (it died, and the pid may now be someone else's), nothing is signalled and only the stale file is removed.
+    """
     f = state_dir() / "cluster.json"
-    if not f.exists():
+    st = _read_state()
+    if st is None:
         return {"stopped": False, "reason": "no local head"}
-    st = json.loads(f.read_text())
     pid = st["pid"]
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        t0 = time.monotonic()
-        while _alive(pid) and time.monotonic() - t0 < timeout_s:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.3)
+    if why := head_mismatch(st):
+        f.unlink()
+        return {"stopped": False, "pid": pid, "reason": f"no local head: {why}; removed the stale {f}"}
+    _terminate(pid, timeout_s)
     try:
         os.killpg(pid, signal.SIGKILL)  # leftovers of this head's session only (start_new_session: pgid == pid)
     except ProcessLookupError:
@@ -184,6 +233,18 @@ def cluster_down(timeout_s: float = 60.0) -> dict:
         shutil.rmtree(st["temp_dir"], ignore_errors=True)  # this head's own session logs and sockets
     f.unlink()
     return {"stopped": True, "pid": pid}
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    """SIGTERM to ``pid``, then wait (reaping it when it is our child) until it is gone or ``timeout_s`` passed."""
+    os.kill(pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    while _alive(pid) and time.monotonic() - t0 < timeout_s:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.3)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -307,17 +368,40 @@ def down_cmd(as_json: JsonOpt = False) -> None:
 
 @cluster_app.command("status")
 def status_cmd(as_json: JsonOpt = False) -> None:
-    """Say whether the local head runs, where, and how many jobs it has seen."""
+    """Say where the local head runs and how many jobs it has seen; exit 2 with one line when none answers."""
     from apps.cli.output import console, emit
 
-    st = local_cluster()
-    out: dict[str, Any] = {"running": st is not None, **(st or {})}
-    if st:
-        client, _ = job_client(st["dashboard"])
-        out["jobs"] = len(client.list_jobs())
-    emit(out, as_json, lambda r: console.print(
+    emit(cluster_status(), as_json, lambda r: console.print(
         f"local head: {r['address']} (dashboard {r['dashboard']}, auth {'token' if r['auth'] else 'OFF'}), "
-        f"{r['jobs']} jobs" if r["running"] else "no local head", markup=False))
+        f"{r['jobs']} jobs", markup=False))
+
+
+def cluster_status() -> dict:
+    """The running local head's state and its number of jobs.
+
+    Raises
+    ------
+    UserError
+        No local head (no state, or a stale one naming a process that is no longer the head), or a head whose Jobs
+        API does not answer; the message says which and what to do.
+    """
+    st = _read_state()
+    if st is None:
+        raise UserError(f"no local head ({state_dir() / 'cluster.json'} does not exist): start one with "
+                        "`assay cluster up`")
+    if why := head_mismatch(st):
+        raise UserError(f"no local head: {why} (stale {state_dir() / 'cluster.json'}); `assay cluster down` "
+                        "removes it, `assay cluster up` starts a head")
+    try:
+        client, _ = job_client(st["dashboard"])
+        jobs = client.list_jobs()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - requests/Ray raise several types for a head that does not answer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"the local head (pid {st['pid']}) does not answer at {st['dashboard']}: {first}; "
+                        "`assay cluster down` then `assay cluster up`") from None
+    return {"running": True, **st, "jobs": len(jobs)}
 
 
 def register(app: typer.Typer) -> None:

@@ -167,18 +167,23 @@ def test_the_client_finds_a_cluster_and_never_invents_a_token(no_cluster, tmp_pa
 
 
 def test_entrypoints_name_the_interpreter_of_the_cluster(no_cluster, tmp_path):
-    import os
-
     ep = no_cluster.entrypoint(["mine", "--image", "a b.png"], "/opt/py/bin/python")
     assert ep == "/opt/py/bin/python -m apps.jobs mine --image 'a b.png'"
     assert no_cluster.entrypoint(["index"]) == "python -m apps.jobs index"  # no local head: the image's python
-    (tmp_path / "cluster").mkdir()
-    (tmp_path / "cluster" / "cluster.json").write_text(json.dumps({
-        "pid": os.getpid(), "python": "/venv/bin/python", "dashboard": "http://127.0.0.1:1",
-        "address": "127.0.0.1:2", "auth": True, "token_path": None}))
-    assert no_cluster.entrypoint(["index"]) == "/venv/bin/python -m apps.jobs index"
-    assert no_cluster.resolve_address(None)[0] == "http://127.0.0.1:1"
-    assert no_cluster.resolve_address("127.0.0.1:2")[0] == "http://127.0.0.1:1"
-    assert no_cluster.resolve_address("http://10.0.0.5:8265") == ("http://10.0.0.5:8265", None)
+    from tests.procs import fake_head
+
+    head, temp = fake_head(tmp_path)  # the local head's pid must be a `ray start --head` with its temp dir
+    try:
+        (tmp_path / "cluster").mkdir()
+        (tmp_path / "cluster" / "cluster.json").write_text(json.dumps({
+            "pid": head.pid, "python": "/venv/bin/python", "dashboard": "http://127.0.0.1:1",
+            "address": "127.0.0.1:2", "auth": True, "token_path": None, "temp_dir": temp}))
+        assert no_cluster.entrypoint(["index"]) == "/venv/bin/python -m apps.jobs index"
+        assert no_cluster.resolve_address(None)[0] == "http://127.0.0.1:1"
+        assert no_cluster.resolve_address("127.0.0.1:2")[0] == "http://127.0.0.1:1"
+        assert no_cluster.resolve_address("http://10.0.0.5:8265") == ("http://10.0.0.5:8265", None)
+    finally:
+        head.kill()
+        head.wait()
     env = no_cluster.runtime_env()
     assert env["working_dir"] == str(ROOT) and ".venv/" in env["excludes"]

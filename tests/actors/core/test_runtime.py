@@ -100,10 +100,12 @@ def test_a_local_instance_gets_a_private_token_when_none_exists(fake_ray, monkey
 
 
 def test_no_private_ray_api_where_a_public_one_exists():
-    # ray._raylet.Config.initialize (re-read RAY_AUTH_MODE after import) has no public equivalent
+    # ray._raylet.Config.initialize (re-read RAY_AUTH_MODE after import) and ray._private.ray_constants (Ray's
+    # single-machine mode, which keeps a local instance on loopback: runtime.loopback_only) have no public equivalent
     for path in [*(ROOT / "actors").rglob("*.py"), *(ROOT / "apps" / "cli").rglob("*.py")]:
         for line in path.read_text().splitlines():
-            if "ray._private" in line or ("ray._raylet" in line and "import Config" not in line):
+            if (("ray._private" in line and "import ray_constants" not in line)
+                    or ("ray._raylet" in line and "import Config" not in line)):
                 pytest.fail(f"{path.relative_to(ROOT)}: {line.strip()}")
 
 
@@ -131,3 +133,54 @@ def test_ray_core_worker_error_lines_stay_out_of_the_terminal(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1000000"
     assert "core_worker.cc" not in out.stderr and "max_restarts" not in out.stderr, out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ loopback only
+LOCAL_INSTANCE = textwrap.dedent("""
+    import json, os, sys, ray
+    from actors.core.runtime import init_ray
+    init_ray(num_cpus=1, object_store_memory=80 * 2**20)
+
+    @ray.remote
+    def one():
+        return 1
+
+    assert ray.get(one.remote()) == 1  # a worker runs (and listens) too
+    node = ray.nodes()[0]
+    print(json.dumps({"node_ip": node["NodeManagerAddress"], "metrics_port": node["MetricsExportPort"],
+                      "auth_mode": os.environ["RAY_AUTH_MODE"]}), flush=True)
+    sys.stdin.read()  # until the test has looked at the sockets
+    ray.shutdown()
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_a_local_instance_listens_on_loopback_only_metrics_exporter_included(tmp_path):
+    import json
+    import os
+    import time
+
+    from tests.procs import beyond_loopback, descendants, listening
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}
+    for k in ("RAY_ADDRESS", "ASSAY_VERBOSE", "RAY_AUTH_MODE"):
+        env.pop(k, None)
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_INSTANCE], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-3000:] if proc.poll() is not None else "no output"
+        info = json.loads(line)
+        ours = descendants(proc.pid)
+        deadline = time.monotonic() + 60
+        while info["metrics_port"] not in {p for _, _, p in listening(ours)} and time.monotonic() < deadline:
+            time.sleep(0.5)  # the agent's Prometheus exporter comes up a moment after init
+            ours = descendants(proc.pid)
+        ports = listening(ours)
+        assert info["node_ip"] == "127.0.0.1" and info["auth_mode"] == "token"  # token auth stays on
+        assert info["metrics_port"] in {p for _, _, p in ports}, ports
+        assert len(ports) >= 4, ports  # GCS, raylet, driver, worker, agents: all of them seen
+        assert beyond_loopback(ours) == []
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
