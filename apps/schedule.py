@@ -22,9 +22,11 @@ Contract
   marked ``interrupted`` and the same window runs again as the next attempt. Steps are resumable (finished embed
   shards are skipped, the index only adds new images), so a retried window does no work twice.
 * **At most one run of a pipeline at a time**: a lease file ``pipelines/<name>/lease.json`` (owner, expiry) is held
-  and renewed while a tick works; another scheduler finding a live lease does nothing that tick (``busy``). On a
-  local workspace the check-and-set is under ``flock``; on object storage it is write-then-read-back (best effort:
-  pyarrow.fs has no conditional put).
+  and renewed while a tick works; another scheduler finding a live lease does nothing that tick (``busy``). A renewal
+  is compare-and-renew: only while the file still names this owner; a lease another owner took over (after it
+  expired) is never written over, the renewals stop and the tick reports ``lease_lost``. On a local workspace the
+  check-and-set is under ``flock``; on object storage it is read-then-write (best effort: pyarrow.fs has no
+  conditional put).
 * Every time comes from the injected ``clock`` (UTC), so tests drive the scheduler through hours in milliseconds.
 """
 
@@ -175,6 +177,7 @@ class Lease:
     def __init__(self, ws: Workspace, p: Pipeline, owner: str, clock: Clock) -> None:
         self.ws, self.rel, self.owner, self.clock, self.ttl = ws, f"pipelines/{p.name}/lease.json", owner, clock, p.lease_s
         self._stop = threading.Event()
+        self.lost = threading.Event()  # set when a renewal found the lease held by another owner
         self._thread: threading.Thread | None = None
 
     def holder(self) -> dict | None:
@@ -207,13 +210,37 @@ class Lease:
             if (self.holder() or {}).get("owner") == self.owner:
                 self.ws.delete(self.rel)
 
+    def renew(self) -> bool:
+        """Extend the lease by its ttl if this owner still holds it (compare-and-renew under the lock).
+
+        Returns False, writing nothing and setting :attr:`lost`, when the file names another owner or is gone: the
+        lease expired and was taken over (or released) meanwhile. A lease of this owner that expired unclaimed is
+        extended: under the lock nobody else can have started a run.
+        """
+        with self._mutex():
+            if self._file_owner() != self.owner:
+                self.lost.set()
+                return False
+            self._write()
+            return True
+
+    def _file_owner(self) -> str | None:
+        """The owner named in the lease file, expired or not (None without a readable file)."""
+        if not self.ws.exists(self.rel):
+            return None
+        try:
+            return self.ws.read_json(self.rel).get("owner")
+        except UserError:
+            return None
+
     def _write(self) -> None:
         self.ws.write_json(self.rel, {"owner": self.owner, "expires_at": (self.clock() + timedelta(
             seconds=self.ttl)).isoformat(), "host": socket.gethostname(), "pid": os.getpid()})
 
     def _renew(self) -> None:
         while not self._stop.wait(max(1.0, self.ttl / 3)):
-            self._write()
+            if not self.renew():
+                return
 
     def _mutex(self):
         import contextlib
@@ -340,6 +367,7 @@ class Tick:
     ran: list = field(default_factory=list)  # ledger rows of runs finished this tick
     skipped: list = field(default_factory=list)  # windows recorded as skipped
     recovered: list = field(default_factory=list)  # rows settled from a crashed scheduler
+    lease_lost: bool = False  # another owner took the lease over while this tick worked
 
 
 class Scheduler:
@@ -367,9 +395,11 @@ class Scheduler:
         if not lease.acquire():
             return Tick(busy=True)
         try:
-            return self._tick()
+            out = self._tick()
         finally:
             lease.release()
+        out.lease_lost = lease.lost.is_set()
+        return out
 
     def _tick(self) -> Tick:
         out = Tick()

@@ -160,6 +160,27 @@ def test_two_overlapping_triggers_run_the_pipeline_once(tmp_path):
     assert not Path(tmp_path / "ws" / "pipelines" / "tiny" / "lease.json").exists()
 
 
+def test_a_lease_another_owner_took_over_is_never_renewed_over_it(tmp_path):
+    import time
+
+    from apps.schedule import Lease
+
+    p = load_pipeline(spec(tmp_path))
+    p.lease_s = 3.0  # renewed every second
+    clock, ws = Clock(at(10)), Workspace(p.workspace)
+    a = Lease(ws, p, "a", clock)
+    assert a.acquire()
+    clock.now = at(10, 1)  # a's scheduler stalled past its lease: another one (on another host) took it over
+    ws.write_json(f"pipelines/{p.name}/lease.json", {"owner": "b", "expires_at": at(11).isoformat()})
+    try:
+        time.sleep(2.5)  # a's renewer wakes at least twice
+        assert a.holder()["owner"] == "b", "a renewed a lease that b holds"
+        assert a.lost.is_set() and not a.renew()
+    finally:
+        a.release()
+    assert a.holder()["owner"] == "b"  # a's release leaves b's lease alone
+
+
 def test_bad_specs_name_the_file_and_field(tmp_path):
     with pytest.raises(UserError, match="p.toml: field 'cron'"):
         load_pipeline(spec(tmp_path, cron="every hour"))
