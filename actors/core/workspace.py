@@ -87,7 +87,18 @@ class Workspace:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def makedirs(self, rel: str) -> None:
-        self.fs.create_dir(self.path(rel), recursive=True)
+        self._create_dir(self.path(rel))
+
+    def _create_dir(self, path: str) -> None:
+        """``create_dir(path, recursive=True)``; a file in the way (``-w`` given a file) is a ``WorkspaceError``
+        naming that file, not a ``NotADirectoryError`` traceback."""
+        try:
+            self.fs.create_dir(path, recursive=True)
+        except (NotADirectoryError, FileExistsError) as e:
+            blocker = next((p for p in (path, *map(str, Path(path).parents))
+                            if self.fs.get_file_info(p).type == pafs.FileType.File), path)
+            raise WorkspaceError(f"{blocker}: is a file, not a folder; the workspace {self.uri} must be a folder "
+                                 f"(or a path that does not exist yet)") from e
 
     def listdir(self, rel: str, suffix: str = "") -> list[str]:
         """Sorted names (not paths) of the files directly in ``rel``; [] when it does not exist."""
@@ -106,7 +117,7 @@ class Workspace:
     def _atomic(self, rel: str, write) -> str:
         target = self.path(rel)
         parent = posixpath.dirname(target)
-        self.fs.create_dir(parent, recursive=True)
+        self._create_dir(parent)
         tmp = posixpath.join(parent, f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:12]}")
         try:
             write(tmp)

@@ -49,7 +49,8 @@ def ingest(
     source: Annotated[Optional[str], typer.Argument(help="Folder of images, Parquet/CSV manifest with a 'uri' "
                                                          "column, or COCO JSON.")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
-    split: Annotated[Optional[str], typer.Option("--split", help="Split for every new image.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split for every new image (default: a "
+                                                 "manifest's split column; a folder's images: pool).")] = None,
     check_headers: Annotated[bool, typer.Option("--check-headers/--no-check-headers",
                                                 help="Read each image header (size, truncation).")] = True,
     recheck: Annotated[bool, typer.Option("--recheck", help="Re-read the headers of the catalog's error rows "
@@ -67,12 +68,17 @@ def ingest(
         out["ingest"] = asdict(run(source, workspace, split=split, check_headers=check_headers))
     if recheck:
         out["recheck"] = asdict(recheck_errors(workspace))
-    emit(out if len(out) > 1 else next(iter(out.values())), as_json, lambda _: _render_both(out))
+    emit(out if len(out) > 1 else next(iter(out.values())), as_json, lambda _: _render_both(out, workspace, split))
 
 
-def _render_both(out: dict[str, Any]) -> None:
+def _render_both(out: dict[str, Any], workspace: str, split: str | None) -> None:
+    from actors.core.workspace import Workspace
+    from apps.cli.steps import next_after
+
     if "ingest" in out:
         _render_ingest(out["ingest"])
+        if out["ingest"]["added"] + out["ingest"]["already_present"] > out["ingest"]["errors"]:
+            console.print(next_after("ingest", Workspace(workspace), split=split))
     if "recheck" in out:
         r = out["recheck"]
         console.print(table("recheck of the catalog's error rows", ["", "rows"],

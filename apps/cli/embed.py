@@ -90,9 +90,11 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
               local: Annotated[bool, typer.Option("--local", help="Run in-process, without Ray.")] = False,
               as_json: JsonOpt = False) -> None:
     """Embed catalog images into features/<name>/ (region grids; resumable, Ray Data actor pool)."""
-    from actors.features.embed import embed_pool
     from actors.core.runtime import Resources
+    from actors.core.workspace import Workspace
+    from actors.features.embed import embed_pool
     from apps.cli.output import console, emit, fmt, table
+    from apps.cli.steps import next_after
 
     splits = None if split and "all" in split else tuple(split or ("pool",))
     res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
@@ -101,12 +103,13 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                             backbone_cfg={k: v for k, v in (("layer", layer), ("stride", stride)) if v} or None,
                             local=local,
                             codec=codec, pq_m=pq_m, pool=pool))
-    emit(rep, as_json, lambda r: console.print(table(
+    emit(rep, as_json, lambda r: (console.print(table(
         f"features/{r['model']} ({r['mode']}, {r['codec']})", ["images", "embedded", "errors", "shards new/done", "dim",
                                                  "cell px", "KiB/image", "images/s (steady)"],
         [(r["n_images"], r["n_embedded"], r["n_errors"], f"{r['shards_written']}/{r['shards_skipped']}", r["dim"],
           r["cell_stride"], r["bytes_per_image"] / 1024,
-          f"{fmt(r['images_per_s'])} ({fmt(r['steady_images_per_s'])})")])))
+          f"{fmt(r['images_per_s'])} ({fmt(r['steady_images_per_s'])})")])),
+        console.print(next_after("embed", Workspace(workspace), r["model"]))))
 
 
 def register(app: typer.Typer) -> None:

@@ -64,6 +64,7 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
           = None,
           seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Retrain a detector in rounds: score the pool, label the most informative images, retrain, measure mAP."""
+    _check_counts(rounds=rounds, budget=budget, epochs=epochs, max_pool=max_pool)
     from actors.active.rounds import LearnConfig, run_learning
     from actors.core.workspace import Workspace
     from actors.detection.train import TrainConfig
@@ -94,6 +95,19 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
                             [(i, n, f"{a:.1f}", f"{b:.1f}", f"{s:.0f}") for i, (n, a, b, s)
                              in enumerate(zip(r.n_labeled, r.map50, r.map, r.seconds))])),
         console.print(f"curve: {r.curve_path}  (assay estimate {r.curve_path} --target …)")))
+
+
+# the least each count may be: rounds 0 trains the initial model only; a round labels and retrains on >= 1 image
+MIN_COUNTS = {"rounds": 0, "budget": 1, "epochs": 1, "max_pool": 1}
+
+
+def _check_counts(**counts: int | None) -> None:
+    """A one-line ``UserError`` naming the first option below its least value (see ``MIN_COUNTS``)."""
+    from actors.core.errors import UserError
+
+    for name, value in counts.items():
+        if value is not None and value < MIN_COUNTS[name]:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {MIN_COUNTS[name]}, got {value}")
 
 
 def _check_strategy(name: str) -> None:

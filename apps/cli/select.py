@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -47,18 +48,20 @@ def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEF
     from actors.selection.sharded_build import index_region
     from actors.core.workspace import Workspace
     from apps.cli.output import console, emit, table
+    from apps.cli.steps import missing_before_index, next_after
 
     ws = Workspace(workspace)
+    _require(missing_before_index(ws, model))
     out = [index_region(ws, model, shards=shards, factory=factory, rebuild=rebuild, cell_pool=cell_pool,
                         progress=not as_json)]
     old = load_manifest(ws, model, "global")
     man = (build_index(ws, model, kind="global", progress=not as_json) if rebuild or old is None
            else add_to_index(ws, model, kind="global", progress=not as_json))
     out.append(dict(vars(man), shards=0))
-    emit(out, as_json, lambda r: console.print(table(
+    emit(out, as_json, lambda r: (console.print(table(
         f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "cell pool", "trained on", "shards"],
         [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["cell_pool"], m["trained_on"],
-          m["shards"] or "-") for m in r])))
+          m["shards"] or "-") for m in r])), console.print(next_after("index", ws, model))))
 
 
 def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -80,6 +83,7 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     from actors.selection.mine import Query, load_queries, mine_batch
     from actors.core.workspace import Workspace
     from apps.cli.output import emit
+    from apps.cli.steps import missing_before_mine
 
     ws = Workspace(workspace)
     if queries:
@@ -90,6 +94,9 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
         raise UserError("give --image (with --box) or --queries FILE.json")
     if candidates is not None and candidates < 1:
         raise UserError(f"--candidates must be >= 1, got {candidates}")
+    for n, q in enumerate(qs):
+        _check_image_file(q.image, f"{queries}: query {n}: image" if queries else "--image")
+    _require(missing_before_mine(ws, [(q.model, q.method) for q in qs]))
     sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
     uris = _uris(ws)
     result = [{"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,
@@ -97,6 +104,21 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                "hits": [{"rank": r + 1, "image_id": h.image_id, "uri": uris.get(h.image_id, ""), "score": h.score,
                          "box": list(h.box)} for r, h in enumerate(s.hits)]} for s in sels]
     emit(result if queries else result[0], as_json, lambda r: _render(r if queries else [r]))
+
+
+def _require(err: UserError | None) -> None:
+    if err is not None:
+        raise err
+
+
+def _check_image_file(path: str, what: str) -> None:
+    """A query image given as a file must be one (a name that is no file is a pool image_id: mine checks it)."""
+    from actors.catalog.ingest import check_image
+
+    if os.path.isfile(path):
+        status, reason = check_image(path)[2:]
+        if status == "error":
+            raise UserError(f"{what} {path}: {reason}")
 
 
 def _uris(ws) -> dict[str, str]:

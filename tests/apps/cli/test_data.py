@@ -86,3 +86,11 @@ def test_ingest_recheck_turns_a_restored_file_ok(tmp_path, capsys):
                                                    "errors_by_reason": {}}
     assert main(["ingest", "-w", ws]) == 2
     assert "--recheck" in capsys.readouterr().err
+
+
+def test_ingest_into_a_workspace_that_is_a_file_is_one_line_naming_it(tmp_path, capsys):
+    f = tmp_path / "ws.txt"
+    f.write_text("not a folder")
+    assert main(["ingest", str(_folder(tmp_path)), "-w", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {f}: is a file, not a folder")

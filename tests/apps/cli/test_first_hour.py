@@ -61,3 +61,37 @@ def test_embed_with_nothing_in_its_split_says_what_to_run(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no readable image in split(s) 'pool'" in err
     assert "2 in split 'mine'" in err and f"assay embed -w {Path(ws).resolve()} --split SPLIT" in err
+
+
+def _fails(args: list[str], capsys) -> str:
+    """The one-line error of a command that must exit 2."""
+    assert main(args) == 2, args
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_each_step_names_the_next_command_and_the_first_missing_one(tmp_path, capsys):
+    """On a fresh workspace mine, index and embed all say to ingest (not mine -> index -> embed -> 'not found');
+    after each step the hint names the next one, always with -w."""
+    make_photos(tmp_path / "photos", 2)
+    ws = str(tmp_path / "ws")
+    uri = str(Path(ws).resolve())
+    for cmd in (["mine", "--image", "x.jpg", "--box", BOX], ["index"], ["embed", "--local"]):
+        assert f"assay ingest FOLDER -w {uri}" in _fails([cmd[0], "-w", ws, *cmd[1:]], capsys)
+    assert f"next: assay embed -w {uri}\n" in _ok(["ingest", str(tmp_path / "photos"), "-w", ws]).stdout
+    for cmd in (["mine", "--image", "x.jpg", "--box", BOX], ["index"]):
+        assert f"run `assay embed -w {uri}`" in _fails([cmd[0], "-w", ws, *cmd[1:]], capsys)
+    assert f"next: assay index -w {uri}\n" in _ok(["embed", "-w", ws, "--local"]).stdout
+    assert f"run `assay index -w {uri}`" in _fails(["mine", "-w", ws, "--image", "x.jpg", "--box", BOX], capsys)
+    assert f"next: assay mine -w {uri} --image" in _ok(["index", "-w", ws]).stdout
+
+
+def test_mine_with_a_query_file_that_is_not_an_image_is_one_line_naming_it(tmp_path, capsys):
+    make_photos(tmp_path / "photos", 2)
+    ws = str(tmp_path / "ws")
+    for cmd in (["ingest", str(tmp_path / "photos")], ["embed", "--local"], ["index"]):
+        _ok([cmd[0], "-w", ws, *cmd[1:]])
+    bad = tmp_path / "query.jpg"
+    bad.write_text("not a picture")
+    assert f"--image {bad}: not an image" in _fails(["mine", "-w", ws, "--image", str(bad), "--box", BOX], capsys)

@@ -54,6 +54,15 @@ def test_learn_unknown_strategy_is_a_one_line_error(tiny_world, capsys):
     assert code == 2 and "unknown" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args,msg", [(["--rounds", "-1"], "--rounds must be >= 0, got -1"),
+                                      (["--budget", "0"], "--budget must be >= 1, got 0")])
+def test_learn_rounds_and_budget_that_do_nothing_are_one_line_errors(tmp_path, capsys, args, msg):
+    assert main(["learn", "--workspace", str(tmp_path / "ws"), *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ws").exists()  # nothing was trained or written
+
+
 def test_labels_import_unknown_image_one_line_error(tiny_world, tmp_path, capsys):
     bad = tmp_path / "team.json"
     bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "nowhere.jpg"}], "annotations": [],
