@@ -6,6 +6,9 @@
   and mine with every actor on the worker nodes; one worker node is removed mid-embed; the features and the
   selections equal a single-process run's.
 
+A scenario kills only processes of its own Ray session (descendants of its process), never another session's
+``ray::EmbedActor`` on the same machine (a decoy checks it).
+
 Each scenario runs in its own Python process, so its Ray instance never meets the session's ``ray_cluster``.
 """
 
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.slow
 COMMON = r"""
 import json, os, signal, sys, threading, time
 from pathlib import Path
+from tests.procs import command, descendants
 ws = sys.argv[1]
 parts = Path(ws) / "features" / "assay-small"
 
@@ -34,16 +38,10 @@ def n_parts():
     return len(list(parts.glob("part-*.parquet"))) if parts.exists() else 0
 
 def worker_pids(tag):
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith("ray::") and tag in cmd and int(p.name) != os.getpid():
-                out.append(int(p.name))
-    return out
+    # only this script's own Ray workers: its local instance's raylet (a child of this process) starts them; a
+    # `ray::<tag>` process of another session on the machine is never touched
+    return sorted(pid for pid in descendants(os.getpid()) - {os.getpid()}
+                  if command(pid).startswith("ray::") and tag in command(pid))
 
 def when_first_shard(action):
     def watch():
@@ -114,6 +112,30 @@ cluster.shutdown()
 """
 
 
+def _decoy(tag: str) -> subprocess.Popen:
+    """A process of nobody's Ray session whose title is a Ray worker's (``ray::<tag>``), in its own group."""
+    return subprocess.Popen([f"ray::{tag}", "600"], executable="sleep", start_new_session=True)
+
+
+def test_worker_pids_finds_this_sessions_actors_and_never_another_sessions(tmp_path):
+    probe = COMMON + r"""
+import subprocess
+ours = subprocess.Popen(["ray::EmbedActor", "600"], executable="sleep")
+time.sleep(0.2)
+found = worker_pids("EmbedActor")
+ours.kill()
+print(json.dumps({"found": found, "ours": ours.pid}))
+"""
+    decoy = _decoy("EmbedActor")
+    try:
+        out = _script(probe, str(tmp_path), timeout=60)
+        assert decoy.poll() is None
+        assert out["found"] == [out["ours"]], out  # its own worker, not the other session's
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
 def _script(code: str, *args: str, timeout: float = 420) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_DEDUP_LOGS="0")
     env.pop("RAY_ADDRESS", None)
@@ -176,7 +198,13 @@ def _same_features(a: dict, b: dict) -> None:
 
 def test_killing_an_embedding_actor_mid_step_loses_and_duplicates_nothing(tmp_path, reference):
     ws = _world(tmp_path, "ray", reference["images"])
-    out = _script(KILL, ws)
+    decoy = _decoy("EmbedActor")  # another session's actor on the same machine: never killed
+    try:
+        out = _script(KILL, ws)
+        assert decoy.poll() is None and decoy.pid not in out["killed"]["pids"]
+    finally:
+        decoy.kill()
+        decoy.wait()
     assert out["killed"]["pids"], "no embedding actor process was found to kill"
     assert out["killed"]["parts_at_kill"] < out["shards_total"] == 8  # killed mid-step, not after it
     assert out["n_embedded"] == 16 and out["shards_written"] == 8
