@@ -23,6 +23,10 @@ Contract
 * The last line on stdout is one JSON object saying what the step wrote (paths are workspace-relative).
 * With ``--run-id R`` the ``mine`` step also writes ``selections/<query_id>.R.parquet`` next to the latest
   ``selections/<query_id>.parquet``, so a standing query's earlier results are kept, one file per run.
+* A query image or a source manifest on object storage (``s3://…``) is fetched to a local file first: each query
+  image into a folder of its own (two images with one file name never overwrite each other, so their query ids
+  differ), and ``queries/<query_id>.json`` names the remote URI; a manifest's relative URIs resolve against the
+  manifest's own folder on object storage (:func:`actors.catalog.ingest.ingest`'s ``origin``).
 """
 
 from __future__ import annotations
@@ -53,12 +57,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def ingest_step(workspace: str, source: str, *, split: str | None = None, check_headers: bool = True) -> dict:
-    """Add ``source`` (folder, Parquet/CSV manifest, COCO JSON) to the catalog; returns the ingest report."""
+def ingest_step(workspace: str, source: str, *, split: str | None = None, check_headers: bool = True,
+                origin: str | None = None) -> dict:
+    """Add ``source`` (folder, Parquet/CSV manifest, COCO JSON) to the catalog; returns the ingest report.
+    ``origin``: the URI that ``source`` is a local copy of (see :func:`actors.catalog.ingest.ingest`)."""
     from actors.catalog.ingest import ingest
     from actors.catalog.schema import IMAGES, LABELS
 
-    rep = asdict(ingest(source, workspace, split=split, check_headers=check_headers, progress=False))
+    rep = asdict(ingest(source, workspace, split=split, check_headers=check_headers, progress=False, origin=origin))
     rep.pop("failures", None)
     return {"step": "ingest", "workspace": workspace, "wrote": [IMAGES, LABELS], **rep}
 
@@ -109,10 +115,11 @@ def mine_step(workspace: str, queries: Sequence[dict], *, run_id: str | None = N
     if not queries:
         raise UserError("mine: no queries (give --image with --box, or --queries FILE.json)")
     with tempfile.TemporaryDirectory(prefix="assay-query-") as tmp:
-        qs = [Query(**_local_query(dict(q), tmp)) for q in queries]
+        qs = [Query(**_local_query(dict(q), os.path.join(tmp, str(n)))) for n, q in enumerate(queries)]
         sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
     wrote, out = [], []
     for q, s in zip(queries, sels):
+        _record_remote_image(ws, q, s)
         rel = f"selections/{s.query_id}.parquet"
         wrote.append(rel)
         if run_id:
@@ -124,20 +131,39 @@ def mine_step(workspace: str, queries: Sequence[dict], *, run_id: str | None = N
     return {"step": "mine", "workspace": workspace, "run_id": run_id, "wrote": wrote, "selections": out}
 
 
-def _local_query(q: dict, tmp: str) -> dict:
-    """A query whose image is a pyarrow.fs URI (s3://…) gets a local copy: the query encoder reads files."""
+def _local_query(q: dict, folder: str) -> dict:
+    """A query whose image is a pyarrow.fs URI (s3://…) gets a local copy in ``folder`` (one folder per query: two
+    remote images with one file name must not overwrite each other): the query encoder reads files."""
     q.pop("name", None)
     q["boxes"] = [tuple(map(float, b)) for b in q.get("boxes", [])]
     image = str(q.get("image", ""))
-    if "://" in image and not image.startswith("file://"):
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(image)
-        local = os.path.join(tmp, os.path.basename(path))
-        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-            dst.write(src.read())
-        q["image"] = local
+    if _is_remote(image):
+        os.makedirs(folder, exist_ok=True)
+        q["image"] = _fetch(image, folder)
     return q
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _fetch(uri: str, folder: str) -> str:
+    """Copy the file at pyarrow.fs ``uri`` into ``folder`` under its own name; returns the local path."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    local = os.path.join(folder, os.path.basename(path))
+    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+        dst.write(src.read())
+    return local
+
+
+def _record_remote_image(ws: Any, q: dict, sel: Any) -> None:
+    """``queries/<query_id>.json`` names the remote image, not the deleted local copy the query was encoded from."""
+    image = str(q.get("image", ""))
+    if _is_remote(image):
+        sel.query = {**sel.query, "image": image}
+        ws.write_json(f"queries/{sel.query_id}.json", sel.query)
 
 
 def _safe(run_id: str) -> str:
@@ -180,20 +206,13 @@ def run_pipeline(p: "Pipeline", run_id: str, *, scheduled_at: str | None = None)
 
 
 def _ingest_remote_aware(p: "Pipeline") -> dict:
-    """Ingest ``p.source``; a manifest on object storage is copied locally first (its URIs must be absolute)."""
+    """Ingest ``p.source``; a manifest on object storage is copied locally first, its relative URIs resolved
+    against its own folder there (not the local copy's) and the catalog naming it as the source."""
     src = p.source or ""
-    if "://" not in src or src.startswith("file://"):
+    if not _is_remote(src):
         return ingest_step(p.workspace, src, split=p.split, check_headers=p.check_headers)
-    import tempfile
-
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(src)
     with tempfile.TemporaryDirectory(prefix="assay-src-") as tmp:
-        local = os.path.join(tmp, os.path.basename(path))
-        with fs.open_input_stream(path) as f, open(local, "wb") as g:
-            g.write(f.read())
-        return ingest_step(p.workspace, local, split=p.split, check_headers=p.check_headers)
+        return ingest_step(p.workspace, _fetch(src, tmp), split=p.split, check_headers=p.check_headers, origin=src)
 
 
 # ------------------------------------------------------------------------------------------------ command line

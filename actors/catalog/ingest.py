@@ -234,9 +234,11 @@ def _manifest_batch(t: pa.Table, base: str, path: Path, first_row: int) -> pa.Ta
     return pa.table(cols)
 
 
-def _manifest(path: Path, kind: str, batch_size: int) -> tuple[int | None, list[str], Iterator[pa.Table]]:
-    """(row count if known, extra column names, batches) of a Parquet or CSV manifest."""
-    base = str(path.parent)
+def _manifest(path: Path, kind: str, batch_size: int,
+              base: str | None = None) -> tuple[int | None, list[str], Iterator[pa.Table]]:
+    """(row count if known, extra column names, batches) of a Parquet or CSV manifest; relative URIs are resolved
+    against ``base`` (default: the manifest's folder)."""
+    base = base or str(path.parent)
     try:
         if kind == "parquet":
             pf = pq.ParquetFile(path)
@@ -383,7 +385,7 @@ def _write_labels(ws: Workspace, labels: pa.Table, report: IngestReport) -> None
 
 
 def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None = None, check_headers: bool = True,
-           batch_size: int = 65536, progress: bool = True) -> IngestReport:
+           batch_size: int = 65536, progress: bool = True, origin: str | None = None) -> IngestReport:
     """Add the images (and boxes) of ``source`` to the catalog of ``ws``.
 
     Parameters
@@ -400,6 +402,10 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
         manifest's width/height, and URIs need not exist.
     batch_size : int
         Rows per streamed batch.
+    origin : str, optional
+        The URI (``s3://bucket/dir/manifest.csv``) that ``source`` is a local copy of: a manifest's relative URIs
+        resolve against the origin's folder (``s3://bucket/dir/``), and the report and the catalog's ``source``
+        column name the origin.
 
     Returns
     -------
@@ -417,7 +423,7 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     path = Path(source).expanduser().resolve()
     kind = detect_kind(path)
-    report = IngestReport(source=str(path), kind=kind)
+    report = IngestReport(source=origin or str(path), kind=kind)
     labels = LABEL_SCHEMA.empty_table()
     if kind == "folder":
         split = FOLDER_SPLIT if split is None else split
@@ -430,8 +436,8 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
         for where, reason in label_failures:
             report.fail(where, reason, "label_errors")
     else:
-        total, extras, batches = _manifest(path, kind, batch_size)
-    ing = _Ingestor(report, split, check_headers, str(path))
+        total, extras, batches = _manifest(path, kind, batch_size, origin.rsplit("/", 1)[0] if origin else None)
+    ing = _Ingestor(report, split, check_headers, origin or str(path))
     try:
         with tqdm(total=total, unit="img", desc=f"ingest {path.name}", disable=None if progress else True) as bar:
             _write_images(ws, ing, batches, extras, bar)

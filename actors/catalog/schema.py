@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from typing import Any
 
 import pyarrow as pa
@@ -34,14 +35,21 @@ RESERVED = {f.name for f in IMAGE_SCHEMA}
 
 
 def normalize_uri(uri: str, base: str | None = None) -> str:
-    """Absolute, normalised local path (relative ones joined to ``base``); URIs with a scheme as given."""
+    """Absolute, normalised local path (relative ones joined to ``base``); URIs with a scheme as given.
+
+    ``base`` may itself be a URI (``s3://bucket/dir``, the folder of a manifest on object storage): a relative
+    ``uri`` then becomes ``s3://bucket/dir/<uri>``, normalised (``..`` resolved) within the bucket.
+    """
     uri = uri.strip()
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     if "://" in uri:
         return uri
+    if base and "://" in base and not base.startswith("file://") and not os.path.isabs(uri):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, uri))}"
     if not os.path.isabs(uri):
-        uri = os.path.join(base or os.getcwd(), uri)
+        uri = os.path.join((base or os.getcwd()).removeprefix("file://"), uri)
     return os.path.normpath(uri)
 
 

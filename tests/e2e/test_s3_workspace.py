@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,62 @@ def pafs_selector(path: str):
     import pyarrow.fs as pafs
 
     return pafs.FileSelector(path, recursive=True)
+
+
+def _upload(fs, key: str, data: bytes) -> str:
+    with fs.open_output_stream(key) as out:
+        out.write(data)
+    return f"s3://{key}"
+
+
+def test_a_remote_manifests_relative_uris_resolve_against_its_own_folder(tmp_path, s3):
+    from actors.catalog.schema import IMAGES
+    from actors.core.workspace import Workspace
+    from apps.jobs import run_pipeline
+    from apps.schedule import Pipeline
+
+    fs, _ = s3
+    files = make_images(tmp_path / "images", 3)
+    for f in files:
+        _upload(fs, f"assay/data/img/{f.name}", f.read_bytes())
+    a, b, c = (f.name for f in files)
+    rows = [f"img/{a}", f"./img/{b}", f"../data/img/{c}"]  # relative to the manifest's folder
+    manifest = _upload(fs, "assay/data/manifest.csv", ("uri\n" + "\n".join(rows) + "\n").encode())
+    ws = str(tmp_path / "ws")
+    p = Pipeline(name="remote", path=str(tmp_path / "p.toml"), workspace=ws, cron="0 * * * *", steps=("ingest",),
+                 source=manifest)
+    out = run_pipeline(p, "r1")
+    assert out["counts"] == {"ingested": 3, "ingest_errors": 0}  # every header read through S3
+    cat = Workspace(ws).read_table(IMAGES).to_pylist()
+    assert sorted(r["uri"] for r in cat) == [f"s3://assay/data/img/{f.name}" for f in files]
+    assert {r["status"] for r in cat} == {"ok"} and {r["source"] for r in cat} == {manifest}
+
+
+def test_standing_queries_on_remote_images_with_one_file_name_do_not_collide(tmp_path, s3):
+    import numpy as np
+    from PIL import Image
+
+    from actors.core.workspace import Workspace
+    from actors.selection.mine import Query, query_id
+    from apps.jobs import embed_step, index_step, ingest_step, mine_step
+
+    fs, _ = s3
+    ws = str(tmp_path / "ws")
+    make_images(tmp_path / "images", 12)
+    random_backbone(ws)
+    ingest_step(ws, str(tmp_path / "images"), split="pool")
+    embed_step(ws, backbone="assay-small", local=True, shard_size=4)
+    index_step(ws, model="assay-small")
+    q1, box = make_query(tmp_path / "a" / "q.png")
+    q2 = tmp_path / "b" / "q.png"  # another image, same file name and box
+    q2.parent.mkdir()
+    Image.fromarray((np.asarray(Image.open(q1)) // 2).astype(np.uint8)).save(q2)
+    uris = [_upload(fs, f"assay/{d}/q.png", Path(f).read_bytes()) for d, f in (("q1", q1), ("q2", q2))]
+    out = mine_step(ws, [{"image": u, "boxes": [box], "top_k": 3, "model": "assay-small"} for u in uris],
+                    run_id="r1")
+    want = [query_id(Query(str(f), [tuple(map(float, box))], 3, "assay-small")) for f in (q1, q2)]
+    got = [s["query_id"] for s in out["selections"]]
+    assert got == want and len(set(got)) == 2  # each query encoded from its own image
+    w = Workspace(ws)
+    assert [w.read_json(f"queries/{i}.json")["image"] for i in got] == uris  # the remote URI, not a temp copy
+    assert all(w.exists(f"selections/{i}.r1.parquet") for i in got)

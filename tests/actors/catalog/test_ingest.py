@@ -234,3 +234,13 @@ def test_recheck_re_reads_error_rows_and_a_restored_file_becomes_ok(tmp_path, wo
     assert (rows["later.jpg"]["status"], rows["later.jpg"]["width"], rows["later.jpg"]["error"]) == ("ok", 40, "")
     assert rows["never.jpg"]["status"] == "error" and rows["a.jpg"]["status"] == "ok"
 
+
+
+def test_relative_uris_of_a_manifest_on_object_storage_resolve_in_its_bucket():
+    from actors.catalog.schema import normalize_uri
+
+    assert normalize_uri("img/a.png", "s3://bucket/data") == "s3://bucket/data/img/a.png"
+    assert normalize_uri("./img/../b.png", "s3://bucket/data") == "s3://bucket/data/b.png"
+    assert normalize_uri("s3://other/c.png", "s3://bucket/data") == "s3://other/c.png"  # absolute: as given
+    assert normalize_uri("/local/d.png", "s3://bucket/data") == "/local/d.png"
+    assert normalize_uri("e.png", "/data") == "/data/e.png"
