@@ -109,6 +109,7 @@ def mine_step(workspace: str, queries: Sequence[dict], *, run_id: str | None = N
     """Run standing/ad-hoc queries (dicts as in :func:`actors.selection.mine.load_queries`); writes
     ``selections/<query_id>.parquet`` (and ``selections/<query_id>.<run_id>.parquet`` with a run id)."""
     from actors.core.workspace import Workspace
+    from actors.catalog.schema import attach_uris
     from actors.selection.mine import Query, mine_batch
 
     ws = Workspace(workspace)
@@ -124,7 +125,7 @@ def mine_step(workspace: str, queries: Sequence[dict], *, run_id: str | None = N
         wrote.append(rel)
         if run_id:
             rel = f"selections/{s.query_id}.{_safe(run_id)}.parquet"
-            ws.write_table(rel, s.table())
+            ws.write_table(rel, attach_uris(ws, s.table()))
             wrote.append(rel)
         out.append({"query_id": s.query_id, "name": q.get("name", s.query_id), "hits": len(s.hits), "path": rel,
                     "image_ids": [h.image_id for h in s.hits]})

@@ -93,6 +93,19 @@ def load_labels(ws: Workspace | str, split: str | None = None, status: str | Non
     return t
 
 
+def attach_uris(ws: Workspace | str, t: pa.Table) -> pa.Table:
+    """``t`` (which has an ``image_id`` column) with a ``uri`` column right after it, joined from the catalog, so
+    a reader can open each image; ``""`` for an id the catalog lacks (or when there is no catalog)."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    cat = (ws.read_table(IMAGES, columns=["image_id", "uri"]) if ws.exists(IMAGES)
+           else pa.table({"image_id": pa.array([], pa.string()), "uri": pa.array([], pa.string())}))
+    at = pc.index_in(t["image_id"], value_set=cat["image_id"].combine_chunks())
+    uri = pc.fill_null(pc.take(cat["uri"], at), "") if cat.num_rows else pa.array([""] * t.num_rows, pa.string())
+    if "uri" in t.column_names:
+        t = t.drop_columns(["uri"])
+    return t.add_column(t.column_names.index("image_id") + 1, pa.field("uri", pa.string()), uri)
+
+
 def _counts(t: pa.Table, col: str) -> dict[str, int]:
     vc = pc.value_counts(t[col]).to_pylist() if t.num_rows else []
     return {str(d["values"]): int(d["counts"]) for d in sorted(vc, key=lambda d: str(d["values"]))}
@@ -112,4 +125,4 @@ def catalog_summary(ws: Workspace | str) -> dict[str, Any]:
 
 
 __all__ = ["IMAGES", "LABELS", "IMAGE_EXTS", "IMAGE_SCHEMA", "LABEL_SCHEMA", "conform_labels", "normalize_uri", "image_id",
-           "load_images", "load_labels", "catalog_summary"]
+           "attach_uris", "load_images", "load_labels", "catalog_summary"]

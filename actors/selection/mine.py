@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from actors.catalog.schema import IMAGES
+from actors.catalog.schema import IMAGES, attach_uris
 from actors.core.errors import UserError
 from actors.features.store import FeatureMap, iter_feature_maps
 from actors.selection.index import LoadedIndex, cell_vectors, load_index, normalize
@@ -182,7 +182,7 @@ class Selector:
                 sel.hits, sel.fine_s = hits, time.perf_counter() - t1
         if write:
             for sel in out:
-                self.ws.write_table(f"selections/{sel.query_id}.parquet", sel.table())
+                self.ws.write_table(f"selections/{sel.query_id}.parquet", attach_uris(self.ws, sel.table()))
                 self.ws.write_json(f"queries/{sel.query_id}.json", sel.query)
         return out
 

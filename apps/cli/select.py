@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from actors.catalog.schema import IMAGES
+from actors.catalog.schema import IMAGES, attach_uris, image_id, normalize_uri
 from actors.core.errors import UserError
 from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
 
@@ -78,9 +78,12 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
              candidates: Annotated[Optional[int], typer.Option(
                  "--candidates", help="Coarse-stage candidates re-ranked by the fine stage (default max(10·K, 200); "
                                       "fewer is faster, see the README's figures).")] = None,
+             keep_query: Annotated[bool, typer.Option(
+                 "--keep-query", help="Keep the query image among the hits when it is a pool image itself (left "
+                                      "out by default: it would be the best hit).")] = False,
              as_json: JsonOpt = False) -> None:
     """Find the pool images holding an object like the boxed one(s) in the query image, ranked and localized."""
-    from actors.selection.mine import Query, load_queries, mine_batch
+    from actors.selection.mine import Query, load_queries
     from actors.core.workspace import Workspace
     from apps.cli.output import emit
     from apps.cli.steps import missing_before_mine
@@ -97,12 +100,12 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     for n, q in enumerate(qs):
         _check_image_file(q.image, f"{queries}: query {n}: image" if queries else "--image")
     _require(missing_before_mine(ws, [(q.model, q.method) for q in qs]))
-    sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
+    sels, left_out = _mine(ws, qs, keep_query=keep_query, workers=workers, n_candidates=candidates)
     uris = _uris(ws)
     result = [{"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,
-               "seconds": {"coarse": s.coarse_s, "fine": s.fine_s},
+               "seconds": {"coarse": s.coarse_s, "fine": s.fine_s}, "query_image_left_out": gone,
                "hits": [{"rank": r + 1, "image_id": h.image_id, "uri": uris.get(h.image_id, ""), "score": h.score,
-                         "box": list(h.box)} for r, h in enumerate(s.hits)]} for s in sels]
+                         "box": list(h.box)} for r, h in enumerate(s.hits)]} for s, gone in zip(sels, left_out)]
     emit(result if queries else result[0], as_json, lambda r: _render(r if queries else [r]))
 
 
@@ -121,6 +124,37 @@ def _check_image_file(path: str, what: str) -> None:
             raise UserError(f"{what} {path}: {reason}")
 
 
+def _query_image_id(image: str) -> str:
+    """The image_id the query's own image has in the catalog/store: the id given, or the id of the file's URI."""
+    return image_id(normalize_uri(image)) if os.path.isfile(image) else image
+
+
+def _mine(ws, qs: list, *, keep_query: bool, workers: int, n_candidates: int | None) -> tuple[list, list]:
+    """Run the queries and write their selections (``uri`` joined from the catalog). Unless ``keep_query``, the
+    query image itself never counts as a hit: one more is asked for, the query's own image_id dropped, the list cut
+    back to ``top_k``. Returns the selections and, per query, the image_id left out (None when none was)."""
+    from dataclasses import replace
+
+    from actors.selection.mine import mine_batch
+
+    asked = qs if keep_query else [replace(q, top_k=q.top_k + 1) for q in qs]
+    sels = mine_batch(ws, asked, workers=workers, n_candidates=n_candidates, write=False)
+    left_out = [None if keep_query else _drop_query_image(s, q) for s, q in zip(sels, qs)]
+    for s in sels:
+        ws.write_table(f"selections/{s.query_id}.parquet", attach_uris(ws, s.table()))
+        ws.write_json(f"queries/{s.query_id}.json", s.query)
+    return sels, left_out
+
+
+def _drop_query_image(sel, q) -> str | None:
+    """Drop ``q``'s own image from ``sel``'s hits and keep ``q.top_k`` of them; the id dropped, or None."""
+    own = _query_image_id(q.image)
+    kept = [h for h in sel.hits if h.image_id != own]
+    gone = own if len(kept) < len(sel.hits) else None
+    sel.hits, sel.query["k"] = kept[: q.top_k], q.top_k
+    return gone
+
+
 def _uris(ws) -> dict[str, str]:
     if not ws.exists(IMAGES):
         return {}
@@ -137,6 +171,9 @@ def _render(results: list[dict]) -> None:
         title = (f"query {r['query_id']} ({r['query']['method']}, {r['query']['model']}): "
                  f"selections/{r['query_id']}.parquet")
         console.print(table(title, ["rank", "image_id", "uri", "score", "box x0,y0,x1,y1"], rows))
+        if r.get("query_image_left_out"):
+            console.print(f"the query image itself ({r['query_image_left_out']}) is left out of the hits; "
+                          "--keep-query keeps it")
 
 
 def register(app: typer.Typer) -> None:

@@ -95,3 +95,29 @@ def test_mine_with_a_query_file_that_is_not_an_image_is_one_line_naming_it(tmp_p
     bad = tmp_path / "query.jpg"
     bad.write_text("not a picture")
     assert f"--image {bad}: not an image" in _fails(["mine", "-w", ws, "--image", str(bad), "--box", BOX], capsys)
+
+
+def test_selection_rows_carry_the_uri_and_leave_out_the_query_image_unless_kept(tmp_path):
+    """selections/<id>.parquet has a uri per hit (joined from the catalog); a pool photo used as the query is not a
+    hit of itself (it would be the best one) unless --keep-query; either way -k hits come back."""
+    import pyarrow.parquet as pq
+
+    photos = make_photos(tmp_path / "photos", 6)
+    ws = str(tmp_path / "ws")
+    for cmd in (["ingest", str(tmp_path / "photos")], ["embed", "--local"], ["index"]):
+        _ok([cmd[0], "-w", ws, *cmd[1:]])
+    query = str(photos[2])
+
+    def mine(*extra: str) -> tuple[dict, list[dict]]:
+        out = json.loads(_ok(["mine", "-w", ws, "--image", query, "--box", BOX, "-k", "3", "--json", *extra]).stdout)
+        return out, pq.read_table(Path(ws) / "selections" / f"{out['query_id']}.parquet").to_pylist()
+
+    out, rows = mine()
+    assert [r["rank"] for r in rows] == [1, 2, 3] and len(out["hits"]) == 3
+    assert all(r["uri"] in {str(p) for p in photos} for r in rows)
+    assert query not in {r["uri"] for r in rows} and out["query_image_left_out"]
+    assert [h["uri"] for h in out["hits"]] == [r["uri"] for r in rows]
+    out, rows = mine("--keep-query")
+    assert len(rows) == 3 and query in {r["uri"] for r in rows} and out["query_image_left_out"] is None
+    text = _ok(["mine", "-w", ws, "--image", query, "--box", BOX, "-k", "3"]).stdout
+    assert "the query image itself" in text and "--keep-query keeps it" in text

@@ -31,19 +31,27 @@ def test_index_then_mine_by_pool_image_id(workspace, capsys):
     region = json.loads(capsys.readouterr().out)[0]
     assert (region["n"], region["cell_pool"], region["generation"]) == (9 * 48, 1, 2)
     assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
-                 "--top-k", "3", "--json"]) == 0
+                 "--top-k", "3", "--keep-query", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["hits"][0]["image_id"] == "img4" and out["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert out["hits"][0]["box"] == [32.0, 16.0, 64.0, 48.0] and len(out["hits"]) == 3
+    kept = [h["image_id"] for h in out["hits"]]
     assert workspace.exists(f"selections/{out['query_id']}.parquet")
     assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
                  "--top-k", "3", "--candidates", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_candidates"] == 4
     assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
+                 "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # by default the query image is no hit of itself, and 3 still come
+    hits = [h["image_id"] for h in out["hits"]]
+    assert out["query_image_left_out"] == "img4" and len(hits) == 3 and "img4" not in hits and hits[:2] == kept[1:]
+    rows = workspace.read_table(f"selections/{out['query_id']}.parquet").to_pylist()
+    assert [r["image_id"] for r in rows] == [h["image_id"] for h in out["hits"]] and {r["uri"] for r in rows} == {""}
+    assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--box", "32,16,64,48",
                  "--candidates", "0"]) == 2
     capsys.readouterr()
     assert main(["mine", "-w", workspace.uri, "--model", "toy", "--image", "img4", "--method", "global",
-                 "--top-k", "2"]) == 0
+                 "--top-k", "2", "--keep-query"]) == 0
     assert "img4" in capsys.readouterr().out
 
 
@@ -55,7 +63,7 @@ def test_mine_batch_of_queries_from_a_file(workspace, tmp_path, capsys):
     f.write_text(json.dumps([{"image": "img1", "boxes": [[0, 0, 32, 32]], "top_k": 2, "model": "toy"},
                              {"image": "img2", "boxes": [[0, 0, 32, 32], [64, 32, 96, 64]], "top_k": 1,
                               "model": "toy"}]))
-    assert main(["mine", "-w", workspace.uri, "--queries", str(f), "--json"]) == 0
+    assert main(["mine", "-w", workspace.uri, "--queries", str(f), "--keep-query", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [len(r["hits"]) for r in out] == [2, 1] and out[0]["hits"][0]["image_id"] == "img1"
 
@@ -112,7 +120,7 @@ def _mine(ws, capsys, tmp_path, queries=QUERIES):
     """Hits of every query (one `assay mine --queries` run: one set of shard actors)."""
     f = tmp_path / "queries.json"
     f.write_text(json.dumps(queries))
-    assert main(["mine", "-w", ws.uri, "--queries", str(f), "--candidates", "8", "--json"]) == 0
+    assert main(["mine", "-w", ws.uri, "--queries", str(f), "--candidates", "8", "--keep-query", "--json"]) == 0
     return [[(h["image_id"], round(h["score"], 5), h["box"]) for h in r["hits"]]
             for r in json.loads(capsys.readouterr().out)]
 
