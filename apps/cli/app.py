@@ -7,8 +7,11 @@ browser (``client.showErrorDetails=none``), and uploads are capped at 200 MB.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,14 +54,61 @@ def app_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     uri = str(Path(ws.uri).resolve()) if ws.is_local and "://" not in ws.uri else ws.uri
     env = dict(os.environ, ASSAY_WORKSPACE=uri)
     cmd = streamlit_command(port, host or "127.0.0.1", headless=not browser)
-    print(f"Assay planner on http://{host or '127.0.0.1'}:{port} (workspace {uri}); Ctrl+C stops it.",
+    print(f"Assay planner on http://{host or '127.0.0.1'}:{port} (workspace {uri}); Ctrl+C (or kill {os.getpid()}) "
+          "stops it.",
           file=sys.stderr, flush=True)
-    try:
-        code = subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        code = 0
+    code = serve(cmd, env)
     if code:
         raise typer.Exit(code)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+GRACE_S = 15.0  # how long a server asked to stop may take before it is killed
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server ``cmd`` until it exits and return its exit code (0 when it stopped because this process was
+    asked to stop).
+
+    SIGTERM and SIGINT sent to this process (``kill PID``, Ctrl+C) are passed on to the server, which is then waited
+    for (killed after ``GRACE_S`` seconds): when this returns, nothing serves the port any more.
+    """
+    proc = subprocess.Popen(cmd, env=env)
+    stopping: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(time.monotonic())
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = _install(forward)
+    try:
+        code = _wait(proc, stopping)
+    finally:
+        _install(previous)
+        if proc.poll() is None:  # leaving on an exception: never leave the server behind
+            proc.kill()
+            proc.wait()
+    return 0 if stopping else code
+
+
+def _install(handler) -> dict:
+    """Set ``handler`` (one callable, or a dict signal -> handler) for ``STOP_SIGNALS``; the previous handlers.
+    Only the main thread may set handlers: elsewhere nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = handler if isinstance(handler, dict) else dict.fromkeys(STOP_SIGNALS, handler)
+    return {s: signal.signal(s, h) for s, h in handlers.items()}
+
+
+def _wait(proc: subprocess.Popen, stopping: list[float]) -> int:
+    """``proc``'s exit code; killed once ``GRACE_S`` has passed since the first stop signal."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > GRACE_S:
+                proc.kill()
 
 
 def register(app: typer.Typer) -> None:
