@@ -13,6 +13,7 @@ _PUBLIC = {
     "load_images": "schema",
     "load_labels": "schema",
     "catalog_summary": "schema",
+    "attach_uris": "schema",
     "ingest": "ingest",
     "IngestReport": "ingest",
     "recheck_errors": "recheck",
