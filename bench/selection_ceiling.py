@@ -13,10 +13,11 @@ features decide. For each feature configuration (backbone, stride, input scale):
 
 Both by the query object's box area (``<1%``, ``1-4%``, ``all``) and per category. Configurations (``--features``):
 ``s16`` (EfficientNet-Lite0 trunk, stride 16, native size: the product's default store), ``s16x2`` (the same on the
-image upsampled 2×: ``assay embed --max-side 1024``), ``s8`` (stride 8), ``crop`` (the box ×1.25 cropped and
-resized to 128 px, the whole trunk mean-pooled: a canonical-scale re-rank's vector, not a store).
+image upsampled 2×: ``assay embed --max-side 1024``), ``s8`` (stride 8), ``crop`` (the product's re-rank vector,
+:mod:`actors.selection.rerank`: the box cropped square, resized to 160 px, the trunk to stride 32 mean-pooled).
 
-    python bench/selection_ceiling.py --seed 1 --n-images 1000          # writes bench/selection_ceiling.json / .md
+    python bench/selection_ceiling.py --seed 0 --n-images 2000 --world /tmp/assay-bench-ts/seed0   # the report world
+    python bench/selection_ceiling.py --seed 1 --n-images 800 --out /tmp/ceil1.json                 # tuning world
     python bench/selection_ceiling.py --smoke --out-dir /tmp/sc-smoke   # seconds; JSON under --out-dir
 """
 
@@ -38,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors.core.images import load_image  # noqa: E402
 from actors.core.workspace import Workspace  # noqa: E402
 from actors.features.regions import box_vectors, centre_normalize  # noqa: E402
-from bench.targeted_selection import SPLITS, load_truth, prepare_world  # noqa: E402
+from actors.selection.rerank import crop_boxes, crop_embedder  # noqa: E402
+from bench.targeted_selection import SPLITS, load_truth, pick_queries, prepare_world  # noqa: E402
 
 BINS = (("<1%", 0.0, 0.01), ("1-4%", 0.01, 1.0), ("all", 0.0, 1.0))
 FEATURES = {  # name -> (stride, input scale, kind)
     "s16": (16, 1.0, "map"), "s16x2": (16, 2.0, "map"), "s8": (8, 1.0, "map"), "crop": (16, 1.0, "crop"),
 }
-CROP_PX, CROP_CONTEXT = 128, 1.25
 
 
 def _encoder(stride: int, scale: float, size: tuple[int, int]):
@@ -70,26 +71,9 @@ def _map_vectors(enc, images: dict[str, np.ndarray], boxes: dict[str, list]) -> 
 
 
 def _crop_vectors(images: dict[str, np.ndarray], boxes: dict[str, list]) -> tuple[dict, None]:
-    """{image_id: n×C} whole-trunk mean-pooled vectors of each box ×1.25 resized to 128 px."""
-    from actors.features.backbones import get_backbone
-
-    net = get_backbone("efficientnet-lite0", stride=32).eval()
-    out = {}
-    for iid, bxs in boxes.items():
-        if not bxs:
-            continue
-        x = torch.from_numpy(np.array(images[iid])).permute(2, 0, 1).float().div(255)[None]  # 1×3×H×W
-        H, W = x.shape[2:]
-        crops = []
-        for x0, y0, x1, y1 in bxs:
-            cx, cy, s = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * CROP_CONTEXT / 2
-            a, b = int(max(cx - s, 0)), int(max(cy - s, 0))
-            c, d = int(min(cx + s, W)) + 1, int(min(cy + s, H)) + 1
-            crops.append(F.interpolate(x[:, :, b:d, a:c], size=(CROP_PX, CROP_PX), mode="bilinear",
-                                       antialias=True, align_corners=False))
-        with torch.no_grad():
-            out[iid] = net(torch.cat(crops)).mean((2, 3)).numpy()
-    return out, None
+    """{image_id: n×C} the product's re-rank vectors (:mod:`actors.selection.rerank`) of each box."""
+    emb = crop_embedder()
+    return {iid: emb.embed_crops(crop_boxes(images[iid], bxs)) for iid, bxs in boxes.items() if bxs}, None
 
 
 def measure(name: str, images: dict, boxes: dict, size: tuple[int, int]) -> tuple[dict, float]:
@@ -140,9 +124,13 @@ def evaluate(vecs: dict, queries: list[dict], pool_objs: list[dict], holders: di
     return {"by_size": by_bin, "by_category": by_cat}
 
 
-def load_objects(ws: Workspace) -> tuple[list[dict], list[dict], dict, int, dict, dict]:
-    """(query objects, pool objects, category -> pool images, pool size, images to read, boxes per image)."""
+def load_objects(ws: Workspace, n_queries: int = 0,
+                 seed: int = 0) -> tuple[list[dict], list[dict], dict, int, dict, dict]:
+    """(query objects, pool objects, category -> pool images, pool size, images to read, boxes per image);
+    ``n_queries`` > 0: the query objects ``bench/targeted_selection.py`` picks with the same count and seed."""
     queries, pool_boxes, holders, n_pool = load_truth(ws)
+    if n_queries:
+        queries = pick_queries(queries, n_queries, seed)
     from actors.catalog.schema import IMAGES
 
     uris = {r["image_id"]: r["uri"] for r in ws.read_table(IMAGES).to_pylist()}
@@ -185,17 +173,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-images", type=int, default=1000)
     p.add_argument("--features", default="s16,s16x2,s8,crop")
     p.add_argument("--out-dir", default="/tmp/assay-bench-ceiling")
+    p.add_argument("--world", default=None, help="an existing world folder (e.g. one bench/targeted_selection.py "
+                                                  "made) instead of <out-dir>/world-<seed>-<n>")
     p.add_argument("--out", default=None, help="JSON path (default bench/selection_ceiling.json)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--queries", type=int, default=150,
+                   help="query objects (the same ones bench/targeted_selection.py --queries N picks); 0: all")
     p.add_argument("--smoke", action="store_true", help="a 40-image world, two features: seconds")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     n, feats = (40, ["s16", "crop"]) if a.smoke else (a.n_images, a.features.split(","))
     size = (512, 384)
-    ws, _ = prepare_world(Path(a.out_dir) / f"world-{a.seed}-{n}", n, a.seed, 0.0, size=size, train=False)
-    queries, pool_objs, holders, n_pool, uris, boxes = load_objects(ws)
+    world = Path(a.world) if a.world else Path(a.out_dir) / f"world-{a.seed}-{n}"
+    ws, _ = prepare_world(world, n, a.seed, 0.0, size=size, train=False)
+    queries, pool_objs, holders, n_pool, uris, boxes = load_objects(ws, 0 if a.smoke else a.queries, a.seed)
     images = {iid: load_image(uris[iid]) for iid in boxes}
-    res = {"smoke": a.smoke, "seed": a.seed, "n_images": n, "n_pool": n_pool, "n_queries": len(queries),
+    res = {"command": "python bench/selection_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "smoke": a.smoke, "seed": a.seed, "n_images": n, "n_pool": n_pool, "n_queries": len(queries),
            "n_pool_objects": len(pool_objs), "splits": [list(s) for s in SPLITS], "threads": a.threads,
            "features": {}}
     for name in feats:

@@ -53,6 +53,7 @@ from actors.features.embed import DEFAULT_BACKBONE, DEFAULT_BACKBONE_CFG  # noqa
 from actors.core.workspace import Workspace  # noqa: E402
 from actors.selection.match import SCALES, Hit, box_template  # noqa: E402
 from actors.selection.mine import Query, Selection, Selector, coarse_candidates  # noqa: E402
+from actors.selection.rerank import RERANK_TOP  # noqa: E402
 
 # pool-heavy splits: a 2,000-image world gives 500 train, 100 val, 1,250 pool and 150 query images
 SPLITS = (("train", 0.25), ("val", 0.05), ("pool", 0.625), ("queries", 0.075))
@@ -207,7 +208,7 @@ def _mean(xs: list) -> float | None:
 
 def evaluate(sels: list[Selection], queries: list[dict], truth: tuple, localizes: bool) -> dict:
     _, pool_boxes, holders, _ = truth
-    lat = np.array([s.coarse_s + s.fine_s for s in sels]) * 1000
+    lat = np.array([s.coarse_s + s.fine_s + s.rerank_s for s in sels]) * 1000
     bins = {}
     for name, lo, hi in ALL_BINS:
         rows = [score(s.hits, q, pool_boxes, holders, localizes) for s, q in zip(sels, queries)
@@ -217,6 +218,7 @@ def evaluate(sels: list[Selection], queries: list[dict], truth: tuple, localizes
     return {"latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
             "coarse_ms_p50": float(np.percentile([s.coarse_s * 1000 for s in sels], 50)),
             "fine_ms_p50": float(np.percentile([s.fine_s * 1000 for s in sels], 50)),
+            "rerank_ms_p50": float(np.percentile([s.rerank_s * 1000 for s in sels], 50)),
             "candidates": int(np.median([s.n_candidates for s in sels])), "bins": bins}
 
 
@@ -244,9 +246,11 @@ def encode_queries(ws: Workspace, model: str, queries: list[dict]) -> dict:
 
 def run_method(sel: Selector, model: str, method: str, queries: list[dict], fmaps: dict, *,
                candidates: int | None = None, scales=SCALES, top_k: int = max(KS)) -> list[Selection]:
-    """One query at a time (per-query latency as a user sees it); ``coarse``: the coarse stage's ranking alone."""
+    """One query at a time (per-query latency as a user sees it); ``template``: the product (coarse, fine, re-rank
+    of the best :data:`RERANK_TOP`); ``dense``: without the re-rank; ``coarse``: the coarse stage's ranking alone."""
+    rerank = RERANK_TOP if method == "template" else 0
     qs = [Query(q["uri"], [tuple(q["box"])], top_k, model, "global" if method == "global" else "template",
-                fmap=fmaps[q["uri"]], image_size=q["size"]) for q in queries]
+                fmap=fmaps[q["uri"]], image_size=q["size"], rerank=rerank) for q in queries]
     if method != "coarse":
         sel.run(qs[:1], write=False, n_candidates=candidates, scales=scales)  # warm-up: loads index and cache
         return [sel.run([q], write=False, n_candidates=candidates, scales=scales)[0] for q in qs]
@@ -268,8 +272,8 @@ def run_method(sel: Selector, model: str, method: str, queries: list[dict], fmap
 
 def run_config(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, fmaps: dict,
                sel: Selector) -> dict:
-    sels = run_method(sel, store_name(cfg["pool"]), "template", queries, fmaps, candidates=cfg["candidates"],
-                      scales=cfg["scales"])
+    sels = run_method(sel, store_name(cfg["pool"]), "dense", queries, fmaps, candidates=cfg["candidates"],
+                      scales=cfg["scales"])  # the dense stage's knobs; the re-rank's were set on ground truth
     return evaluate(sels, queries, truth, localizes=True)
 
 
@@ -321,9 +325,9 @@ def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: in
     sel = Selector(ws, preload=True)
     out: dict = {"config": cfg, "store": info, "n_queries": len(queries), "methods": {},
                  "chance": chance(queries, truth)}
-    for method in ("template", "coarse", "global"):
+    for method in ("template", "dense", "coarse", "global"):
         sels = run_method(sel, model, method, queries, fmaps, candidates=cfg["candidates"], scales=cfg["scales"])
-        out["methods"][method] = evaluate(sels, queries, truth, localizes=method == "template")
+        out["methods"][method] = evaluate(sels, queries, truth, localizes=method in ("template", "dense"))
         b = out["methods"][method]["bins"]["<1%"]
         print(f"report {method}: R@100<1% {b['recall@100']:.3f} P@10 {b['precision@10']:.3f}", flush=True)
     if cold:  # no cache: every candidate's row is read from the Parquet store (OS page cache may be warm)
@@ -337,6 +341,7 @@ def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: in
     c = out["chance"]["bins"]["<1%"]["recall@100"]
     out["ratios_recall100_small"] = {"template_over_global": _ratio(r["template"], r["global"]),
                                      "template_over_coarse": _ratio(r["template"], r["coarse"]),
+                                     "template_over_dense": _ratio(r["template"], r["dense"]),
                                      "template_over_chance": _ratio(r["template"], c),
                                      "global_over_chance": _ratio(r["global"], c)}
     return out
@@ -368,7 +373,8 @@ def markdown(res: dict) -> str:
     lines.append("")
     for method, r in rep["methods"].items():
         lines.append(f"- {method}: latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms "
-                     f"(coarse p50 {r['coarse_ms_p50']:.1f} ms, fine p50 {r['fine_ms_p50']:.1f} ms; cached)")
+                     f"(coarse p50 {r['coarse_ms_p50']:.1f} ms, fine p50 {r['fine_ms_p50']:.1f} ms, re-rank p50 "
+                     f"{r.get('rerank_ms_p50', 0.0):.1f} ms; feature maps cached)")
     if rep.get("cold"):
         c = rep["cold"]
         lines.append(f"- template uncached ({c['n']} queries): p50 {c['latency_ms_p50']:.1f} ms, "

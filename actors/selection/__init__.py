@@ -22,6 +22,8 @@ _PUBLIC = {
     "Query": "mine",
     "Selection": "mine",
     "Selector": "mine",
+    "rerank_hits": "rerank",
+    "CropEmbedder": "rerank",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

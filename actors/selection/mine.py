@@ -32,6 +32,7 @@ from actors.catalog.schema import IMAGES, attach_uris
 from actors.core.errors import UserError
 from actors.features.store import FeatureMap, iter_feature_maps
 from actors.selection.index import LoadedIndex, cell_vectors, load_index, normalize
+from actors.selection.rerank import RERANK_TOP
 from actors.selection.match import COMBINE, SCALES, BoxTemplate, Hit, box_template
 from actors.selection.matcher import Matcher
 from actors.core.workspace import Workspace
@@ -59,6 +60,7 @@ class Query:
     combine: str = "min"
     fmap: FeatureMap | None = field(default=None, repr=False)  # query features given directly (tests, bench)
     image_size: tuple[float, float] | None = None  # (width, height) in pixels
+    rerank: int = RERANK_TOP  # best dense hits re-scored at the object's own scale (actors.selection.rerank); 0: off
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Selection:
     coarse_s: float = 0.0
     fine_s: float = 0.0
     n_candidates: int = 0
+    rerank_s: float = 0.0
+    reranked: int = 0  # the first ``reranked`` hits carry crop-cosine scores in [-1, 1]; any after them, dense scores
 
     def table(self) -> pa.Table:
         rows = [{"image_id": h.image_id, "rank": r + 1, "score": h.score, "x0": h.box[0], "y0": h.box[1],
@@ -123,6 +127,35 @@ class Selector:
         self.indexes: dict[tuple[str, str], LoadedIndex] = {}
         self.matchers: dict[str, Matcher] = {}
         self.actors: list | None = None
+        self._embedder = None  # the re-rank's crop embedder, made on first use
+        self._uris: dict[str, str] = {}
+
+    def _rerank(self, q: Query, sel: Selection) -> None:
+        """The canonical-scale re-rank of ``sel``'s first ``q.rerank`` hits (in place), then cut to ``q.top_k``."""
+        uris = self._catalog_uris([h.image_id for h in sel.hits[:q.rerank]]) if q.rerank > 0 else {}
+        query_uri = uris.get(q.image) or q.image
+        if q.rerank > 0 and sel.hits and (os.path.exists(query_uri) or "://" in query_uri):
+            from actors.core.images import load_image
+            from actors.selection.rerank import crop_embedder, rerank_hits
+
+            t = time.perf_counter()
+            if self._embedder is None:
+                from actors.core.runtime import device
+
+                self._embedder = crop_embedder(device())
+            head = sel.hits[:q.rerank]
+            qv = self._embedder.embed(load_image(query_uri), q.boxes)
+            sel.hits = rerank_hits(qv, head, lambda i: load_image(uris[i]), self._embedder,
+                                   combine=q.combine) + sel.hits[q.rerank:]
+            sel.reranked, sel.rerank_s = len(head), time.perf_counter() - t
+        sel.hits = sel.hits[:q.top_k]
+
+    def _catalog_uris(self, image_ids: Sequence[str]) -> dict[str, str]:
+        """image_id -> uri from the catalog (read once per Selector; again when an id is new)."""
+        if any(i not in self._uris for i in image_ids) and self.ws.exists(IMAGES):
+            t = self.ws.read_table(IMAGES, columns=["image_id", "uri"])
+            self._uris = dict(zip(t["image_id"].to_pylist(), t["uri"].to_pylist()))
+        return self._uris
 
     def index(self, model: str, kind: str):
         """The loaded index of ``model``: the sharded region index (Ray shard actors) when the workspace has one
@@ -150,7 +183,7 @@ class Selector:
             _check_query(q)
         if self.workers > 0 and self.actors is None:
             self.actors = _start_actors(self.ws, queries, self.workers)
-        pending, out = [], []
+        pending, out, template = [], [], []
         for n, q in enumerate(queries):
             index = self.index(q.model, "region" if q.method == "template" else "global")
             t0 = time.perf_counter()
@@ -165,21 +198,25 @@ class Selector:
             cands = coarse_candidates(index, [_coarse_vectors(t) for t in objects], n_cand)
             t1 = time.perf_counter()
             sel = Selection(query_id(q), _query_record(q), [], coarse_s=t1 - t0, n_candidates=len(cands))
+            k = max(q.top_k, q.rerank)  # the re-rank may lift any of its window into the top_k
             if self.actors:
                 actor = self.actors[n % len(self.actors)]
-                pending.append((sel, t1, actor.rerank.remote(objects, cands, q.top_k, q.combine)))
+                pending.append((sel, t1, actor.rerank.remote(objects, cands, k, q.combine)))
             else:
                 if q.model not in self.matchers:
                     self.matchers[q.model] = Matcher(self.ws, q.model, preload=self.preload,
                                                      cache_size=self.cache_size)
                 m = self.matchers[q.model]
-                sel.hits, sel.fine_s = m.rerank(objects, cands, q.top_k, q.combine), time.perf_counter() - t1
+                sel.hits, sel.fine_s = m.rerank(objects, cands, k, q.combine), time.perf_counter() - t1
             out.append(sel)
+            template.append((q, sel))
         if pending:
             import ray
 
             for (sel, t1, _), hits in zip(pending, ray.get([p[2] for p in pending])):
                 sel.hits, sel.fine_s = hits, time.perf_counter() - t1
+        for q, sel in template:
+            self._rerank(q, sel)
         if write:
             for sel in out:
                 self.ws.write_table(f"selections/{sel.query_id}.parquet", attach_uris(self.ws, sel.table()))
@@ -285,7 +322,7 @@ def query_id(q: Query) -> str:
     else:
         h.update(q.image.encode())
     spec = {"boxes": [[round(v, 2) for v in b] for b in q.boxes], "model": q.model, "method": q.method,
-            "combine": q.combine}
+            "combine": q.combine, "rerank": q.rerank}
     h.update(json.dumps(spec, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -321,7 +358,7 @@ def load_queries(path: str) -> list[Query]:
         raise UserError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(items, list):
         raise UserError(f"{path}: expected a JSON list of queries")
-    fields = {"image", "boxes", "top_k", "model", "method", "combine"}
+    fields = {"image", "boxes", "top_k", "model", "method", "combine", "rerank"}
     out = []
     for n, it in enumerate(items):
         if not isinstance(it, dict) or "image" not in it or set(it) - fields:

@@ -109,7 +109,7 @@ def _query(ws):
 
 
 def _mine(ws, top_k: int) -> dict:
-    from actors.catalog.schema import load_labels
+    from actors.catalog.schema import load_images, load_labels
     from actors.selection.mine import mine
 
     img, lab = _query(ws)
@@ -121,6 +121,9 @@ def _mine(ws, top_k: int) -> dict:
                      "area_pct": 100 * (box[2] - box[0]) * (box[3] - box[1]) / (img["width"] * img["height"])}}
     console.print(f"query: {lab['category']} at {tuple(round(b) for b in box)} in {Path(img['uri']).name} "
                   f"({out['query']['area_pct']:.2f}% of the image)")
+    n_pool = len(load_images(ws, split="pool"))
+    chance = sum(lab["category"] in c for c in pool_classes.values()) / max(1, n_pool)
+    out["chance"] = chance
     for method in ("template", "global"):
         sel = mine(ws, image=img["uri"], boxes=[box], top_k=top_k, method=method)
         hits = [(h.image_id, h.score, lab["category"] in pool_classes.get(h.image_id, set()), h.box)
@@ -133,8 +136,24 @@ def _mine(ws, top_k: int) -> dict:
                                 ["rank", "image_id", "score", "contains " + lab["category"], "matched box"],
                                 [(r + 1, i, s, "yes" if c else "no", ",".join(f"{v:.0f}" for v in b))
                                  for r, (i, s, c, b) in enumerate(hits)]))
-        console.print(f"{method}: precision@{top_k} = {precision:.2f}")
+        console.print(f"{method}: precision@{top_k} = {precision:.2f} (share of the top {top_k} that hold a "
+                      f"{lab['category']}; a random pick: {chance:.2f}, so {precision / max(chance, 1e-9):.1f}x chance)")
+        if method == "template":
+            out["sheet"] = str(_sheet(ws, img, box, sel, lambda h: lab["category"] in pool_classes.get(h.image_id, ())))
+            console.print(f"the hits, matched boxes drawn (green: holds a {lab['category']}, red: does not): "
+                          f"{out['sheet']}")
     return out
+
+
+def _sheet(ws, img: dict, box, sel, correct) -> Path:
+    """The template hits as a contact sheet next to the selection: selections/<query_id>.png."""
+    from actors.catalog.schema import load_images
+    from actors.core.images import load_image
+    from actors.selection.sheet import contact_sheet
+
+    uris = {r["image_id"]: r["uri"] for r in load_images(ws, split="pool").to_pylist()}
+    return contact_sheet(load_image(img["uri"]), [box], sel.hits, lambda i: load_image(uris[i]),
+                         ws.local_path(f"selections/{sel.query_id}.png"), correct=correct)
 
 
 def _estimate_and_plan(n, v) -> dict:

@@ -28,7 +28,7 @@ def _digests(stem: str) -> dict[str, str]:
 # benches that start no Ray instance run in the test's own process (no second interpreter and torch import, about
 # 5 s each); their process-wide settings (torch and FAISS threads, environment, argv) are restored afterwards
 IN_PROCESS = {"ingest.py", "backbone_quality.py", "targeted_selection.py", "feature_store.py",
-              "targeted_selection_backbones.py"}
+              "targeted_selection_backbones.py", "selection_ceiling.py"}
 
 
 def _smoke(script: str, *args: str, timeout: int = 600) -> None:
@@ -120,6 +120,18 @@ def test_embed_smoke(tmp_path):
     assert run["baseline_images_per_s"] == max(run["dataloader_images_per_s"], run["per_core_images_per_s"])
 
 
+def test_selection_ceiling_smoke(tmp_path):
+    _smoke("selection_ceiling.py", "--out-dir", str(tmp_path))
+    rep = json.loads((tmp_path / "selection_ceiling.json").read_text())
+    assert rep["smoke"] is True and rep["n_queries"] > 0 and set(rep["features"]) == {"s16", "crop"}
+    for f in rep["features"].values():
+        for b in f["by_size"].values():
+            if b["queries"]:
+                assert 0 <= b["nn1"] <= 1 and 0 <= b["p10"] <= 1 and 0 < b["chance_p10"] <= 1
+        assert f["by_size"]["all"]["queries"] == rep["n_queries"]
+    assert "| crop | all |" in (tmp_path / "selection_ceiling.md").read_text()
+
+
 @pytest.mark.slow
 def test_targeted_selection_smoke(tmp_path):
     _smoke("targeted_selection.py", "--out-dir", str(tmp_path))
@@ -132,14 +144,15 @@ def test_targeted_selection_smoke(tmp_path):
     tried = rep["tuning"]["tried"]
     assert len(tried) >= 2 and rep["tuning"]["chosen"] in [{k: t[k] for k in rep["start"]} for t in tried]
     r = rep["report"]
-    assert set(r["methods"]) == {"template", "coarse", "global"}
+    assert set(r["methods"]) == {"template", "dense", "coarse", "global"}
     n_pool = rep["n_pool"]
     for name, m in list(r["methods"].items()) + [("chance", r["chance"])]:
         b = m["bins"]["all"]
         assert b["n"] == r["n_queries"] > 0
         for k in (10, 50, 100):
             assert 0 <= b[f"precision@{k}"] <= 1 and 0 <= b[f"recall@{k}"] <= 1
-            assert (b[f"loc@{k}"] is not None) == (name == "template")
+            assert (b[f"loc@{k}"] is not None) == (name in ("template", "dense"))
+    assert r["methods"]["template"]["rerank_ms_p50"] > 0 and r["methods"]["dense"]["rerank_ms_p50"] == 0
     assert r["chance"]["bins"]["all"]["recall@10"] == pytest.approx(min(10, n_pool) / n_pool)
     assert r["store"]["disk_bytes_per_image"] > 0 and r["store"]["index_region"]["n_vectors"] > 0
     assert (tmp_path / "targeted_selection.md").read_text().count("| chance |") == 5
