@@ -29,12 +29,17 @@ def world(
     workers: Annotated[int, typer.Option("--workers", help="Processes (0: one per CPU).")] = 0,
     workspace: Annotated[Optional[str], typer.Option("--workspace", "-w",
                                                      help="Workspace for the catalog (default OUT/workspace).")] = None,
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="Comma-separated categories, families (emoji, digit, face, shape) or supercategories "
+                          "(vehicle, animal, …); default: the 20 emoji categories.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the embedded cluttered-scene detection world (offline, deterministic by seed)."""
     from actors.catalog.world import make_world
 
-    summary = make_world(out, seed=seed, n_images=images, size=_size(size), workers=workers, workspace=workspace)
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    summary = make_world(out, seed=seed, n_images=images, size=_size(size), workers=workers, workspace=workspace,
+                         classes=names)
     emit(asdict(summary), as_json, _render_world)
 
 

@@ -63,6 +63,8 @@ def test_bad_sources_give_one_line_errors(tmp_path, capsys):
 
 
 def test_world_command(tmp_path):
+    from actors.catalog.world import WorldConfig
+
     out = tmp_path / "w"
     res = runner.invoke(app, ["world", "--out", str(out), "--seed", "1", "--images", "12", "--size", "96x64",
                               "--json"])
@@ -71,6 +73,13 @@ def test_world_command(tmp_path):
     assert summary["n_images"] == 12 and summary["workspace"] == str(out / "workspace")
     res = runner.invoke(app, ["world", "--out", str(out), "--images", "12", "--size", "96"])
     assert res.exit_code != 0
+    assert set(summary["categories"]) == set(WorldConfig().categories())
+    res = runner.invoke(app, ["world", "--out", str(tmp_path / "v"), "--images", "12", "--size", "96x64",
+                              "--classes", "vehicle, shape", "--json"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.stdout)["categories"]) == {"car", "van", "bicycle", "train", "aircraft", "boat",
+                                                        "circle", "triangle", "square", "star", "ring", "cross"}
+    assert main(["world", "--out", str(tmp_path / "z"), "--classes", "zebra"]) == 2
 
 
 def test_ingest_recheck_turns_a_restored_file_ok(tmp_path, capsys):
