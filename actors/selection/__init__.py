@@ -19,6 +19,7 @@ _PUBLIC = {
     "MatchActor": "actor",
     "mine": "mine",
     "mine_batch": "mine",
+    "more_like": "mine",
     "Query": "mine",
     "Selection": "mine",
     "Selector": "mine",

@@ -61,6 +61,7 @@ class Query:
     fmap: FeatureMap | None = field(default=None, repr=False)  # query features given directly (tests, bench)
     image_size: tuple[float, float] | None = None  # (width, height) in pixels
     rerank: int = RERANK_TOP  # best dense hits re-scored at the object's own scale (actors.selection.rerank); 0: off
+    negatives: list[tuple[float, float, float, float]] = field(default_factory=list)  # "not this" boxes (re-rank)
 
 
 @dataclass
@@ -108,6 +109,44 @@ def mine(ws: Workspace, *, image: str | None = None, boxes: Sequence[Sequence[fl
     return mine_batch(ws, [q], n_candidates=n_candidates, scales=scales, write=write)[0]
 
 
+def more_like(ws: Workspace, selection: str, ids: Sequence[str], *, top_k: int = 100, model: str = DEFAULT_MODEL,
+              rerank: int = RERANK_TOP, n_candidates: int | None = None, write: bool = True) -> Selection:
+    """"More like these hits": pool images like the hits ``ids`` of the saved selection ``selections/<selection>``.
+
+    Each chosen hit becomes a query (its pool image, its matched box); the results are merged by each image's best
+    score (the re-rank's crop cosines share one scale across queries, so a maximum is meaningful) and the chosen
+    hits themselves are left out. Written as ``selections/<query_id>.parquet`` like any query when ``write``.
+    Raises ``UserError`` for a missing selection or an id that is not one of its hits.
+    """
+    rel = f"selections/{selection}.parquet"
+    if not ws.exists(rel):
+        raise UserError(f"{ws.path(rel)}: no such selection (its query id, as assay mine printed it)")
+    rows = {r["image_id"]: r for r in ws.read_table(rel).to_pylist()}
+    bad = [i for i in ids if i not in rows]
+    if not ids or bad:
+        raise UserError(f"--ids {','.join(bad) or '(none)'}: give hits of selection {selection} "
+                        f"(e.g. {', '.join(list(rows)[:3])})")
+    qs = [Query(i, [tuple(float(rows[i][k]) for k in ("x0", "y0", "x1", "y1"))], top_k + len(ids), model,
+                rerank=rerank) for i in ids]
+    sels = mine_batch(ws, qs, n_candidates=n_candidates, write=False)
+    best: dict[str, Hit] = {}
+    for s in sels:
+        for h in s.hits:
+            if h.image_id not in ids and (h.image_id not in best or h.score > best[h.image_id].score):
+                best[h.image_id] = h
+    record = {"more_like": selection, "ids": list(ids), "model": model, "k": top_k, "rerank": rerank,
+              "method": "template"}
+    qid = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    out = Selection(qid, record, sorted(best.values(), key=lambda h: -h.score)[:top_k],
+                    coarse_s=sum(s.coarse_s for s in sels), fine_s=sum(s.fine_s for s in sels),
+                    n_candidates=sum(s.n_candidates for s in sels), rerank_s=sum(s.rerank_s for s in sels),
+                    reranked=max(s.reranked for s in sels))
+    if write:
+        ws.write_table(f"selections/{qid}.parquet", attach_uris(ws, out.table()))
+        ws.write_json(f"queries/{qid}.json", record)
+    return out
+
+
 def mine_batch(ws: Workspace, queries: Sequence[Query], *, workers: int = 0, n_candidates: int | None = None,
                scales: Sequence[float] = SCALES, write: bool = True) -> list[Selection]:
     """Run several queries in one job: indexes are loaded once; with ``workers > 0`` the fine stages run on that
@@ -144,9 +183,11 @@ class Selector:
 
                 self._embedder = crop_embedder(device())
             head = sel.hits[:q.rerank]
-            qv = self._embedder.embed(load_image(query_uri), q.boxes)
-            sel.hits = rerank_hits(qv, head, lambda i: load_image(uris[i]), self._embedder,
-                                   combine=q.combine) + sel.hits[q.rerank:]
+            query_img = load_image(query_uri)
+            qv = self._embedder.embed(query_img, q.boxes)
+            nv = self._embedder.embed(query_img, q.negatives) if q.negatives else None
+            sel.hits = rerank_hits(qv, head, lambda i: load_image(uris[i]), self._embedder, combine=q.combine,
+                                   negative_vectors=nv) + sel.hits[q.rerank:]
             sel.reranked, sel.rerank_s = len(head), time.perf_counter() - t
         sel.hits = sel.hits[:q.top_k]
 
@@ -294,6 +335,10 @@ def _check_query(q: Query) -> None:
         raise UserError("template matching needs at least one --box x0,y0,x1,y1")
     if q.fmap is None and not q.image:
         raise UserError("a query needs an image")
+    if q.negatives and (q.rerank <= 0 or q.method != "template"):
+        raise UserError("negative boxes are applied by the re-rank: use them with method template and rerank > 0")
+    if q.rerank < 0:
+        raise UserError(f"rerank must be >= 0, got {q.rerank}")
 
 
 def _query_features(ws: Workspace, q: Query) -> tuple[FeatureMap, tuple[float, float] | None]:
@@ -322,7 +367,7 @@ def query_id(q: Query) -> str:
     else:
         h.update(q.image.encode())
     spec = {"boxes": [[round(v, 2) for v in b] for b in q.boxes], "model": q.model, "method": q.method,
-            "combine": q.combine, "rerank": q.rerank}
+            "combine": q.combine, "rerank": q.rerank, "negatives": [[round(v, 2) for v in b] for b in q.negatives]}
     h.update(json.dumps(spec, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -330,7 +375,7 @@ def query_id(q: Query) -> str:
 def _query_record(q: Query) -> dict:
     uri = str(Path(q.image).resolve()) if q.image and os.path.exists(q.image) else q.image
     d = {k: v for k, v in asdict(q).items() if k != "fmap"}
-    d.update(image=uri, boxes=[list(b) for b in q.boxes], k=q.top_k)
+    d.update(image=uri, boxes=[list(b) for b in q.boxes], negatives=[list(b) for b in q.negatives], k=q.top_k)
     d.pop("top_k")
     return d
 
@@ -358,11 +403,12 @@ def load_queries(path: str) -> list[Query]:
         raise UserError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(items, list):
         raise UserError(f"{path}: expected a JSON list of queries")
-    fields = {"image", "boxes", "top_k", "model", "method", "combine", "rerank"}
+    fields = {"image", "boxes", "top_k", "model", "method", "combine", "rerank", "negatives"}
     out = []
     for n, it in enumerate(items):
         if not isinstance(it, dict) or "image" not in it or set(it) - fields:
             raise UserError(f"{path}: query {n} must be an object with keys among {sorted(fields)} incl. image")
-        it = dict(it, boxes=[tuple(map(float, b)) for b in it.get("boxes", [])])
+        it = dict(it, boxes=[tuple(map(float, b)) for b in it.get("boxes", [])],
+                  negatives=[tuple(map(float, b)) for b in it.get("negatives", [])])
         out.append(Query(**it))
     return out

@@ -79,7 +79,8 @@ def crop_embedder(device: str = "cpu") -> CropEmbedder:
 
 
 def rerank_hits(query_vectors: np.ndarray, hits: Sequence[Hit], load: Callable[[str], np.ndarray],
-                embedder: CropEmbedder, *, combine: str = "min") -> list[Hit]:
+                embedder: CropEmbedder, *, combine: str = "min",
+                negative_vectors: np.ndarray | None = None) -> list[Hit]:
     """Re-score ``hits`` by the cosine of each matched object box's crop vector to its query box's vector.
 
     Parameters
@@ -88,6 +89,9 @@ def rerank_hits(query_vectors: np.ndarray, hits: Sequence[Hit], load: Callable[[
     hits : from the dense stage; each hit's ``object_boxes`` (B boxes, one per query box; else ``box`` for all).
     load : image_id -> H×W×3 uint8 image; an image that fails to load keeps its hit at score -1 (ranked last).
     combine : "min" or "mean" over the query's boxes.
+    negative_vectors : N×C unit vectors of "not this" boxes, or None. A hit whose crops look more like a negative
+        than like the query (``neg = max cosine to any negative > score``) drops by that margin:
+        ``score - (neg - score)``; other hits keep their score.
 
     Returns
     -------
@@ -107,7 +111,11 @@ def rerank_hits(query_vectors: np.ndarray, hits: Sequence[Hit], load: Callable[[
         owner.append(n)
     vecs = embedder.embed_crops(torch.cat(crops)) if crops else np.zeros((0, query_vectors.shape[1]), np.float32)
     sims = (vecs.reshape(len(owner), B, -1) * query_vectors[None]).sum(2)  # hits × B
-    score = dict(zip(owner, (sims.min(1) if combine == "min" else sims.mean(1)).tolist()))
+    pos = sims.min(1) if combine == "min" else sims.mean(1)  # hits
+    if negative_vectors is not None and len(negative_vectors) and len(owner):
+        neg = (vecs @ np.asarray(negative_vectors, np.float32).T).reshape(len(owner), -1).max(1)  # hits
+        pos = pos - np.maximum(neg - pos, 0.0)
+    score = dict(zip(owner, pos.tolist()))
     out = [replace(h, score=-1.0 if n in failed else float(score[n])) for n, h in enumerate(hits)]
     order = sorted(range(len(out)), key=lambda i: (-out[i].score, i))
     return [out[i] for i in order]

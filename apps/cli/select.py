@@ -14,6 +14,7 @@ from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
 # Mirrors actors.selection.mine (kept here so `assay --help` does not import torch; tests check they agree).
 DEFAULT_MODEL = "efficientnet-lite0"
 METHODS = ("template", "global")
+RERANK_TOP = 300  # actors.selection.rerank.RERANK_TOP
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Feature-store name (features/<model>/).")]
 
@@ -81,6 +82,15 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
              keep_query: Annotated[bool, typer.Option(
                  "--keep-query", help="Keep the query image among the hits when it is a pool image itself (left "
                                       "out by default: it would be the best hit).")] = False,
+             rerank: Annotated[int, typer.Option(
+                 "--rerank", help="Best dense hits re-scored at the object's own scale (0: off; scores are then "
+                                  "the dense stage's).")] = RERANK_TOP,
+             negative_box: Annotated[Optional[list[str]], typer.Option(
+                 "--negative-box", help="x0,y0,x1,y1 of a 'not this' object in the query image; repeatable.")] = None,
+             more_like: Annotated[Optional[str], typer.Option(
+                 "--more-like", help="A saved selection's query id: find more like its hits --ids.")] = None,
+             ids: Annotated[Optional[str], typer.Option(
+                 "--ids", help="With --more-like: comma-separated image_ids of its hits.")] = None,
              as_json: JsonOpt = False) -> None:
     """Find the pool images holding an object like the boxed one(s) in the query image, ranked and localized."""
     from actors.selection.mine import Query, load_queries
@@ -89,10 +99,16 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     from apps.cli.steps import missing_before_mine
 
     ws = Workspace(workspace)
+    if rerank < 0:
+        raise UserError(f"--rerank must be >= 0, got {rerank}")
+    if more_like:
+        _require(missing_before_mine(ws, [(model, "template")]))
+        return _more_like(ws, more_like, ids, top_k=top_k, model=model, rerank=rerank, as_json=as_json)
     if queries:
         qs = load_queries(queries)
     elif image:
-        qs = [Query(image, [parse_box(b) for b in box or []], top_k, model, method, combine)]
+        qs = [Query(image, [parse_box(b) for b in box or []], top_k, model, method, combine, rerank=rerank,
+                    negatives=[parse_box(b) for b in negative_box or []])]
     else:
         raise UserError("give --image (with --box) or --queries FILE.json")
     if candidates is not None and candidates < 1:
@@ -102,11 +118,54 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     _require(missing_before_mine(ws, [(q.model, q.method) for q in qs]))
     sels, left_out = _mine(ws, qs, keep_query=keep_query, workers=workers, n_candidates=candidates)
     uris = _uris(ws)
-    result = [{"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,
-               "seconds": {"coarse": s.coarse_s, "fine": s.fine_s}, "query_image_left_out": gone,
-               "hits": [{"rank": r + 1, "image_id": h.image_id, "uri": uris.get(h.image_id, ""), "score": h.score,
-                         "box": list(h.box)} for r, h in enumerate(s.hits)]} for s, gone in zip(sels, left_out)]
+    result = [_result(s, uris, gone) for s, gone in zip(sels, left_out)]
     emit(result if queries else result[0], as_json, lambda r: _render(r if queries else [r]))
+
+
+def _result(s, uris: dict[str, str], gone: str | None = None) -> dict:
+    return {"query_id": s.query_id, "query": s.query, "n_candidates": s.n_candidates,
+            "seconds": {"coarse": s.coarse_s, "fine": s.fine_s, "rerank": s.rerank_s}, "reranked": s.reranked,
+            "query_image_left_out": gone,
+            "hits": [{"rank": r + 1, "image_id": h.image_id, "uri": uris.get(h.image_id, ""), "score": h.score,
+                      "box": list(h.box)} for r, h in enumerate(s.hits)]}
+
+
+def _more_like(ws, selection: str, ids: str | None, *, top_k: int, model: str, rerank: int, as_json: bool) -> None:
+    from actors.selection.mine import more_like
+    from apps.cli.output import emit
+
+    chosen = [i.strip() for i in (ids or "").split(",") if i.strip()]
+    sel = more_like(ws, selection, chosen, top_k=top_k, model=model, rerank=rerank)
+    emit(_result(sel, _uris(ws)), as_json, lambda r: _render([r]))
+
+
+def show_cmd(selection: Annotated[str, typer.Argument(help="A selection's query id (selections/<id>.parquet).")],
+             workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+             top: Annotated[int, typer.Option("--top", help="Hits on the sheet.")] = 24,
+             out: Annotated[Optional[str], typer.Option(
+                 "--out", help="PNG path (default selections/<id>.png in the workspace).")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Write a contact sheet of a selection: the query with its boxes, then the hits with their matched boxes."""
+    from actors.core.images import load_image
+    from actors.core.workspace import Workspace
+    from actors.selection.match import Hit
+    from actors.selection.sheet import contact_sheet
+    from apps.cli.output import console, emit
+
+    ws = Workspace(workspace)
+    rel = f"selections/{selection}.parquet"
+    if not ws.exists(rel):
+        raise UserError(f"{ws.path(rel)}: no such selection (the query id assay mine printed)")
+    rows = ws.read_table(rel).to_pylist()[:top]
+    query = ws.read_json(f"queries/{selection}.json") if ws.exists(f"queries/{selection}.json") else {}
+    uris = _uris(ws)
+    q_uri = uris.get(query.get("image", ""), query.get("image", ""))
+    q_img = load_image(q_uri) if q_uri and (os.path.exists(q_uri) or "://" in q_uri) else None
+    hits = [Hit(r["image_id"], float(r["score"]), (r["x0"], r["y0"], r["x1"], r["y1"])) for r in rows]
+    path = contact_sheet(q_img, query.get("boxes", []), hits, lambda i: load_image(uris[i]),
+                         out or ws.local_path(f"selections/{selection}.png"))
+    emit({"sheet": str(path), "hits": len(hits)}, as_json,
+         lambda r: console.print(f"wrote {r['sheet']} ({r['hits']} hits; the query first, boxes drawn)"))
 
 
 def _require(err: UserError | None) -> None:
@@ -179,3 +238,4 @@ def _render(results: list[dict]) -> None:
 def register(app: typer.Typer) -> None:
     app.command("index")(index_cmd)
     app.command("mine")(mine_cmd)
+    app.command("show")(show_cmd)

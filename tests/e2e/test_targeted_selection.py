@@ -34,3 +34,24 @@ def test_world_to_mine_through_the_cli(tmp_path, capsys):
         out = json.loads(capsys.readouterr().out)
         assert len(out["hits"]) == 5 and all(h["uri"] for h in out["hits"])
         assert ws.exists(f"selections/{out['query_id']}.parquet") and ws.exists(f"queries/{out['query_id']}.json")
+        if method == "template":  # re-ranked at the object's scale: crop cosines, one scale for every query
+            assert out["reranked"] > 0 and all(-1 <= h["score"] <= 1 for h in out["hits"])
+            template = out
+    # "not this": a negative box changes the query (and its id); more like two hits of the saved selection
+    neg = ",".join(f"{v:.1f}" for v in (0, 0, 20, 20))
+    assert main(["mine", "-w", ws.uri, "--image", queries[lab["image_id"]], "--box", box, "--negative-box", neg,
+                 "--top-k", "5", "--model", "assay-small", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["query_id"] != template["query_id"]
+    chosen = [h["image_id"] for h in template["hits"][:2]]
+    assert main(["mine", "-w", ws.uri, "--more-like", template["query_id"], "--ids", ",".join(chosen),
+                 "--top-k", "5", "--model", "assay-small", "--json"]) == 0
+    more = json.loads(capsys.readouterr().out)
+    assert more["query"]["more_like"] == template["query_id"] and len(more["hits"]) == 5
+    assert not set(chosen) & {h["image_id"] for h in more["hits"]}
+    assert main(["mine", "-w", ws.uri, "--more-like", template["query_id"], "--ids", "nope", "-m", "assay-small"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["show", template["query_id"], "-w", ws.uri, "--json"]) == 0
+    sheet = json.loads(capsys.readouterr().out)["sheet"]
+    from PIL import Image
+
+    assert Image.open(sheet).size[0] > 0 and sheet.endswith(f"{template['query_id']}.png")

@@ -64,3 +64,17 @@ def test_unloadable_image_ranks_last_and_multi_box_queries_combine_per_object():
     assert out[1].score < 0.5  # red crop against the blue query box: min over the two objects is low
     with pytest.raises(ValueError, match="combine"):
         rerank_hits(q, hits, load, emb, combine="max")
+
+
+def test_negative_boxes_push_down_hits_that_look_more_like_them():
+    pink, orange = (255, 0, 128), (255, 140, 0)
+    images = {"pink": _image(((20, 20, 40, 40), pink)), "orange": _image(((20, 20, 40, 40), orange))}
+    emb = CropEmbedder(MeanColour(), px=16, context=1.0)
+    query = _image(((5, 5, 25, 25), RED), ((60, 40, 80, 60), pink))
+    q, neg = emb.embed(query, [(5, 5, 25, 25)]), emb.embed(query, [(60, 40, 80, 60)])
+    hits = [Hit("pink", 0.9, (20, 20, 40, 40)), Hit("orange", 0.8, (20, 20, 40, 40))]
+    plain = rerank_hits(q, hits, images.__getitem__, emb)
+    assert [h.image_id for h in plain] == ["pink", "orange"]  # pink is nearer red than orange is
+    negated = rerank_hits(q, hits, images.__getitem__, emb, negative_vectors=neg)
+    assert [h.image_id for h in negated] == ["orange", "pink"]  # ... but it is the "not this" colour
+    assert negated[0].score == pytest.approx(plain[1].score)  # orange is nearer the query than the negative: kept

@@ -97,6 +97,7 @@ def test_cli_constants_mirror_the_library():
 
     assert cs.DEFAULT_MODEL == actors.selection.mine.DEFAULT_MODEL
     assert tuple(cs.METHODS) == tuple(actors.selection.mine.METHODS)
+    assert cs.RERANK_TOP == actors.selection.mine.RERANK_TOP
 
 
 # ----------------------------------------------------------------------------------------------- sharded index
