@@ -64,9 +64,14 @@ class ScoreActor:
 
         from actors.detection.data import build_data
 
+        from actors.detection.train import shape_batches
+
         data = build_data(self.det, rows, cache=self.cache, mirrored=mirrored)
+        outs: list[dict] = [{}] * len(rows)
         with torch.no_grad():
-            outs = self.det.predict(data.inputs.to(self.device), data.sizes)
+            for idx in shape_batches(data.shapes(), range(len(data)), len(data)):  # one call per image size
+                for i, o in zip(idx, self.det.predict(data.take(idx).to(self.device), [data.sizes[i] for i in idx])):
+                    outs[i] = o
         res = {}
         for r, o in zip(rows, outs):
             d = Detections(*(o[k].detach().cpu().numpy() for k in ("boxes", "scores", "probs")))

@@ -223,11 +223,15 @@ class _Run:
         if self.cfg.strategy == "coreset":
             if not self.det.cached:
                 raise UserError("coreset needs a cached-feature detector (dense-lite0) for its embeddings")
-            emb = self.cache.get([self.rows[i] for i in ids]).float().mean((2, 3)).numpy()
-            lab_emb = self.cache.get([self.rows[i] for i in sorted(done)]).float().mean((2, 3)).numpy()
+            emb, lab_emb = self.embeddings(ids), self.embeddings(sorted(done))
         c = Candidates(ids, {k: _dets(v) for k, v in preds.items()}, {k: _dets(v) for k, v in flipped.items()},
                        emb, lab_emb)
         return c, preds
+
+    def embeddings(self, ids: list[str]) -> np.ndarray:
+        """N×C mean-pooled trunk maps of ``ids`` (the coreset's embeddings; any image sizes)."""
+        maps = self.cache.maps([self.rows[i] for i in ids])
+        return np.stack([m.float().mean((1, 2)).numpy() for m in maps]) if maps else np.zeros((0, 0), np.float32)
 
     def write_scores(self, round_: int, c: Candidates, picked: list[str]) -> None:
         u = uncertainty_scores(c.preds, c.ids)

@@ -15,7 +15,7 @@ import torch
 
 from actors.core.workspace import Workspace
 from actors.detection.models import Detector
-from actors.detection.train import DetectionData
+from actors.detection.train import DetectionData, Inputs, as_inputs
 
 Boxes = Mapping[str, tuple[np.ndarray, np.ndarray]]  # image_id -> (boxes n×4, label indices n)
 
@@ -60,8 +60,13 @@ class FeatureCache:
     def _rel(self, image_id: str, mirrored: bool) -> str:
         return f"{self.dir}/{image_id}{'.flip' if mirrored else ''}.pt"
 
-    def get(self, rows: Sequence[dict], mirrored: bool = False, batch_size: int = 8) -> torch.Tensor:
-        """N×C×h×w fp16 maps of ``rows`` (catalog rows), computing and storing the missing ones."""
+    def get(self, rows: Sequence[dict], mirrored: bool = False, batch_size: int = 8) -> Inputs:
+        """fp16 maps of ``rows`` (catalog rows) as :class:`DetectionData` inputs: N×C×h×w when the images share a
+        size, else a list of C×h×w (see :meth:`maps`)."""
+        return as_inputs(self.maps(rows, mirrored, batch_size))
+
+    def maps(self, rows: Sequence[dict], mirrored: bool = False, batch_size: int = 8) -> list[torch.Tensor]:
+        """One C×h×w fp16 map per row of ``rows`` (catalog rows), computing and storing the missing ones."""
         from actors.core.images import load_image
 
         missing = [r for r in rows if (r["image_id"], mirrored) not in self.memo]
@@ -81,7 +86,7 @@ class FeatureCache:
                 torch.save(f, buf)
                 self.ws.write_bytes(self._rel(r["image_id"], mirrored), buf.getvalue())
                 self.memo[(r["image_id"], mirrored)] = f
-        return torch.stack([self.memo[(r["image_id"], mirrored)] for r in rows]) if rows else torch.zeros(0)
+        return [self.memo[(r["image_id"], mirrored)] for r in rows]
 
     def _trunk(self, images: list[np.ndarray], mirrored: bool) -> list[torch.Tensor]:
         out = []
@@ -96,12 +101,13 @@ class FeatureCache:
         return out
 
 
-def images_tensor(rows: Sequence[dict], mirrored: bool = False) -> torch.Tensor:
-    """B×3×H×W float images in [0, 1] (an end-to-end detector's inputs; all images must share a size)."""
+def images_tensor(rows: Sequence[dict], mirrored: bool = False) -> Inputs:
+    """Float images in [0, 1], an end-to-end detector's inputs: B×3×H×W when they share a size, else a list of
+    3×H×W."""
     from actors.core.images import load_image
 
-    x = torch.from_numpy(np.stack([load_image(r["uri"]) for r in rows])).permute(0, 3, 1, 2).float() / 255.0
-    return x.flip(-1) if mirrored else x
+    xs = [torch.from_numpy(load_image(r["uri"])).permute(2, 0, 1).float() / 255.0 for r in rows]  # 3×H×W each
+    return as_inputs([x.flip(-1) if mirrored else x for x in xs])
 
 
 def build_data(det: Detector, rows: Sequence[dict], labels: Boxes | None = None, *,
@@ -112,7 +118,7 @@ def build_data(det: Detector, rows: Sequence[dict], labels: Boxes | None = None,
             raise ValueError("a cached detector needs a FeatureCache")
         x = cache.get(rows, mirrored)
     else:
-        x = images_tensor(rows, mirrored) if rows else torch.zeros(0)
+        x = images_tensor(rows, mirrored)
     empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     lab = [labels.get(r["image_id"], empty) if labels is not None else empty for r in rows]
     return DetectionData(inputs=x, boxes=[torch.from_numpy(np.asarray(b, np.float32)) for b, _ in lab],

@@ -64,8 +64,7 @@ def _worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if world > 1:  # each worker trains on its shard; gradients are averaged by DDP
         keep = list(range(rank, len(data), world))
-        data = DetectionData(data.inputs[keep], [data.boxes[i] for i in keep], [data.labels[i] for i in keep],
-                             [data.sizes[i] for i in keep], [data.ids[i] for i in keep])
+        data = data.subset(keep)
         target = det.head if det.cached else det.model
         wrapped = ray.train.torch.prepare_model(target, move_to_device=True)
         if det.cached:

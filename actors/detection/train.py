@@ -25,7 +25,7 @@ import io
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -51,12 +51,23 @@ class TrainConfig:
         return cls()
 
 
+Inputs = torch.Tensor | list[torch.Tensor]  # N×C×H×W when every image shares a size, else one C×H×W per image
+
+
+def as_inputs(items: Sequence[torch.Tensor]) -> Inputs:
+    """Per-image tensors as :class:`DetectionData` inputs: stacked (N×…) when they share a shape, else the list."""
+    if not items:
+        return torch.zeros(0)
+    return torch.stack(list(items)) if len({tuple(t.shape) for t in items}) == 1 else list(items)
+
+
 @dataclass
 class DetectionData:
-    """Training/eval inputs: ``inputs`` N×… (cached features or images), per-image ``boxes`` (n×4 pixels),
-    ``labels`` (n, 0..K-1), ``sizes`` (W, H) and ``ids``."""
+    """Training/eval inputs: ``inputs`` (cached features or images: N×… stacked, or a list of per-image tensors
+    when the images differ in size), per-image ``boxes`` (n×4 pixels), ``labels`` (n, 0..K-1), ``sizes`` (W, H)
+    and ``ids``. A batch is always drawn from images of one shape (:func:`shape_batches`)."""
 
-    inputs: torch.Tensor
+    inputs: Inputs
     boxes: list[torch.Tensor]
     labels: list[torch.Tensor]
     sizes: list[tuple[int, int]]
@@ -64,6 +75,49 @@ class DetectionData:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The input shape of each image (one shape for all when the inputs are stacked)."""
+        if isinstance(self.inputs, torch.Tensor):
+            return [tuple(self.inputs.shape[1:])] * len(self.inputs)
+        return [tuple(t.shape) for t in self.inputs]
+
+    def take(self, idx: Sequence[int]) -> torch.Tensor:
+        """B×… inputs of the images ``idx``, which must share a shape."""
+        if isinstance(self.inputs, torch.Tensor):
+            return self.inputs[torch.as_tensor(list(idx), dtype=torch.long)]
+        return torch.stack([self.inputs[i] for i in idx])
+
+    def subset(self, idx: Sequence[int]) -> "DetectionData":
+        """The images ``idx``, in that order."""
+        idx = list(idx)
+        inputs = self.inputs[idx] if isinstance(self.inputs, torch.Tensor) else as_inputs([self.inputs[i]
+                                                                                           for i in idx])
+        return DetectionData(inputs, [self.boxes[i] for i in idx], [self.labels[i] for i in idx],
+                             [self.sizes[i] for i in idx], [self.ids[i] for i in idx] if self.ids else [])
+
+    def to_float(self) -> "DetectionData":
+        """The same data with float32 inputs (cached maps are stored as fp16)."""
+        x = self.inputs.float() if isinstance(self.inputs, torch.Tensor) else [t.float() for t in self.inputs]
+        return DetectionData(x, self.boxes, self.labels, self.sizes, self.ids)
+
+
+def shape_batches(shapes: Sequence[tuple[int, ...]], order: Iterable[int], batch_size: int) -> list[list[int]]:
+    """Batches of at most ``batch_size`` indices taken in ``order``, each of one input shape.
+
+    With one shape these are the consecutive chunks of ``order``. With several, an index joins the open batch of its
+    shape, which is emitted when full; the unfilled ones follow in order of first appearance. Either way there are
+    ``sum(ceil(n_shape / batch_size))`` batches, whatever the order.
+    """
+    open_: dict[tuple[int, ...], list[int]] = {}
+    out: list[list[int]] = []
+    for i in order:
+        b = open_.setdefault(shapes[i], [])
+        b.append(int(i))
+        if len(b) == batch_size:
+            out.append(b)
+            open_[shapes[i]] = []
+    return out + [b for b in open_.values() if b]
 
 
 @dataclass
@@ -93,14 +147,14 @@ def _flip(x: torch.Tensor, boxes: torch.Tensor, width: float) -> tuple[torch.Ten
     return x.flip(-1), b
 
 
-def _batch(det: Detector, data: DetectionData, idx: torch.Tensor, flips: torch.Tensor):
-    x = data.inputs[idx]
-    boxes, labels = [data.boxes[i] for i in idx.tolist()], [data.labels[i] for i in idx.tolist()]
+def _batch(det: Detector, data: DetectionData, idx: list[int], flips: torch.Tensor):
+    x = data.take(idx)
+    boxes, labels = [data.boxes[i] for i in idx], [data.labels[i] for i in idx]
     head = det.config.get("head") or det.config.get("source", {}).get("head", {})  # a compressed one: its source's
     stride = head.get("stride", 1) if det.cached else 1
     xs, bs = [], []
     for j in range(len(idx)):
-        width = x.shape[-1] * stride if det.cached else data.sizes[int(idx[j])][0]
+        width = x.shape[-1] * stride if det.cached else data.sizes[idx[j]][0]
         xj, bj = _flip(x[j], boxes[j], width) if flips[j] else (x[j], boxes[j])
         xs.append(xj)
         bs.append(bj)
@@ -194,7 +248,8 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
         det.reset(cfg.seed)  # a fresh and a resumed run start from the same weights
     params = [p for p in det.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
+    shapes = data.shapes()
+    steps_per_epoch = max(1, len(shape_batches(shapes, range(len(data)), cfg.batch_size)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup))
     config, start = config_of(det, cfg, init), 0
     if ckpt and ws is not None and resume and ws.exists(ckpt):
@@ -206,8 +261,8 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start = int(ck["epoch"]) + 1
-    if data.inputs.dtype == torch.float16:  # cached maps are stored as fp16; convert once, not every step
-        data = DetectionData(data.inputs.float(), data.boxes, data.labels, data.sizes, data.ids)
+    if data.take([0]).dtype == torch.float16:  # cached maps are stored as fp16; convert once, not every step
+        data = data.to_float()
     losses = []
     det.train()
     bar = tqdm(total=cfg.epochs, initial=start, desc="train detector", unit="epoch", disable=not progress)
@@ -216,8 +271,7 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
         order = torch.randperm(len(data), generator=g)
         flips = (torch.rand(len(data), generator=g) < 0.5) & cfg.hflip
         total = 0.0
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        for step, idx in enumerate(shape_batches(shapes, order.tolist(), cfg.batch_size)):
             if on_step is not None:
                 on_step(epoch, step)
             x, boxes, labels = _batch(det, data, idx, flips[idx])
@@ -250,17 +304,16 @@ def predict(det: Detector, data: DetectionData, *, mirrored: bool = False, batch
     """
     det.eval()
     out = {}
-    for i in range(0, len(data), batch_size):
-        sizes = data.sizes[i:i + batch_size]
-        for j, r in enumerate(det.predict(data.inputs[i:i + batch_size], sizes)):
+    for idx in shape_batches(data.shapes(), range(len(data)), batch_size):
+        sizes = [data.sizes[i] for i in idx]
+        for i, width, r in zip(idx, (w for w, _ in sizes), det.predict(data.take(idx), sizes)):
             b = r["boxes"].clone()
             if mirrored:
-                width = sizes[j][0]
                 b[:, 0], b[:, 2] = width - r["boxes"][:, 2], width - r["boxes"][:, 0]
-            out[data.ids[i + j]] = {"boxes": b.numpy(), "scores": r["scores"].numpy(),
-                                    "labels": r["labels"].numpy(), "probs": r["probs"].numpy()}
+            out[data.ids[i]] = {"boxes": b.numpy(), "scores": r["scores"].numpy(),
+                                "labels": r["labels"].numpy(), "probs": r["probs"].numpy()}
     return out
 
 
-__all__ = ["TrainConfig", "DetectionData", "TrainResult", "train_detector", "predict", "load_detector",
-           "read_checkpoint", "config_of", "weights_fingerprint"]
+__all__ = ["TrainConfig", "DetectionData", "TrainResult", "Inputs", "as_inputs", "shape_batches", "train_detector",
+           "predict", "load_detector", "read_checkpoint", "config_of", "weights_fingerprint"]

@@ -136,3 +136,30 @@ def test_warm_start_trains_from_the_given_weights_and_resumes(workspace):
     other.load_trainable_state(_shift(_det().trainable_state(), 0.1))
     with pytest.raises(UserError, match="another configuration"):
         train_detector(other, data, cfg, ws=workspace, ckpt="runs/b/model.pt", warm_start=True)
+
+
+def test_shape_batches_keep_one_shape_per_batch():
+    from actors.detection.train import shape_batches
+
+    shapes = [(1, 2), (1, 3), (1, 2), (1, 2), (1, 3), (1, 2)]
+    assert shape_batches([(1, 2)] * 5, [4, 0, 3, 1, 2], 2) == [[4, 0], [3, 1], [2]]  # one shape: plain chunks
+    got = shape_batches(shapes, range(6), 2)
+    assert got == [[0, 2], [1, 4], [3, 5]] and all(len({shapes[i] for i in b}) == 1 for b in got)
+
+
+def test_train_and_predict_on_maps_of_mixed_sizes():
+    """#24 item 1: cached maps of two image sizes train (batched by shape) and predict in their own frames."""
+    from actors.detection.train import as_inputs, predict
+
+    a, b = _data(n=4), _data(n=3, h=9, w=12)
+    data = DetectionData(as_inputs(list(a.inputs) + list(b.inputs)), a.boxes + b.boxes, a.labels + b.labels,
+                         a.sizes + b.sizes, [f"im{i}" for i in range(7)])
+    assert isinstance(data.inputs, list) and len(data) == 7
+    det = _det()
+    res = train_detector(det, data, TrainConfig(epochs=2, batch_size=3, seed=1))
+    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+    out = predict(det, data, batch_size=3)
+    assert set(out) == set(data.ids)
+    for i, (w, h) in enumerate(data.sizes):
+        boxes = out[f"im{i}"]["boxes"]
+        assert (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()
