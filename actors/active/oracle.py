@@ -11,6 +11,9 @@ Contract (:func:`import_labels`)
 * Otherwise the boxes are appended as ``source="human"`` rows with fresh ``box_id``s; a box identical to one the
   image already has is skipped (importing the same file twice changes nothing). Pseudo rows are left alone: a
   human label of an image takes precedence in training. With ``run_id``, the images join that run's labeled set.
+* An image of the file with no annotation was looked at and holds no object: it gets one ``status="empty"`` row
+  (:data:`~actors.catalog.schema.EMPTY`), unless it already has human rows, so it counts as labelled (with no
+  boxes) from then on.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from actors.catalog.schema import LABELS, conform_labels, load_images, load_labels
+from actors.catalog.schema import EMPTY, LABELS, conform_labels, load_images, load_labels
 from actors.core.errors import UserError
 from actors.core.workspace import Workspace
 
@@ -35,6 +38,7 @@ class ImportReport:
     images: int
     added: int
     skipped_duplicates: int
+    empty: int = 0  # images marked as holding no object
 
 
 def _read(path: Path) -> dict:
@@ -121,11 +125,20 @@ def import_labels(ws: Workspace, path: str | os.PathLike, *, run_id: str | None 
         next_id[image_id] = box_id + 1
         rows.append({"image_id": image_id, "box_id": box_id, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                      "category": cat, "source": "human", "status": "ok", "error": None, "run_id": None})
-    if rows:
-        ws.write_table(LABELS, pa.concat_tables([conform_labels(old), conform_labels(pa.Table.from_pylist(rows))]))
+    empty = _empty_rows(old, set(images.values()) - {i for i, _, _ in new})
+    if rows or empty:
+        ws.write_table(LABELS, pa.concat_tables([conform_labels(old),
+                                                 conform_labels(pa.Table.from_pylist(rows + empty))]))
     if run_id:
         _join_run(ws, run_id, sorted(set(images.values())))
-    return ImportReport(str(path), len(set(images.values())), len(rows), dup)
+    return ImportReport(str(path), len(set(images.values())), len(rows), dup, len(empty))
+
+
+def _empty_rows(old: pa.Table, ids: set[str]) -> list[dict]:
+    """One ``EMPTY`` row for each image of ``ids`` that has no human row yet (a box or an earlier mark)."""
+    human = {r["image_id"] for r in old.select(["image_id", "source"]).to_pylist() if r["source"] != "pseudo"}
+    return [{"image_id": i, "box_id": -1, "x0": 0.0, "y0": 0.0, "x1": 0.0, "y1": 0.0, "category": "",
+             "source": "human", "status": EMPTY, "error": None, "run_id": None} for i in sorted(ids - human)]
 
 
 def _join_run(ws: Workspace, run_id: str, ids: list[str]) -> None:

@@ -8,11 +8,14 @@ Contract
   strategy (a ``priority`` list first), obtains their labels and retrains on everything labeled so far (+ this
   run's pseudo-labels with ``pseudo=True``): from the seed, or with ``warm_start`` from the previous round's model.
 * Labels come from the oracle: the catalog's human rows of the selected images (on the embedded world, its ground
-  truth). A selected image with no human row waits in ``runs/<run_id>/to_label.json`` until ``assay labels import``
-  brings its labels; training then uses the images that have them.
+  truth). An image is labelled when it has a human box or a ``status="empty"`` row (a labeler saw no object on
+  it). A round whose labeled set holds unlabelled images waits: they are listed in ``runs/<run_id>/to_label.json``,
+  the run stops before training that round (``LearnReport.waiting``), and running it again after ``assay labels
+  import`` trains the round on them.
 * Written under ``runs/<run_id>/``: ``config.json``, ``labeled.parquet`` (image_id, round, reason),
-  ``curve.parquet`` (round, n_labeled, n, metric, value, seconds; mAP@.5 in percent on ``eval_split``: what
-  ``assay estimate`` / ``assay plan`` read), ``metrics.json`` (every COCO metric per round),
+  ``curve.parquet`` (round, n_labeled, n, metric, value, seconds; n_labeled = n = the labelled images the round
+  trained on, pseudo-labelled ones not counted; mAP@.5 in percent on ``eval_split``: what ``assay estimate`` /
+  ``assay plan`` read), ``metrics.json`` (every COCO metric per round),
   ``round-<r>/scores.parquet`` and ``models/round-<r>.pt`` (the detector checkpoint, written every epoch).
 * Resumable: a finished round is never redone; a round killed mid-training resumes from its last epoch; a run
   resumed between rounds scores the pool with the previous round's checkpoint.
@@ -86,6 +89,7 @@ class LearnReport:
     seconds: list[float]
     selected: list[list[str]]
     classes: list[str]
+    waiting: list[str] = field(default_factory=list)  # images the next round waits for (runs/<id>/to_label.json)
 
 
 def _classes(ws: Workspace) -> list[str]:
@@ -151,21 +155,37 @@ class _Run:
 
         return build_data(self.det, [self.rows[i] for i in ids], labels, cache=self.cache, mirrored=mirrored)
 
-    def training_set(self) -> tuple[list[str], dict]:
+    def labelled(self) -> tuple[list[str], list[str], dict]:
+        """(labelled ids, unlabelled ids) of the labeled set, and the boxes of each (see the module contract)."""
+        from actors.catalog.schema import EMPTY, load_labels
         from actors.detection.data import labels_by_image
 
         ids = [r["image_id"] for r in self.labeled() if r["image_id"] in self.rows]
         human = labels_by_image(self.ws, ids, self.classes)
         have = {i for i, (b, _) in human.items() if len(b)}
-        waiting = [i for i in ids if i not in have]
+        have |= set(load_labels(self.ws, status=EMPTY).column("image_id").to_pylist())
+        return [i for i in ids if i in have], [i for i in ids if i not in have], human
+
+    def waiting(self) -> list[str]:
+        """Unlabelled images of the labeled set, listed in ``to_label.json`` (removed when none wait)."""
+        rel = f"{self.dir}/to_label.json"
+        waiting = self.labelled()[1]
         if waiting:
-            self.ws.write_json(f"{self.dir}/to_label.json", {"image_ids": waiting})
-        ids = [i for i in ids if i in have]
+            self.ws.write_json(rel, {"image_ids": waiting})
+        elif self.ws.exists(rel):
+            self.ws.delete(rel)
+        return waiting
+
+    def training_set(self) -> tuple[list[str], dict, int]:
+        """Ids to train on (labelled, then this run's pseudo-labelled with ``pseudo``), their boxes, and how many
+        of them are labelled."""
+        ids, _, human = self.labelled()
+        n_labelled = len(ids)
         if self.cfg.pseudo:
             extra = pseudo_boxes(self.ws, self.run_id, self.classes, exclude=set(ids))
             human.update(extra)
             ids = ids + sorted(i for i in extra if i in self.rows)
-        return ids, human
+        return ids, human, n_labelled
 
     # ---------------------------------------------------------------- steps
     def load_round(self, round_: int) -> None:
@@ -180,15 +200,14 @@ class _Run:
     def train(self, round_: int) -> None:
         from actors.detection.train import train_detector
 
-        ids, labels = self.training_set()
-        n_human = len([r for r in self.labeled()])
+        ids, labels, n_labelled = self.training_set()
         train_cfg = TrainConfig(**{**asdict(self.cfg.train), "seed": self.cfg.seed})
         warm = self.cfg.warm_start and round_ > 0
         if warm:
             self.load_round(round_ - 1)
         train_detector(self.det, self.data(ids, labels), train_cfg, ws=self.ws,
                        ckpt=f"{self.dir}/models/round-{round_}.pt", progress=self.progress, warm_start=warm)
-        self.n_train = (n_human, len(ids))
+        self.n_train = (n_labelled, len(ids))
         self.trained_round = round_
 
     def evaluate(self) -> dict:
@@ -245,7 +264,8 @@ def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id:
                  priority: list[str] | None = None, progress: bool = True,
                  on_round: Callable[[int, dict], None] | None = None,
                  ray_scoring: bool | None = None) -> LearnReport:
-    """Run (or resume) ``cfg.rounds`` rounds after round 0; see the module contract.
+    """Run (or resume) ``cfg.rounds`` rounds after round 0; see the module contract. Returns early, with
+    ``waiting`` set, when a round's labeled set holds images that still need labels.
 
     ``ray_scoring``: score the pool on Ray Data (True), in-process (False), or on Ray when ``RAY_ADDRESS`` is set
     (None).
@@ -269,6 +289,7 @@ def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id:
     curve = run.curve()
     metrics = ws.read_json(f"runs/{run_id}/metrics.json") if ws.exists(f"runs/{run_id}/metrics.json") else []
     selected: list[list[str]] = []
+    waiting: list[str] = []
     rng = np.random.default_rng([cfg.seed, 7])
     for round_ in range(cfg.rounds + 1):
         t0 = time.monotonic()
@@ -284,9 +305,12 @@ def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id:
                 done = {r["image_id"] for r in run.labeled()}
                 add_pseudo_labels(ws, preds, run.classes, run_id, threshold=cfg.pseudo_threshold, exclude=done)
             selected.append(picked)
+        waiting = run.waiting()
+        if waiting:
+            break  # the round trains once its labels are imported and the run is run again
         run.train(round_)
         m = run.evaluate()
-        n_labeled = len(run.labeled())
+        n_labeled = run.n_train[0]  # the labelled images this round trained on
         row = {"round": round_, "n_labeled": n_labeled, "n": n_labeled, "metric": CURVE_METRIC,
                "value": 100.0 * m["map50"], "seconds": time.monotonic() - t0}
         curve.append(row)
@@ -299,7 +323,7 @@ def run_learning(ws: Workspace | str, cfg: LearnConfig | None = None, *, run_id:
     return LearnReport(run_id=run_id, curve_path=ws.path(f"runs/{run_id}/curve.parquet"),
                        n_labeled=[int(r["n_labeled"]) for r in curve], map50=[r["value"] for r in curve],
                        map=[100.0 * m["map"] for m in metrics], seconds=[r["seconds"] for r in curve],
-                       selected=selected, classes=run.classes)
+                       selected=selected, classes=run.classes, waiting=waiting)
 
 
 def _jsonable(d: Any) -> Any:

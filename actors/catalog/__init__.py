@@ -6,6 +6,7 @@ from actors.core.lazy import lazy_exports
 _PUBLIC = {
     "IMAGES": "schema",
     "LABELS": "schema",
+    "EMPTY": "schema",
     "IMAGE_SCHEMA": "schema",
     "LABEL_SCHEMA": "schema",
     "image_id": "schema",

@@ -3,6 +3,8 @@
 ``catalog/images.parquet``: image_id, uri, width, height, source, split, status, error, then any extra manifest
 columns (as strings). ``catalog/labels.parquet``: image_id, box_id, x0, y0, x1, y1 (pixels), category,
 source (``human`` | ``pseudo``), status, error, run_id (the active-learning run that wrote a pseudo-label).
+A row with status ``empty`` (:data:`EMPTY`: box_id -1, a 0×0 box, category ``""``) records that a labeler saw no
+object on the image: the image is labelled, with no boxes (readers of ``status="ok"`` rows never see it).
 
 ``image_id`` is the first 16 hex digits of the SHA-1 of the normalised URI, so it is stable across runs and
 machines that see the same paths. Every module that touches the catalog names its files through ``IMAGES`` and
@@ -32,6 +34,7 @@ LABEL_SCHEMA = pa.schema([("image_id", pa.string()), ("box_id", pa.int64()), ("x
                           ("category", pa.string()), ("source", pa.string()), ("status", pa.string()),
                           ("error", pa.string()), ("run_id", pa.string())])
 RESERVED = {f.name for f in IMAGE_SCHEMA}
+EMPTY = "empty"  # label status of "labelled, no objects on this image"
 
 
 def normalize_uri(uri: str, base: str | None = None) -> str:
@@ -124,5 +127,5 @@ def catalog_summary(ws: Workspace | str) -> dict[str, Any]:
             "labels_by_status": _counts(lab, "status")}
 
 
-__all__ = ["IMAGES", "LABELS", "IMAGE_EXTS", "IMAGE_SCHEMA", "LABEL_SCHEMA", "conform_labels", "normalize_uri", "image_id",
-           "attach_uris", "load_images", "load_labels", "catalog_summary"]
+__all__ = ["IMAGES", "LABELS", "EMPTY", "IMAGE_EXTS", "IMAGE_SCHEMA", "LABEL_SCHEMA", "conform_labels", "normalize_uri",
+           "image_id", "attach_uris", "load_images", "load_labels", "catalog_summary"]

@@ -94,7 +94,16 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
                             ["round", "labeled images", "mAP@.5 %", "mAP@[.5:.95] %", "seconds"],
                             [(i, n, f"{a:.1f}", f"{b:.1f}", f"{s:.0f}") for i, (n, a, b, s)
                              in enumerate(zip(r.n_labeled, r.map50, r.map, r.seconds))])),
-        console.print(f"curve: {r.curve_path}  (assay estimate {r.curve_path} --target …)")))
+        console.print(f"curve: {r.curve_path}  (assay estimate {r.curve_path} --target …)"),
+        _print_waiting(r)))
+
+
+def _print_waiting(rep) -> None:
+    """What to do when the run stopped to wait for labels."""
+    if rep.waiting:
+        console.print(f"waiting for labels of {len(rep.waiting)} images (runs/{rep.run_id}/to_label.json): "
+                      f"`assay labels import FILE --run {rep.run_id}`, then `assay learn --run {rep.run_id}` again "
+                      "(an image listed in FILE with no annotation counts as labelled, with no objects)")
 
 
 # the least each count may be: rounds 0 trains the initial model only; a round labels and retrains on >= 1 image
@@ -130,7 +139,8 @@ def labels_import(file: Annotated[str, typer.Argument(help="COCO JSON returned b
 
     rep = import_labels(Workspace(workspace), file, run_id=run)
     emit(vars(rep), as_json, lambda _, r=rep: console.print(
-        f"{r.path}: {r.added} boxes added on {r.images} images ({r.skipped_duplicates} already there)"))
+        f"{r.path}: {r.added} boxes added on {r.images} images ({r.skipped_duplicates} already there, "
+        f"{r.empty} images marked as holding no object)"))
 
 
 @labels_app.command("remove-pseudo")

@@ -54,3 +54,18 @@ def test_not_json(catalog_ws, tmp_path):
     p.write_text("{nope")
     with pytest.raises(UserError, match="not valid JSON"):
         import_labels(catalog_ws, p)
+
+
+def test_image_with_no_annotation_is_marked_empty_once(catalog_ws, tmp_path):
+    """#24 item 2: an image a labeler saw with no object is labelled (an EMPTY row), not left unlabelled; an image
+    that already has human boxes is not marked; importing the file again adds nothing."""
+    from actors.catalog.schema import EMPTY
+
+    images = GOOD_IMAGES + [{"id": 3, "file_name": "im0.jpg"}]  # im3: no annotation; im0 has a human box already
+    rep = import_labels(catalog_ws, _coco(tmp_path, images, GOOD_ANNS[:1], CATS))
+    assert (rep.added, rep.empty) == (1, 1)
+    marks = load_labels(catalog_ws, status=EMPTY).to_pylist()
+    assert [(r["image_id"], r["source"]) for r in marks] == [("im3", "human")]
+    assert "im3" not in load_labels(catalog_ws)["image_id"].to_pylist()  # readers of boxes never see the mark
+    again = import_labels(catalog_ws, _coco(tmp_path, images, GOOD_ANNS[:1], CATS))
+    assert (again.added, again.empty) == (0, 0)

@@ -74,3 +74,64 @@ def test_learn_on_images_of_mixed_sizes(mixed_ws, strategy):
     for p in pseudo:  # each image's boxes are in its own frame
         assert p["x1"] <= rows[p["image_id"]]["width"] + 1e-3 and p["y1"] <= rows[p["image_id"]]["height"] + 1e-3
 
+
+
+@pytest.fixture
+def unlabeled_pool(tmp_path):
+    """A tiny world whose pool images have no labels in the catalog; its pool COCO file plays the labeling team."""
+    import pyarrow.compute as pc
+
+    from actors.catalog.schema import LABELS, load_images
+    from actors.catalog.world import make_world
+    from actors.core.workspace import Workspace
+
+    make_world(tmp_path / "world", n_images=24, size=(128, 96), workers=1, object_area=(0.01, 0.04),
+               workspace=tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    pool = load_images(ws, split="pool")["image_id"].combine_chunks()
+    labels = ws.read_table(LABELS)
+    ws.write_table(LABELS, labels.filter(pc.invert(pc.is_in(labels["image_id"], value_set=pool))))
+    return ws, tmp_path / "world"
+
+
+def _team_file(world: Path, ws, ids: list[str], empty: str, out: Path) -> Path:
+    """The pool COCO file cut to the images ``ids`` and the catalog's categories, with no annotation on ``empty``
+    (seen, no objects)."""
+    from actors.catalog.schema import load_images, load_labels
+
+    uri = {r["image_id"]: Path(r["uri"]).name for r in load_images(ws).to_pylist()}
+    doc = json.loads((world / "annotations" / "pool.json").read_text())
+    known = set(load_labels(ws, source="human")["category"].to_pylist())
+    cats = [c for c in doc["categories"] if c["name"] in known]
+    keep = {im["id"]: im for im in doc["images"] if Path(im["file_name"]).name in {uri[i] for i in ids}}
+    gone = next(k for k, im in keep.items() if Path(im["file_name"]).name == uri[empty])
+    anns = [a for a in doc["annotations"] if a["image_id"] in keep and a["image_id"] != gone
+            and a["category_id"] in {c["id"] for c in cats}]
+    for im in keep.values():
+        im["file_name"] = str(world / "images" / "pool" / Path(im["file_name"]).name)
+    out.write_text(json.dumps({"images": list(keep.values()), "annotations": anns, "categories": cats}))
+    return out
+
+
+def test_curve_counts_only_images_the_round_trained_on(unlabeled_pool, tmp_path):
+    """#24 item 2: a round whose selected images have no labels waits (no curve row at a size it never trained
+    on); after `labels import` (one image marked as holding no object) the same run trains it on all of them."""
+    from actors.active.oracle import import_labels
+    from actors.active.rounds import run_learning
+
+    ws, world = unlabeled_pool
+    first = run_learning(ws, _cfg(), run_id="wait", progress=False, ray_scoring=False)
+    curve = ws.read_table("runs/wait/curve.parquet").to_pylist()
+    assert [(r["round"], r["n_labeled"], r["n"]) for r in curve] == [(0, 4, 4)]  # round 1 waits
+    picked = first.selected[0]
+    assert sorted(first.waiting) == sorted(picked) == sorted(ws.read_json("runs/wait/to_label.json")["image_ids"])
+    from actors.catalog.schema import EMPTY, load_labels
+
+    rep = import_labels(ws, _team_file(world, ws, picked, picked[0], tmp_path / "team.json"), run_id="wait")
+    assert rep.empty == 1
+    assert load_labels(ws, status=EMPTY)["image_id"].to_pylist() == [picked[0]]
+    again = run_learning(ws, _cfg(), run_id="wait", progress=False, ray_scoring=False)
+    curve = ws.read_table("runs/wait/curve.parquet").to_pylist()
+    assert [(r["round"], r["n_labeled"], r["n"]) for r in curve] == [(0, 4, 4), (1, 7, 7)]
+    assert again.waiting == [] and not ws.exists("runs/wait/to_label.json")
+    assert [m["n_trained"] for m in ws.read_json("runs/wait/metrics.json")] == [4, 7]
