@@ -11,6 +11,8 @@ Contract (:func:`import_labels`)
 * Otherwise the boxes are appended as ``source="human"`` rows with fresh ``box_id``s; a box identical to one the
   image already has is skipped (importing the same file twice changes nothing). Pseudo rows are left alone: a
   human label of an image takes precedence in training. With ``run_id``, the images join that run's labeled set.
+* The labels table (and the run's labeled set) are read, merged and written under :meth:`Workspace.locked`, so
+  concurrent imports and pseudo-labelling keep every writer's rows (local workspaces).
 * An image of the file with no annotation was looked at and holds no object: it gets one ``status="empty"`` row
   (:data:`~actors.catalog.schema.EMPTY`), unless it already has human rows, so it counts as labelled (with no
   boxes) from then on.
@@ -108,7 +110,27 @@ def import_labels(ws: Workspace, path: str | os.PathLike, *, run_id: str | None 
             raise UserError(f"{path}: annotations[{k}] has category_id {ann.get('category_id')!r}, "
                             "not in the file's categories")
         new.append((images[ann["image_id"]], _box(ann, path, k), cats[ann["category_id"]]))
+    with ws.locked(LABELS):  # a read-modify-write of the shared labels table
+        added, dup, empty = _merge(ws, new, set(images.values()))
+    if run_id:
+        _join_run(ws, run_id, sorted(set(images.values())))
+    return ImportReport(str(path), len(set(images.values())), added, dup, empty)
+
+
+def _merge(ws: Workspace, new: list[tuple], ids: set[str]) -> tuple[int, int, int]:
+    """Append the boxes ``new`` (image_id, xyxy, category) and the marks of the images of ``ids`` with none to the
+    labels table (call under its lock); returns (boxes added, duplicates skipped, images marked empty)."""
     old = load_labels(ws, status=None)
+    rows, dup = _box_rows(old, new)
+    empty = _empty_rows(old, ids - {i for i, _, _ in new})
+    if rows or empty:
+        ws.write_table(LABELS, pa.concat_tables([conform_labels(old),
+                                                 conform_labels(pa.Table.from_pylist(rows + empty))]))
+    return len(rows), dup, len(empty)
+
+
+def _box_rows(old: pa.Table, new: list[tuple]) -> tuple[list[dict], int]:
+    """Human rows of the boxes of ``new`` that ``old`` lacks (fresh box ids), and how many it already had."""
     have = {(r["image_id"], round(r["x0"], 2), round(r["y0"], 2), round(r["x1"], 2), round(r["y1"], 2),
              r["category"]) for r in old.to_pylist() if r["source"] != "pseudo"}
     next_id: dict[str, int] = {}
@@ -125,13 +147,7 @@ def import_labels(ws: Workspace, path: str | os.PathLike, *, run_id: str | None 
         next_id[image_id] = box_id + 1
         rows.append({"image_id": image_id, "box_id": box_id, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                      "category": cat, "source": "human", "status": "ok", "error": None, "run_id": None})
-    empty = _empty_rows(old, set(images.values()) - {i for i, _, _ in new})
-    if rows or empty:
-        ws.write_table(LABELS, pa.concat_tables([conform_labels(old),
-                                                 conform_labels(pa.Table.from_pylist(rows + empty))]))
-    if run_id:
-        _join_run(ws, run_id, sorted(set(images.values())))
-    return ImportReport(str(path), len(set(images.values())), len(rows), dup, len(empty))
+    return rows, dup
 
 
 def _empty_rows(old: pa.Table, ids: set[str]) -> list[dict]:
@@ -147,10 +163,11 @@ def _join_run(ws: Workspace, run_id: str, ids: list[str]) -> None:
     rel = f"runs/{run_id}/labeled.parquet"
     if not ws.exists(rel):
         raise UserError(f"{ws.path(rel)}: no such run; start it with `assay learn --run {run_id}`")
-    old = ws.read_table(rel).to_pylist()
-    seen, last = {r["image_id"] for r in old}, max((r["round"] for r in old), default=0)
-    old += [{"image_id": i, "round": last, "reason": "imported"} for i in ids if i not in seen]
-    ws.write_table(rel, pa.Table.from_pylist(old, schema=LABELED_SCHEMA))
+    with ws.locked(rel):
+        old = ws.read_table(rel).to_pylist()
+        seen, last = {r["image_id"] for r in old}, max((r["round"] for r in old), default=0)
+        old += [{"image_id": i, "round": last, "reason": "imported"} for i in ids if i not in seen]
+        ws.write_table(rel, pa.Table.from_pylist(old, schema=LABELED_SCHEMA))
 
 
 __all__ = ["ImportReport", "import_labels"]

@@ -8,6 +8,8 @@ Contract
   already uses. With ``replace=True`` (the default) the run's earlier pseudo rows are removed first, so each round
   carries the current model's pseudo-labels only.
 * :func:`remove_pseudo_labels` deletes exactly the pseudo rows of one run.
+* Both read-modify-write ``catalog/labels.parquet`` under :meth:`Workspace.locked`: concurrent writers keep
+  every writer's rows (local workspaces).
 * Training reads an image's pseudo rows only while the run has no human label for it (:func:`pseudo_boxes`).
 """
 
@@ -36,11 +38,12 @@ def _is_run_pseudo(t: pa.Table, run_id: str) -> pa.ChunkedArray:
 
 def remove_pseudo_labels(ws: Workspace, run_id: str) -> int:
     """Delete the pseudo rows written by ``run_id``; returns how many there were."""
-    t = _all_labels(ws)
-    mask = _is_run_pseudo(t, run_id)
-    n = int(pc.sum(mask).as_py() or 0) if t.num_rows else 0
-    if n:
-        ws.write_table(LABELS, t.filter(pc.invert(mask)))
+    with ws.locked(LABELS):  # a read-modify-write of the shared labels table
+        t = _all_labels(ws)
+        mask = _is_run_pseudo(t, run_id)
+        n = int(pc.sum(mask).as_py() or 0) if t.num_rows else 0
+        if n:
+            ws.write_table(LABELS, t.filter(pc.invert(mask)))
     return n
 
 
@@ -53,13 +56,22 @@ def add_pseudo_labels(ws: Workspace, preds: Mapping[str, Mapping[str, np.ndarray
     """
     if not run_id:
         raise ValueError("pseudo-labels need a run_id")
-    t = _all_labels(ws)
-    if replace and t.num_rows:
-        t = t.filter(pc.invert(_is_run_pseudo(t, run_id)))
+    with ws.locked(LABELS):  # a read-modify-write of the shared labels table
+        t = _all_labels(ws)
+        if replace and t.num_rows:
+            t = t.filter(pc.invert(_is_run_pseudo(t, run_id)))
+        rows = _pseudo_rows(t, preds, classes, run_id, threshold, exclude or set())
+        new = conform_labels(pa.Table.from_pylist(rows)) if rows else conform_labels(t.slice(0, 0))
+        ws.write_table(LABELS, pa.concat_tables([conform_labels(t), new]))
+    return len(rows)
+
+
+def _pseudo_rows(t: pa.Table, preds: Mapping[str, Mapping[str, np.ndarray]], classes: Sequence[str], run_id: str,
+                 threshold: float, exclude: set[str]) -> list[dict]:
+    """Label rows of the detections scoring >= ``threshold``, box ids above those each image has in ``t``."""
     next_id: dict[str, int] = {}
     for i, b in zip(t["image_id"].to_pylist(), t["box_id"].to_pylist()):
         next_id[i] = max(next_id.get(i, 0), int(b) + 1)
-    exclude = exclude or set()
     rows = []
     for image_id, d in preds.items():
         if image_id in exclude:
@@ -71,9 +83,7 @@ def add_pseudo_labels(ws: Workspace, preds: Mapping[str, Mapping[str, np.ndarray
             rows.append({"image_id": image_id, "box_id": k, "x0": float(box[0]), "y0": float(box[1]),
                          "x1": float(box[2]), "y1": float(box[3]), "category": classes[int(lab)],
                          "source": PSEUDO, "status": "ok", "error": None, "run_id": run_id})
-    new = conform_labels(pa.Table.from_pylist(rows)) if rows else conform_labels(t.slice(0, 0))
-    ws.write_table(LABELS, pa.concat_tables([conform_labels(t), new]))
-    return len(rows)
+    return rows
 
 
 def pseudo_boxes(ws: Workspace, run_id: str, classes: Sequence[str], exclude: set[str] | None = None

@@ -140,10 +140,12 @@ class _Run:
         return self.ws.read_table(rel).to_pylist() if self.ws.exists(rel) else []
 
     def add_labeled(self, ids: list[str], round_: int, reason: str) -> None:
-        old = self.labeled()
-        seen = {r["image_id"] for r in old}
-        new = [{"image_id": i, "round": round_, "reason": reason} for i in ids if i not in seen]
-        self.ws.write_table(f"{self.dir}/labeled.parquet", pa.Table.from_pylist(old + new, schema=LABELED_SCHEMA))
+        with self.ws.locked(f"{self.dir}/labeled.parquet"):  # `assay labels import --run` adds to it too
+            old = self.labeled()
+            seen = {r["image_id"] for r in old}
+            new = [{"image_id": i, "round": round_, "reason": reason} for i in ids if i not in seen]
+            self.ws.write_table(f"{self.dir}/labeled.parquet",
+                                pa.Table.from_pylist(old + new, schema=LABELED_SCHEMA))
 
     def curve(self) -> list[dict]:
         rel = f"{self.dir}/curve.parquet"

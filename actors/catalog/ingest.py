@@ -17,7 +17,8 @@ Contract
   (missing, empty, unparsable, no ``uri`` column, a COCO file with a duplicate image id or a box on an unknown
   image) raise ``UserError`` naming the file, and nothing is written.
 * Ingest is idempotent: an image already in the catalog (same ``image_id``) and a box already there (same
-  ``image_id``, ``box_id``) are not added again. Both files are replaced atomically, images first.
+  ``image_id``, ``box_id``) are not added again. Both files are replaced atomically, images first, each read,
+  merged and written under :meth:`Workspace.locked` (concurrent ingests and label writers keep every row).
 * Manifests stream in batches of ``batch_size`` rows: memory is bounded by the batch plus 8 bytes per known id.
 """
 
@@ -439,12 +440,14 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
         total, extras, batches = _manifest(path, kind, batch_size, origin.rsplit("/", 1)[0] if origin else None)
     ing = _Ingestor(report, split, check_headers, origin or str(path))
     try:
-        with tqdm(total=total, unit="img", desc=f"ingest {path.name}", disable=None if progress else True) as bar:
+        with tqdm(total=total, unit="img", desc=f"ingest {path.name}", disable=None if progress else True) as bar, \
+                ws.locked(IMAGES):  # read-modify-writes of the catalog: concurrent ingests take turns
             _write_images(ws, ing, batches, extras, bar)
     finally:
         ing.close()
-    if kind == "coco" or not ws.exists(LABELS):
-        _write_labels(ws, labels, report)
+    with ws.locked(LABELS):
+        if kind == "coco" or not ws.exists(LABELS):
+            _write_labels(ws, labels, report)
     return report
 
 

@@ -13,14 +13,22 @@ Contract
   target, so a reader sees either the old file or the new one, never half of one.
 * Paths given to methods are *relative* to the workspace root and use ``/``; names that would escape the root
   (``..``, absolute paths) raise ``ValueError``.
+* A read-modify-write of a shared file (``catalog/labels.parquet``: labels import, pseudo-labels, ingest) runs
+  inside ``with ws.locked(rel):``, so concurrent writers (processes or threads) take turns instead of keeping one
+  writer's rows. On a local workspace this is an exclusive ``fcntl.flock`` on a sibling ``.<name>.lock`` file.
+  **Remote URIs are not locked** (object stores have no such lock): writes there stay atomic, but two concurrent
+  read-modify-writes of one file can still lose one writer's update.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
 import posixpath
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +41,7 @@ import pyarrow.parquet as pq
 from actors.core.errors import UserError
 
 DEFAULT_WORKSPACE = "./assay-workspace"
+_HELD = threading.local()  # lock files this thread holds (Workspace.locked is re-entrant within a thread)
 
 
 class WorkspaceError(UserError):
@@ -104,7 +113,7 @@ class Workspace:
         """Sorted names (not paths) of the files directly in ``rel``; [] when it does not exist."""
         sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
         names = [posixpath.basename(i.path) for i in self.fs.get_file_info(sel)]
-        return sorted(n for n in names if n.endswith(suffix) and ".tmp-" not in n)
+        return sorted(n for n in names if n.endswith(suffix) and ".tmp-" not in n and not _is_lock(n))
 
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))
@@ -112,6 +121,32 @@ class Workspace:
             self.fs.delete_dir(self.path(rel))
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path(rel))
+
+    # ---------------------------------------------------------------- locks
+    @contextlib.contextmanager
+    def locked(self, rel: str) -> Iterator[None]:
+        """Hold the workspace's exclusive lock on ``rel`` for a read-modify-write of it (blocks until free).
+
+        Local workspaces: ``fcntl.flock`` on ``.<name>.lock`` beside ``rel`` (left in place; released on exit or
+        when the process dies), re-entrant within a thread. Remote URIs: nothing is locked (see the module notes).
+        """
+        if not self.is_local:
+            yield
+            return
+        lock = self.local_path(posixpath.join(posixpath.dirname(rel), f".{posixpath.basename(rel)}.lock"))
+        held = _HELD.__dict__.setdefault("paths", set())
+        if lock in held:
+            yield
+            return
+        self._create_dir(str(lock.parent))
+        with open(lock, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            held.add(lock)
+            try:
+                yield
+            finally:
+                held.discard(lock)
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- atomic writes
     def _atomic(self, rel: str, write) -> str:
@@ -175,8 +210,9 @@ class Workspace:
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         if not self.exists(rel):
             raise WorkspaceError(f"{self.path(rel)}: not found in workspace {self.uri}")
-        try:
-            return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns)
+        try:  # one open handle: a file renamed over meanwhile is read whole (old or new), never a mix of both
+            with self.fs.open_input_file(self.path(rel)) as f:
+                return pq.read_table(f, columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise WorkspaceError(f"{self.path(rel)}: unreadable Parquet ({e})") from e
 
@@ -212,6 +248,10 @@ def open_uri(uri: str) -> "pa.NativeFile":
     """A seekable binary file for reading a local path or a ``pyarrow.fs`` URI; ``FileNotFoundError`` if missing."""
     fs, path = resolve_uri(uri)
     return fs.open_input_file(path)
+
+
+def _is_lock(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".lock")
 
 
 def _json_default(o: Any) -> Any:
