@@ -139,9 +139,9 @@ def _mine(ws, top_k: int) -> dict:
         console.print(f"{method}: precision@{top_k} = {precision:.2f} (share of the top {top_k} that hold a "
                       f"{lab['category']}; a random pick: {chance:.2f}, so {precision / max(chance, 1e-9):.1f}x chance)")
         if method == "template":
-            out["sheet"] = str(_sheet(ws, img, box, sel, lambda h: lab["category"] in pool_classes.get(h.image_id, ())))
-            console.print(f"the hits, matched boxes drawn (green: holds a {lab['category']}, red: does not): "
-                          f"{out['sheet']}")
+            sheet = _sheet(ws, img, box, sel, lambda h: lab["category"] in pool_classes.get(h.image_id, ()))
+            out[method]["sheet"] = str(sheet)
+            console.print(f"the hits, matched boxes drawn (green: holds a {lab['category']}, red: does not): {sheet}")
     return out
 
 

@@ -18,6 +18,12 @@ def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster):
         sel = result["mine"][method]
         assert 1 <= len(sel["hits"]) <= 5
         assert (out / "workspace" / "selections" / f"{sel['query_id']}.parquet").exists()
+    template = result["mine"]["template"]
+    assert 0 < result["mine"]["chance"] <= 1 and 0 <= template["precision"] <= 1
+    assert template["sheet"].endswith(f"{template['query_id']}.png")  # the hits you can look at
+    from PIL import Image
+
+    assert Image.open(template["sheet"]).size[0] > 0
     assert len(result["estimate"]["plan"]["totals"]) == 3
     assert result["embed"]["n_embedded"] == result["catalog"]["images_by_split"]["pool"]["ok"]
     cm = result["compress"]["models"]  # the detector compressed at the end, measured before/after
