@@ -5,14 +5,18 @@ centred with the pool's mean cell vector stored in the region index's manifest, 
 inner-product search of that vector among the (equally centred, unit) index cells, per image the best cell, top-N
 candidates (N = max(10·K, 200)) -> fine stage = cosine with the mean of every window of the box's size (three
 scales) over each candidate's feature map (:class:`actors.selection.matcher.Matcher`, or :class:`actors.selection.actor.MatchActor`
-workers for a batch of queries) -> image score = best window; matched box = the query box's size centred on it.
+workers for a batch of queries) -> image score = best window; matched box = the query box's size centred on it ->
+re-rank (``Query.rerank`` best hits, default :data:`actors.selection.rerank.RERANK_TOP`): each matched box cropped
+at the object's own scale and compared with the query box's crop (:func:`actors.selection.rerank.rerank_hits`);
+those hits' scores are crop cosines in [-1, 1], the same scale for every query; ``negatives`` push down hits that
+look more like a "not this" box. :func:`more_like` runs one query per chosen hit of a saved selection and merges.
 
 ``method="global"``: the whole-image baseline in the same code path: mean-pooled, L2-normalised region grid of
 the query image searched in the global index (``index/<model>-global/``); the "matched region" is the whole image.
 
-Outputs in the workspace: ``selections/<query_id>.parquet`` (image_id, rank, score, x0, y0, x1, y1) and
-``queries/<query_id>.json`` (image uri, boxes, model, method, k), ``query_id`` = a stable hash of the query content
-(image bytes, boxes, model, method).
+Outputs in the workspace: ``selections/<query_id>.parquet`` (image_id, uri, rank, score, x0, y0, x1, y1,
+object_boxes) and ``queries/<query_id>.json`` (image uri, boxes, negatives, model, method, rerank, k), ``query_id`` =
+a stable hash of the query content (image bytes, boxes, negatives, model, method, combine, rerank).
 """
 
 from __future__ import annotations
