@@ -51,14 +51,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 
 
 def _register_all() -> None:
+    """Register every command group; a missing module is a broken install and raises (never silently skipped)."""
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 @app.callback()

@@ -69,3 +69,16 @@ def test_results_print_user_text_in_brackets_literally(capsys):
     console.print(table("[title]", ["[col]"], [["[/x] [red]cat[/red]"]]))
     out = capsys.readouterr().out
     assert "[title]" in out and "[col]" in out and "[/x] [red]cat[/red]" in out
+
+
+def test_a_missing_command_module_is_an_error_not_a_silently_missing_command(monkeypatch):
+    import pytest
+
+    import typer
+
+    import apps.cli.main as m
+
+    monkeypatch.setattr(m, "app", typer.Typer())  # a scratch app: the real one keeps its commands once
+    monkeypatch.setattr(m, "COMMAND_MODULES", m.COMMAND_MODULES + ("apps.cli.no_such_group",))
+    with pytest.raises(ModuleNotFoundError, match="no_such_group"):
+        m._register_all()
