@@ -30,6 +30,8 @@ from estimators.curves import LearningCurve
 from estimators.errors import EstimatorInputError
 from estimators.requirement import Correction, bootstrap_required_n, gets_worse, worse_message
 
+DEFAULT_CAP_FACTOR = 100.0  # without max_total, a plan collects at most this many times today's size (CLI and app)
+
 
 @dataclass(frozen=True)
 class RequirementDistribution:
@@ -217,7 +219,8 @@ def optimize_schedule(dist: RequirementDistribution, *, cost: float = 1.0, penal
         ok = surv <= risk
         if not ok.any():
             ok = grid >= grid[-1]
-            note = f"risk {risk:g} not reachable within max_total={max_total:g}; best risk is {surv[-1]:.3g}"
+            note = (f"risk {risk:g} is not reachable within the cap of {max_total:,.0f} samples; the best risk "
+                    f"there is {surv[-1]:.3g}")
         v = np.where(ok & np.isfinite(ccost), 0.0, np.inf)
     choice = []
     for _ in range(rounds):
@@ -300,7 +303,7 @@ class LOCPlanner:
         """
         self._validate()
         n0 = float(np.max(n))
-        cap = self.max_total if self.max_total is not None else 100.0 * n0
+        cap = self.max_total if self.max_total is not None else DEFAULT_CAP_FACTOR * n0
         if cap < n0:
             raise EstimatorInputError(f"max_total {cap:g} is below the current size {n0:g}")
         self.distribution_ = learn_distribution(n, y, target, law=self.law, n_boot=self.n_boot, method=self.method,
@@ -358,7 +361,7 @@ def plan_collection(curve: LearningCurve, target: float, cost: float = 1.0, pena
         n0 = float(curve.n[-1])
         return CollectionPlan(totals=[n0] * int(rounds), amounts=[0.0] * int(rounds), expected_cost=math.nan,
                               risk=1.0, n0=n0, cost=cost, penalty=penalty, risk_target=risk,
-                              max_total=float(max_total if max_total is not None else 100.0 * n0),
+                              max_total=float(max_total if max_total is not None else DEFAULT_CAP_FACTOR * n0),
                               note=worse_message(curve), curve=curve.name, target=float(target), status="worse")
     spread = curve.spread / np.sqrt(np.maximum(curve.n_seeds, 1)) if np.any(curve.spread > 0) else None
     planner = LOCPlanner(cost=cost, penalty=penalty, risk=risk, rounds=rounds, max_total=max_total, law=law,

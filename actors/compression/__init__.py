@@ -39,6 +39,8 @@ _PUBLIC = {
     "head_convs": "net",
     "compress_run": "report",
     "CompressConfig": "report",
+    "accuracy_warnings": "verdict",
+    "drop_warning": "verdict",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

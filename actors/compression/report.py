@@ -40,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from actors.compression.verdict import accuracy_warnings, changes
 from actors.core.errors import UserError
 
 
@@ -300,6 +301,8 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
     os.remove(paths["original"])
     report["models"]["original"]["file"] = os.path.basename(rel)
     report["models"]["original"]["file_bytes"] = len(ws.read_bytes(rel))
+    report["accuracy_change"] = changes(report)  # mAP@.5 change beside every speed-up
+    report["warnings"] = accuracy_warnings(report)
     _write(os.path.join(out, "report.json"), json.dumps(report, indent=1))
     _write(os.path.join(out, "summary.md"), summary(report))
     return report
@@ -319,13 +322,18 @@ def summary(report: dict[str, Any]) -> str:
     lines = [f"# Compressed {report['detector']} (run {report['run']})", "",
              f"Device `{report['device']}`, {report['runtime']}, {report['threads']} thread(s), batch 1, input "
              f"{report['input_hw'][1]}x{report['input_hw'][0]}; accuracy on {o['accuracy']['n_images']} val images.",
-             "", "| model | params | GMACs | file MB | p50 ms | p95 ms | speed-up | mAP@.5 | mAP@[.5:.95] |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| model | params | GMACs | file MB | p50 ms | p95 ms | speed-up | mAP@.5 change | mAP@.5 | "
+             "mAP@[.5:.95] |", "|---|---|---|---|---|---|---|---|---|---|"]
+    change = changes(report)
     for k, r in m.items():
         lines.append(f"| {k} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e9:.2f} | {r['file_bytes'] / 1e6:.2f} | "
                      f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p95']:.1f} | "
-                     f"{o['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x | {100 * r['accuracy']['map50']:.1f} | "
-                     f"{100 * r['accuracy']['map']:.1f} |")
+                     f"{o['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x | "
+                     f"{'-' if k == 'original' else format(change[k]['points'], '+.1f')} | "
+                     f"{100 * r['accuracy']['map50']:.1f} | {100 * r['accuracy']['map']:.1f} |")
+    warned = accuracy_warnings(report)
+    if warned:
+        lines += [""] + warned
     p = report["plan"]
     lines += ["", f"Pruning plan ({report['importance']} importance): LUT latency {p['full_ms']:.1f} -> "
               f"{p['predicted_ms']:.1f} ms (target {p['target_ms']:.1f}); kept importance {p['kept_importance']:.2f}.",

@@ -158,7 +158,7 @@ def _sheet(ws, img: dict, box, sel, correct) -> Path:
 
 def _estimate_and_plan(n, v) -> dict:
     from estimators.curves import make_curve
-    from estimators.loc import plan_collection
+    from estimators.loc import DEFAULT_CAP_FACTOR, plan_collection
     from estimators.prior import load_prior
     from estimators.requirement import estimate_requirement
 
@@ -176,9 +176,10 @@ def _estimate_and_plan(n, v) -> dict:
         console.print(f"to reach {target:g}% val mAP@.5: n = {est['required_n']:,.0f} labeled images "
                       f"(interval {fmt(lo) if lo is not None else 'unbounded'} – "
                       f"{fmt(hi) if hi is not None else 'unbounded'}, law {est['law']}; now {max(n):,})")
-    plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3, max_total=50.0 * max(n),
+    plan = plan_collection(curve, target, cost=1.0, risk=0.1, rounds=3,  # the cap of `assay plan` and the app
                           correction=prior.correction("power")).to_dict()
-    console.print(table("LOC plan: cost 1 per image, acceptable risk 10%, at most 50x today's set, 3 rounds",
+    console.print(table(f"LOC plan: cost 1 per image, acceptable risk 10%, at most {DEFAULT_CAP_FACTOR:g}x today's "
+                        "set, 3 rounds",
                         ["round", "collect", "cumulative total"],
                         [(i + 1, a, t) for i, (a, t) in
                          enumerate(whole_samples(plan["amounts"], plan["totals"], max(n)))]))
@@ -187,9 +188,24 @@ def _estimate_and_plan(n, v) -> dict:
     return {"target": target, "estimate": est, "plan": plan}
 
 
+DEMO_COMPRESS = dict(latency=0.5, finetune_epochs=1, max_val_images=12, max_train_images=12, taylor_images=4,
+                     timing_runs=5, lut_fractions=(0.25, 0.5, 1.0), distill_steps=20)
+
+
+def compress_note(report: dict) -> str:
+    """What the demo's compression is: a smoke run of every step, whose latency is measured but whose accuracy
+    change, on a handful of images after a few training steps, says little about a real compression."""
+    cfg, n_val = report.get("config", {}), report["models"]["original"]["accuracy"].get("n_images")
+    return (f"note: this is a quick pass through every compression step, not a real compression: "
+            f"{cfg.get('distill_steps')} distillation steps (default 1500) on {cfg.get('max_train_images')} "
+            f"training images, accuracy on {n_val} val images. The latency is measured; the mAP change is not "
+            "the one a full run gives. For that: assay compress -w WS --run RUN --out DIR (the defaults).")
+
+
 def _compress(ws, root: Path) -> dict:
-    """Compress the learning run's detector to half its latency (short fine-tune, 12 val images so it stays
-    quick) and print the before/after table; a finished report is reused."""
+    """Compress the learning run's detector to half its latency (:data:`DEMO_COMPRESS`: a short distillation,
+    12 val images so it stays quick) and print the before/after table and what it is; a finished report is
+    reused."""
     import json
 
     from actors.compression.report import CompressConfig, compress_run, summary
@@ -199,12 +215,12 @@ def _compress(ws, root: Path) -> dict:
         console.print(f"reusing the compressed model in {out}")
         rep = json.loads((out / "report.json").read_text())
     else:
-        cfg = CompressConfig(latency=0.5, finetune_epochs=1, max_val_images=12, max_train_images=12, taylor_images=4,
-                             timing_runs=5, lut_fractions=(0.25, 0.5, 1.0), distill_steps=20)
-        rep = compress_run(ws, "demo-learn", str(out), cfg, log=console.print)
+        rep = compress_run(ws, "demo-learn", str(out), CompressConfig(**DEMO_COMPRESS), log=console.print)
     console.print(summary(rep).split("\n\nPruning plan")[0])
+    note = compress_note(rep)
+    console.print(note)
     console.print(f"wrote {out}/model.onnx, model.pt, report.json, summary.md")
-    return {"out": str(out), "models": {k: {"params": m["params"], "macs": m["macs"], "file_bytes": m["file_bytes"],
+    return {"out": str(out), "note": note, "models": {k: {"params": m["params"], "macs": m["macs"], "file_bytes": m["file_bytes"],
                                             "latency_ms": m["latency_ms"], "accuracy": m["accuracy"]}
                                         for k, m in rep["models"].items()}}
 

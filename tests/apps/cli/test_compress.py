@@ -144,3 +144,16 @@ def test_onnx_model_runs_in_onnx_runtime_alone_with_numpy_decoding(compressed):
         assert (got["labels"] == ref["labels"].numpy()).all()
         n_found += len(got["boxes"])
     assert n_found > 0  # a test on empty detections would prove nothing
+
+
+def test_compress_prints_the_map_change_beside_the_speed_up_and_warns_on_a_large_drop(tmp_path, monkeypatch, capsys):
+    """#25 item 2: a run that went 6.9 -> 0.8 mAP@.5 warned in one line, with what to change (exit 0: a result)."""
+    import actors.compression.report as report
+    from tests.actors.compression.test_verdict import REPORT
+
+    monkeypatch.setattr(report, "compress_run", lambda *a, **k: REPORT)
+    assert main(["compress", "-w", str(tmp_path / "ws"), "--run", "r1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| 3.00x | -6.1 |" in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("warning: compressed lost")]
+    assert "--latency 0.7" in line

@@ -6,6 +6,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from apps.planner import data
 from tests.apps.planner.helpers import charts, files, ok, page
@@ -88,7 +89,7 @@ def test_compression_page_charts_latency_against_map_and_the_layer_plan(ws_dir):
     assert len(spec["layer"]) == 2
     variants, layers = at.dataframe[0].value, at.dataframe[1].value
     assert list(variants["name"]) == ["fp32", "pruned-30%", "int8"]  # the variant without numbers is left out
-    assert list(variants["map"]) == [0.41, 0.40, 0.385]
+    assert list(variants["map (%)"]) == pytest.approx([41.0, 40.0, 38.5])  # mAP in percent, as on every page
     assert list(layers["layer"]) == ["backbone.0", "backbone.1"]
 
 
@@ -113,6 +114,25 @@ def test_compression_page_reads_the_assay_compress_report_in_a_run_subfolder(ws_
     assert at.selectbox(key="comp_run").value == "runs/al1/compressed/report.json"
     variants, layers = at.dataframe[0].value, at.dataframe[1].value
     assert list(variants["name"]) == ["original", "compressed"] and list(variants["latency_ms"]) == [21.0, 10.5]
-    assert list(variants["mAP@.5"]) == [0.52, 0.50] and list(variants["params"]) == [3_400_000, 1_500_000]
+    assert list(variants["mAP@.5 (%)"]) == pytest.approx([52.0, 50.0])
+    assert list(variants["params"]) == [3_400_000, 1_500_000] and list(variants["file MB"]) == [13.0, 6.0]
     assert list(layers["layer"]) == ["backbone.conv1", "head.cls"] and list(layers["out_kept"]) == [16, 4]
-    assert [m.value for m in at.metric] == ["10.5 ms"] and "2.00x faster" in at.metric[0].delta
+    assert [m.value for m in at.metric] == ["10.5 ms", "50.0"] and "2.00x faster" in at.metric[0].delta
+    assert at.metric[1].label == "compressed: mAP@.5 (%)" and at.metric[1].delta == "-2.0 points"
+    assert not at.warning  # 2 points of 52 is within the allowed drop
+
+
+def test_compression_page_shows_the_map_change_beside_every_speed_up_and_warns_on_a_large_drop(ws_dir):
+    """#25 item 2: a run went from 6.9 to 0.8 mAP@.5 and the page showed a green '2.99x faster' only."""
+    from tests.actors.compression.test_verdict import REPORT
+
+    d = ws_dir / "runs" / "r1" / "compressed"
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps(REPORT))
+    at = ok(page("compression"))
+    shown = {m.label: (m.value, m.delta) for m in at.metric}
+    assert shown["compressed: latency"] == ("10.0 ms", "3.00x faster")
+    assert shown["compressed: mAP@.5 (%)"] == ("0.8", "-6.1 points")
+    assert shown["compressed_int8: mAP@.5 (%)"] == ("0.7", "-6.2 points")
+    warned = [w.value for w in at.warning]
+    assert any(w.startswith("warning: compressed lost 6.1 points") and "--latency 0.7" in w for w in warned)
