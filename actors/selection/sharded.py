@@ -12,16 +12,24 @@ Contract
 * :meth:`ShardedIndex.add` routes each new image to ``shard_of(image_id)``; shards skip images they hold, so an add
   re-run after a crash adds nothing twice. :meth:`ShardedIndex.save` commits every shard (each atomically, its own
   manifest being its commit point) and reopens it memory-mapped in its actor.
+* A shard actor that dies is restarted by Ray (``max_restarts``) and reloads its last *committed* generation, so the
+  images sent to it since that commit are gone from it. The driver never trusts a save blindly: after committing,
+  it asks each shard which of the images it was sent since the last verified save it lacks, and raises
+  :class:`ShardImagesLost` naming them (the shards keep what they hold; re-adding the lost images and saving again
+  completes the index: :func:`actors.selection.sharded_build.build_sharded` does that). An add or save call that
+  fails because its actor died is not an error by itself: the verification decides.
 * Actors ask for ``num_cpus`` each (default 0: they are I/O and FAISS threads, set with ``threads``).
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import ray
+from ray.exceptions import RayActorError
 
 from actors.core.workspace import Workspace, WorkspaceError
 from actors.selection.index import normalize
@@ -30,6 +38,20 @@ from actors.selection.shard_store import Shard, shards_root, write_template
 
 CODE_BITS = 40  # global image code = shard << CODE_BITS | the shard's own image code
 ADD_BATCH = 262_144  # vectors buffered on the driver before they are sent to the shards
+
+
+class ShardImagesLost(RuntimeError):
+    """Images sent to a shard are not in it after a save: its actor restarted and reloaded an older generation.
+
+    ``image_ids``: the lost images (all shards), ``shards``: the shards that lost them.
+    """
+
+    def __init__(self, lost: dict[int, list[str]]) -> None:
+        self.lost = lost
+        self.image_ids = [i for ids in lost.values() for i in ids]
+        self.shards = sorted(lost)
+        super().__init__(f"shard actor(s) {', '.join(map(str, self.shards))} restarted and reloaded an older "
+                         f"generation: {len(self.image_ids)} image(s) sent to them are not in the index")
 
 
 @ray.remote(max_restarts=3, max_task_retries=0)  # adds are not retried: a restarted actor reloads its committed shard
@@ -71,6 +93,10 @@ class ShardActor:
     def image_names(self, codes: list[int]) -> list[str]:
         return self.shard.image_names(codes)
 
+    def pid(self) -> int:
+        """The actor's process id (a restarted actor has a new one)."""
+        return os.getpid()
+
 
 class ShardedIndex:
     """The driver side of a sharded index under ``index/<model>/shards`` (see the module contract).
@@ -90,6 +116,7 @@ class ShardedIndex:
                        for k in range(self.n_shards)]
         self._buf: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
+        self._sent: list[list[str]] = [[] for _ in range(self.n_shards)]  # per shard, since the last verified save
 
     @classmethod
     def create(cls, ws: Workspace, model: str, template, *, n_shards: int, factory: str, nprobe: int = 0,
@@ -139,7 +166,9 @@ class ShardedIndex:
         return sent
 
     def flush(self) -> int:
-        """Send the queued images to their shards (one ``ray.get`` for all shards); returns vectors added."""
+        """Send the queued images to their shards (one ``ray.get`` for all shards); returns vectors added.
+
+        A call whose actor died is counted as 0: :meth:`save` finds the images it lost."""
         if not self._buf:
             return 0
         ids = [b[0] for b in self._buf]
@@ -149,17 +178,35 @@ class ShardedIndex:
             if not len(pos):
                 continue
             part = [self._buf[p] for p in pos]
+            self._sent[s].extend(p[0] for p in part)
             calls.append(self.actors[s].add.remote(
                 [p[0] for p in part], np.array([len(p[1]) for p in part], np.int64),
                 np.concatenate([p[1] for p in part]).astype(np.float32, copy=False),
                 np.concatenate([p[2] for p in part]), np.concatenate([p[3] for p in part])))
         self._buf, self._buffered = [], 0
-        return int(sum(ray.get(calls)))
+        return int(sum(r for r in _gather(calls) if not isinstance(r, RayActorError)))
 
     def save(self) -> list[dict]:
-        """Flush, then commit every shard (in parallel); returns the shard manifests."""
+        """Flush, commit every shard (in parallel), then verify that each holds every image sent to it since the
+        last verified save; returns the shard manifests.
+
+        Raises :class:`ShardImagesLost` when a shard lacks some (its actor restarted: see the module contract), and
+        Ray's ``RayActorError`` when an actor is gone for good (its restarts used up)."""
         self.flush()
-        return ray.get([a.save.remote() for a in self.actors])
+        mans = _gather([a.save.remote() for a in self.actors])
+        for s, m in enumerate(mans):  # an actor that died during its save: save again on its restarted self
+            if isinstance(m, RayActorError):
+                mans[s] = ray.get(self.actors[s].save.remote())
+        lost = self._lost()
+        self._sent = [[] for _ in range(self.n_shards)]
+        if lost:
+            raise ShardImagesLost(lost)
+        return mans
+
+    def _lost(self) -> dict[int, list[str]]:
+        """Per shard, the images sent to it since the last verified save that it does not hold now."""
+        calls = {s: self.actors[s].missing.remote(ids) for s, ids in enumerate(self._sent) if ids}
+        return {s: got for s, got in zip(calls, ray.get(list(calls.values()))) if got}
 
     # ------------------------------------------------------------------------------------------- query
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,6 +272,10 @@ class ShardedIndex:
         """Per shard: vectors, images, generation, RSS and peak RSS of its actor process (bytes)."""
         return ray.get([a.stats.remote() for a in self.actors])
 
+    def pids(self) -> list[int]:
+        """The process id of each shard's actor."""
+        return ray.get([a.pid.remote() for a in self.actors])
+
     def set_nprobe(self, nprobe: int) -> None:
         """IVF lists probed per query in every shard from now on (the saved ``nprobe`` is unchanged)."""
         ray.get([a.set_nprobe.remote(int(nprobe)) for a in self.actors])
@@ -234,6 +285,17 @@ class ShardedIndex:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+
+
+def _gather(refs: list) -> list[Any]:
+    """``ray.get`` of each ref, with a ``RayActorError`` in place of the result of a call whose actor died."""
+    out: list[Any] = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref))
+        except RayActorError as e:
+            out.append(e)
+    return out
 
 
 def faiss_clone_empty(index):
@@ -253,4 +315,4 @@ def batches(image_ids: Sequence[str], xb: np.ndarray, counts: Sequence[int], row
         yield image_id, xb[e - c:e], rows[e - c:e], cols[e - c:e]
 
 
-__all__ = ["ShardActor", "ShardedIndex", "batches", "faiss_clone_empty"]
+__all__ = ["ShardActor", "ShardImagesLost", "ShardedIndex", "batches", "faiss_clone_empty"]

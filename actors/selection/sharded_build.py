@@ -16,6 +16,9 @@ Contract
   index returns, and ``assay mine`` selects the same images.
 * :func:`grow_sharded` adds only the images no shard holds (each shard is asked about the images of its hash), then
   commits every shard; a re-run after a crash adds nothing twice.
+* A shard actor that restarts mid-build (and so reloads its last committed generation) is detected when the shards
+  are saved (:class:`~actors.selection.sharded.ShardImagesLost`); the images it lost are read from the feature store
+  and added again, up to :data:`REDO_LOST` times, then the error is raised: a build never ends with images missing.
 * The top manifest records the feature store (:func:`~actors.features.store.store_fingerprint`); opening or growing
   a sharded index of a store that changed since raises a one-line ``UserError`` saying to rebuild.
 * The shards live on Ray actors (``actors.core.runtime.init_ray``: the cluster at ``RAY_ADDRESS`` or a local one).
@@ -36,6 +39,8 @@ from actors.selection.shard_store import shards_root
 
 if TYPE_CHECKING:
     from actors.selection.sharded import ShardedIndex
+
+REDO_LOST = 3  # times the images of a restarted shard actor are added again before the build fails
 
 
 def sharded_manifest(ws: Workspace, model: str) -> dict | None:
@@ -185,20 +190,31 @@ def summary(idx: "ShardedIndex", **extra) -> dict:
 
 def _add(idx: "ShardedIndex", ws: Workspace, model: str, image_ids: list[str] | None, cell_pool: int,
          progress: bool) -> None:
+    """Add the feature maps of ``image_ids`` (None: all) to the shards and save; images a restarted shard actor
+    lost are added again (:data:`REDO_LOST` times at most, then :class:`ShardImagesLost` is raised)."""
     from tqdm.auto import tqdm
+
+    from actors.selection.sharded import ShardImagesLost
 
     center = idx.center
     bar = tqdm(total=len(image_ids) if image_ids is not None else None, disable=not progress,
                desc=f"index {model} ({idx.n_shards} shards)", unit="img", leave=False)
 
-    def vectors():
-        for fm in iter_feature_maps(ws, model, image_ids=image_ids):
+    def vectors(ids: list[str] | None):
+        for fm in iter_feature_maps(ws, model, image_ids=ids):
             xb, rows, cols = cell_vectors(fm, "region", center, cell_pool)
             bar.update(1)
             yield fm.image_id, xb, rows, cols
 
-    idx.add(vectors())
-    idx.save()
+    for attempt in range(REDO_LOST + 1):
+        try:
+            idx.add(vectors(image_ids))
+            idx.save()
+            break
+        except ShardImagesLost as e:
+            if attempt == REDO_LOST:
+                raise
+            image_ids = sorted(e.image_ids)  # a restarted actor reloaded its last commit: add what it lost again
     bar.close()
 
 
