@@ -51,7 +51,7 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
-        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        return f"{v:,.4g}" if abs(v) < 1e3 else f"{v:,.0f}"  # never 6.481e+04 for 64,810
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     return "" if v is None else str(v)

@@ -8,23 +8,33 @@ import altair as alt
 import pandas as pd
 
 
+def y_domain(values, target: float, top: float) -> list[float]:
+    """The y range of a learning-curve chart: the measured values and the target with a margin, inside the
+    metric's range [0, ``top``] (a fitted law extrapolated far past the data never stretches the axis)."""
+    lo, hi = min(min(values), target), max(max(values), target)
+    pad = max(0.1 * (hi - lo), 0.02 * top)
+    return [max(0.0, lo - pad), min(top, hi + pad)]
+
+
 def curve_chart(points: pd.DataFrame, lines: pd.DataFrame, band: pd.DataFrame, target: float,
-                required: float | None, metric: str = "value") -> alt.LayerChart:
+                required: float | None, metric: str = "value", top: float = 100.0) -> alt.LayerChart:
     """Measured points, each law's fitted curve, the bootstrap band of the chosen law, the target (horizontal rule)
-    and the recommended size (vertical rule). ``points``: n, value; ``lines``: law, n, value; ``band``: n, lo, hi."""
+    and the recommended size (vertical rule). ``points``: n, value; ``lines``: law, n, value; ``band``: n, lo, hi.
+    ``metric`` titles the y axis (e.g. ``"mAP@.5 (%)"``), which is clipped to :func:`y_domain` within [0, ``top``]."""
     x = alt.X("n:Q", scale=alt.Scale(type="log"), title="training-set size n")
+    scale = alt.Scale(domain=y_domain(points["value"], target, top), zero=False)
     layers = []
     if len(band):
-        layers.append(alt.Chart(band).mark_area(opacity=0.2, color="#4c78a8").encode(
-            x=x, y=alt.Y("lo:Q", title=metric, scale=alt.Scale(zero=False)), y2="hi:Q"))
+        layers.append(alt.Chart(band).mark_area(opacity=0.2, color="#4c78a8", clip=True).encode(
+            x=x, y=alt.Y("lo:Q", title=metric, scale=scale), y2="hi:Q"))
     if len(lines):
-        layers.append(alt.Chart(lines).mark_line().encode(
-            x=x, y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+        layers.append(alt.Chart(lines).mark_line(clip=True).encode(
+            x=x, y=alt.Y("value:Q", title=metric, scale=scale),
             color=alt.Color("law:N", title="law", scale=alt.Scale(scheme="category10"))))
     layers.append(alt.Chart(points).mark_circle(size=70, color="black").encode(
-        x=x, y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)), tooltip=["n", "value"]))
+        x=x, y=alt.Y("value:Q", title=metric, scale=scale), tooltip=["n", "value"]))
     layers.append(alt.Chart(pd.DataFrame({"target": [target]})).mark_rule(strokeDash=[6, 4], color="#e45756")
-                  .encode(y="target:Q"))
+                  .encode(y=alt.Y("target:Q", title=metric, scale=scale)))
     if required is not None and math.isfinite(required):
         layers.append(alt.Chart(pd.DataFrame({"n": [required]})).mark_rule(color="#e45756").encode(x="n:Q"))
     return alt.layer(*layers).properties(height=380)
@@ -42,11 +52,12 @@ def plan_charts(rows: pd.DataFrame) -> alt.HConcatChart:
     return alt.hconcat(total, risk)
 
 
-def curves_chart(df: pd.DataFrame, color: str = "strategy") -> alt.Chart:
-    """Learning curves of several runs: n_labeled vs value, one line per ``color`` value."""
+def curves_chart(df: pd.DataFrame, color: str = "run", metric: str = "value") -> alt.Chart:
+    """Learning curves of several runs: n_labeled vs value (titled ``metric``), one line per ``color`` value (by
+    default the run's label: strategy, seed and date, so runs of one strategy are told apart)."""
     return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("n_labeled:Q", title="labeled images"), y=alt.Y("value:Q", title="value"),
-        color=alt.Color(f"{color}:N"), tooltip=["run_id", "strategy", "round", "n_labeled", "value"],
+        x=alt.X("n_labeled:Q", title="labeled images"), y=alt.Y("value:Q", title=metric),
+        color=alt.Color(f"{color}:N", title=color), tooltip=["run", "strategy", "round", "n_labeled", "value"],
     ).properties(height=340)
 
 

@@ -72,3 +72,13 @@ def fmt_n(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "∞"
     return f"{v:,.0f}"
+
+
+def fmt_amount(v) -> str:
+    """A cost or other amount for display: whole numbers with thousands separators from 1,000 up (never
+    ``6.481e+04``), four significant digits below; ``∞`` for None/inf."""
+    import math
+
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "∞"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.4g}"

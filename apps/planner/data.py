@@ -38,6 +38,7 @@ REPORT_FILE = "report.json"
 LATENCY_KEYS = ("latency_ms", "latency")
 QUALITY_KEYS = ("map", "mAP", "map50", "metric", "value")
 VARIANT_KEYS = ("variants", "points", "results")
+MAP50_PCT = "mAP@.5 (%)"  # how every page names the detector metric (always in percent)
 LAYER_KEYS = ("layers", "per_layer", "plan")
 
 
@@ -53,6 +54,7 @@ class CurvePoints:
     name: str
     direction: str
     scale: str
+    metric: str = "value"  # what the values are (titles and axis labels; see :func:`metric_label`)
 
     def curve(self):
         """The validated :class:`~estimators.curves.LearningCurve`."""
@@ -106,6 +108,30 @@ def guess_scale(values) -> str:
     return "fraction" if len(v) and v.between(0, 1).all() else "percent"
 
 
+METRIC_NAMES = {"val_map50_pct": "mAP@.5", "val_map_pct": "mAP@[.5:.95]", "map50": "mAP@.5",
+                "map": "mAP@[.5:.95]"}  # curve.parquet's metric column -> the name a reader knows
+
+
+def metric_label(metric: str, scale: str) -> str:
+    """The axis title of a metric: its readable name and unit, e.g. ``"mAP@.5 (%)"`` for ``val_map50_pct``."""
+    return f"{METRIC_NAMES.get(metric, metric)} ({'%' if scale == 'percent' else '0-1'})"
+
+
+def run_label(run_id: str, strategy: str, seed=None, mtime_ns: int | None = None) -> str:
+    """A run as a reader tells runs apart: strategy, seed, when it was written, and its id
+    (``"entropy · seed 1 · 2025-06-01 14:02 · learn-…"``); runs of one strategy never look the same."""
+    import datetime as dt
+
+    parts = [strategy]
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    if mtime_ns:
+        parts.append(dt.datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M"))
+    if run_id != strategy:
+        parts.append(run_id)
+    return " · ".join(parts)
+
+
 # ----------------------------------------------------------------------------------------------- workspace runs
 def _stamp(ws, rel: str) -> tuple:
     """(mtime, size) of a workspace file, so cached reads refresh when the file changes."""
@@ -146,8 +172,9 @@ def report_files(ws) -> list[str]:
 
 
 def run_curve(ws, run_id: str) -> pd.DataFrame:
-    """``runs/<run_id>/curve.parquet`` normalized to columns run_id, strategy, metric, round, n_labeled, value
-    (+ seed when present). :class:`UserError` naming the file and field when it cannot be read."""
+    """``runs/<run_id>/curve.parquet`` normalized to columns run_id, strategy, run (:func:`run_label`), metric,
+    round, n_labeled, value (+ seed when present). :class:`UserError` naming the file and field when it cannot be
+    read."""
     rel = f"runs/{run_id}/{CURVE_FILE}"
     return _run_curve(ws.uri, rel, run_id, _stamp(ws, rel), _stamp(ws, f"runs/{run_id}/config.json")).copy()
 
@@ -172,22 +199,37 @@ def _run_curve(uri: str, rel: str, run_id: str, stamp1, stamp2) -> pd.DataFrame:
     if "seed" in df.columns:
         out["seed"] = df["seed"]
     strategy = df["strategy"].astype(str) if "strategy" in df.columns else None
+    seed = None
+    for name in ("config.json", REPORT_FILE):
+        try:
+            rep = _report(uri, f"runs/{run_id}/{name}")
+        except UserError:
+            continue
+        if isinstance(rep, dict):
+            seed = rep.get("seed") if seed is None else seed
+            if strategy is None and rep.get("strategy"):
+                strategy = str(rep["strategy"])
     if strategy is None:
         strategy = run_id
-        for name in ("config.json", REPORT_FILE):
-            try:
-                rep = _report(uri, f"runs/{run_id}/{name}")
-            except UserError:
-                continue
-            if isinstance(rep, dict) and rep.get("strategy"):
-                strategy = str(rep["strategy"])
-                break
+    first = strategy if isinstance(strategy, str) else str(strategy.iloc[0]) if len(strategy) else run_id
+    out.insert(0, "run", run_label(run_id, first, seed, stamp1[0]))
     out.insert(0, "strategy", strategy)
     out.insert(0, "run_id", run_id)
     bad = out["n_labeled"].isna() | out["value"].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise UserError(f"{ws.path(rel)}: row {i + 1}: 'n_labeled'/'value' is not a number")
+    return out
+
+
+def run_labels(ws, runs: list[str]) -> dict[str, str]:
+    """Each run's :func:`run_label` (its id alone when its curve cannot be read: the page says why when picked)."""
+    out = {}
+    for r in runs:
+        try:
+            out[r] = str(run_curve(ws, r)["run"].iloc[0])
+        except (UserError, IndexError):
+            out[r] = r
     return out
 
 
@@ -222,8 +264,9 @@ def _num(v, key: str):
 
 
 def compression_view(rep: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """(variants: name, latency_ms, quality, quality_field [+ params, macs, file_bytes]; per-layer plan) of a
-    compression report, None if ``rep`` is not one (see the module docstring for the formats read)."""
+    """(variants: name, latency_ms, quality, quality_field [+ params, macs, file_bytes, file]; per-layer plan) of a
+    compression report, None if ``rep`` is not one (see the module docstring for the formats read). mAP is in
+    percent (``quality_field`` ends in ``(%)``), also when the report stores fractions."""
     rows, layers = [], []
     if isinstance(rep.get("models"), dict):  # assay compress
         for name, m in rep["models"].items():
@@ -232,8 +275,10 @@ def compression_view(rep: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             lat, q = _num(m.get("latency_ms"), "p50"), _num(m.get("accuracy"), "map50")
             if lat is None or q is None:
                 continue
-            row = {"name": str(name), "latency_ms": lat, "quality": q, "quality_field": "mAP@.5"}
+            row = {"name": str(name), "latency_ms": lat, "quality": 100.0 * q, "quality_field": MAP50_PCT}
             row.update({k: m[k] for k in ("params", "macs", "file_bytes") if isinstance(m.get(k), (int, float))})
+            if isinstance(m.get("file"), str):
+                row["file"] = m["file"]
             rows.append(row)
         plan = rep.get("plan") if isinstance(rep.get("plan"), dict) else {}
         pl = plan.get("layers")
@@ -257,9 +302,22 @@ def compression_view(rep: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
                          "quality_field": q[0]})
         layers = next(([r for r in rep[k] if isinstance(r, dict)] for k in LAYER_KEYS
                        if isinstance(rep.get(k), list)), [])
+        _as_percent(rows)
     cols = ["name", "latency_ms", "quality", "quality_field"]
-    return pd.DataFrame(rows).reindex(columns=cols + [c for c in ("params", "macs", "file_bytes")
+    return pd.DataFrame(rows).reindex(columns=cols + [c for c in ("params", "macs", "file_bytes", "file")
                                                       if any(c in r for r in rows)]), pd.DataFrame(layers)
+
+
+def _as_percent(rows: list[dict]) -> None:
+    """mAP-like qualities given as fractions (every value in [0, 1]) become percent, labelled ``(%)``: the
+    planner shows mAP in percent on every page."""
+    fields = {r["quality_field"] for r in rows}
+    if len(fields) != 1 or not str(next(iter(fields))).lower().startswith("map"):
+        return
+    if all(0.0 <= r["quality"] <= 1.0 for r in rows):
+        field = next(iter(fields))
+        for r in rows:
+            r["quality"], r["quality_field"] = 100.0 * r["quality"], f"{field} (%)"
 
 
 # ----------------------------------------------------------------------------------------------- estimators

@@ -135,6 +135,39 @@ def save_upload(ws, rel: str, image, fmt: str) -> str:
     return str(ws.local_path(rel))
 
 
+def file_name(uri, image_id: str) -> str:
+    """What a reader calls an image: the file name of its ``uri`` (local path or URI), else its image_id."""
+    import posixpath
+
+    if isinstance(uri, str) and uri:
+        name = posixpath.basename(uri.rstrip("/").replace("\\", "/"))
+        if name:
+            return name
+    return str(image_id)
+
+
+def query_image_name(ws, query: dict) -> str:
+    """The file name of a query's image (``query["image"]`` is a file path or a pool image_id)."""
+    image = str(query.get("image", ""))
+    uri = catalog(ws).set_index("image_id")["uri"].get(image, image) if image else ""
+    return file_name(uri, image)
+
+
+def selection_label(ws, query_id: str) -> str:
+    """A saved selection as a reader finds it: the query image's file name, the method and when it was saved
+    (``"cat.jpg · template · 2025-06-01 14:02"``), the query id last."""
+    import datetime as dt
+
+    qrel = f"queries/{query_id}.json"
+    query = ws.read_json(qrel) if ws.exists(qrel) else {}
+    parts = [query_image_name(ws, query)] if query.get("image") else []
+    parts += [str(query["method"])] if query.get("method") else []
+    mtime = _stamp(ws, f"selections/{query_id}.parquet")[0]
+    if mtime:
+        parts.append(dt.datetime.fromtimestamp(mtime / 1e9).strftime("%Y-%m-%d %H:%M"))
+    return " · ".join(parts + [query_id])
+
+
 def selection_ids(ws) -> list[str]:
     """Saved selections (``selections/<query_id>.parquet``), newest first."""
     names = [n[: -len(".parquet")] for n in ws.listdir("selections", ".parquet")]

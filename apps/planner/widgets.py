@@ -27,7 +27,8 @@ def pick_curve(prefix: str) -> data.CurvePoints | None:
     if not runs:
         st.caption(f"No run in `{ws.uri}/runs/` has a `curve.parquet` yet (`assay learn` writes one); upload a file.")
     if src == SOURCES[0]:
-        run = st.selectbox("Run", runs, key=f"{prefix}_run")
+        labels = data.run_labels(ws, runs)
+        run = st.selectbox("Run", runs, key=f"{prefix}_run", format_func=labels.get)
         df = data.run_curve(ws, run)
         metrics = list(dict.fromkeys(df["metric"]))
         metric = st.selectbox("Metric", metrics, key=f"{prefix}_metric") if len(metrics) > 1 else metrics[0]
@@ -43,6 +44,8 @@ def pick_curve(prefix: str) -> data.CurvePoints | None:
         if up is None:
             st.caption("Upload a file to continue.")
             return None
+        metric = st.text_input("Metric", "mAP@.5", key=f"{prefix}_metric_name",
+                               help="What the uploaded values are (it titles the chart's axis)")
         kind = data.upload_kind(up.name)
         table = data.read_upload(up.getvalue(), kind)
         source, name = f"uploaded.{kind}", None
@@ -52,9 +55,8 @@ def pick_curve(prefix: str) -> data.CurvePoints | None:
     guess = data.guess_scale(table["value"]) if "value" in table.columns else "percent"
     scale = c2.selectbox("Scale", ["percent", "fraction"], index=["percent", "fraction"].index(guess),
                          key=f"{prefix}_scale_{guess}", help="percent: 0-100; fraction: 0-1")
-    curves = data.curves_from_table(table, source, direction, scale)
-    if name is not None:
-        curves = [data.CurvePoints(c.n, c.value, c.spread, c.n_seeds, name, c.direction, c.scale) for c in curves]
+    curves = [data.CurvePoints(c.n, c.value, c.spread, c.n_seeds, name or c.name, c.direction, c.scale, metric)
+              for c in data.curves_from_table(table, source, direction, scale)]
     if len(curves) > 1:
         names = [c.name for c in curves]
         pick = st.selectbox("Curve", names, key=f"{prefix}_curve")

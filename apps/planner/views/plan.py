@@ -9,9 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from actors.core.errors import UserError
+from estimators.loc import DEFAULT_CAP_FACTOR
 
 from apps.planner import charts, data
-from apps.planner.common import fmt_n, run_page
+from apps.planner.common import fmt_amount, fmt_n, run_page
 from apps.planner.widgets import default_target, pick_curve
 
 DEFAULT_SOURCES = pd.DataFrame([{"source": "labeled", "cost per sample": 1.0, "value": 1.0, "available": None}])
@@ -58,8 +59,10 @@ def render() -> None:
                              step=0.5 if pts.scale == "percent" else 0.005, format="%.4g",
                              key=f"plan_target_{pts.name}")
     rounds = int(c2.number_input("Rounds", 1, 10, 3, 1, key="plan_rounds"))
-    max_total = c3.number_input("Cap on the total (samples)", min_value=1.0, value=float(100 * n0), step=float(n0),
-                                format="%.0f", key=f"plan_cap_{pts.name}")
+    max_total = c3.number_input("Cap on the total (samples)", min_value=1.0, value=float(DEFAULT_CAP_FACTOR * n0),
+                                step=float(n0), format="%.0f", key=f"plan_cap_{pts.name}",
+                                help=f"default {DEFAULT_CAP_FACTOR:g}x the current size, as `assay plan` without "
+                                     "--max-total")
     c4, c5 = st.columns(2)
     mode = c4.radio("Missing the target costs", ["a penalty", "an acceptable risk"], horizontal=True,
                     key="plan_mode")
@@ -85,11 +88,11 @@ def render() -> None:
     m1, m2, m3 = st.columns(3)
     m1.metric("LOC: total after the last round", fmt_n(loc["totals"][-1]))
     m2.metric("LOC: risk of missing", f"{loc['risk']:.1%}")
-    m3.metric("LOC: expected cost", f"{loc['expected_cost']:,.4g}")
+    m3.metric("LOC: expected cost", fmt_amount(loc["expected_cost"]))
     n1, n2, n3 = st.columns(3)
     n1.metric("Naive: collect to", fmt_n(naive["total"]), help=f"{naive['law']} estimate, τ = 1")
     n2.metric("Naive: risk of missing", f"{naive['risk']:.1%}")
-    n3.metric("Naive: expected cost", f"{naive['expected_cost']:,.4g}")
+    n3.metric("Naive: expected cost", fmt_amount(naive["expected_cost"]))
     status = loc.get("status", "plan")
     if loc["note"] or status != "plan":
         st.warning(f"Plan status **{status}**" + (f": {loc['note']}" if loc["note"] else ""))

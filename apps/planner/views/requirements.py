@@ -12,6 +12,9 @@ from apps.planner.common import fmt_n, run_page
 from apps.planner.widgets import default_target, pick_curve
 
 PER_LAW_BOOT = 100  # resamples per law for the per-law intervals (the recommended estimate uses the page's)
+PRIOR_ERROR = "prior's selection error"
+PRIOR_ERROR_HELP = ("how far each law's extrapolation missed on the prior's past curves (what ranks the laws for "
+                    "'auto'); the same for every curve, not a measure of this curve's fit.")
 
 
 def _x_max(res: dict, n0: float) -> float:
@@ -57,8 +60,8 @@ def render() -> None:
     except ValueError:  # the chosen law cannot be refitted: the chart shows no band
         band = pd.DataFrame(columns=["n", "lo", "hi"])
     points = pd.DataFrame({"n": pts.n, "value": pts.value})
-    st.altair_chart(charts.curve_chart(points, lines, band, float(target), req if req is not None else math.inf),
-                    width="stretch")
+    st.altair_chart(charts.curve_chart(points, lines, band, float(target), req if req is not None else math.inf,
+                                       metric=data.metric_label(pts.metric, pts.scale), top=top), width="stretch")
     st.caption("Black: measured points. Lines: each law's fit. Shaded: the bootstrap band of the chosen law. "
                "Dashed: the target; solid vertical: the recommended size (after τ).")
 
@@ -79,8 +82,10 @@ def render() -> None:
                         f"{res['level']:.0%} interval": f"{fmt_n(r['interval'][0])} – {fmt_n(r['interval'][1])}",
                         "status": r["status"]})
         row.update({"fit rmse": None if p["rmse"] is None or not math.isfinite(p["rmse"]) else round(p["rmse"], 4),
-                    "selection error": res["selection_error"].get(p["law"]), "note": p["reason"] or ""})
+                    PRIOR_ERROR: res["selection_error"].get(p["law"]), "note": p["reason"] or ""})
         rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={PRIOR_ERROR: st.column_config.
+                 NumberColumn(help=PRIOR_ERROR_HELP, format="%.3f")})
+    st.caption(f"*{PRIOR_ERROR}*: {PRIOR_ERROR_HELP} *fit rmse* is this curve's own fit.")
 
 run_page(render)

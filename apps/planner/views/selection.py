@@ -73,7 +73,9 @@ def _query(ws, model: str):
         st.info("No catalog image is in the index; upload an image instead.")
         return None
     cat = cat.sort_values(["split", "image_id"], key=lambda s: s.ne("queries") if s.name == "split" else s)
-    labels = [f"{r.image_id} ({r.split})" for r in cat.itertuples()]
+    names = [sd.file_name(r.uri, r.image_id) for r in cat.itertuples()]
+    twice = {n for n in names if names.count(n) > 1}  # the same file name in two folders: the id tells them apart
+    labels = [f"{n}{f' · {r.image_id}' if n in twice else ''} ({r.split})" for n, r in zip(names, cat.itertuples())]
     i = labels.index(st.selectbox("Pool image", labels, key="sel_pool"))
     row = cat.iloc[i]
     from PIL import Image
@@ -127,9 +129,9 @@ def _new_query(ws, models: list[str]) -> None:
 
 def _gallery(ws, query_id: str) -> None:
     hits, query = sd.load_selection(ws, query_id)
-    st.subheader(f"Selection {query_id}")
+    st.subheader(f"Selection {sd.selection_label(ws, query_id)}")
     if query:
-        st.caption(f"query image {query.get('image')}, boxes {query.get('boxes')}, {query.get('method')} on "
+        st.caption(f"query image {sd.query_image_name(ws, query)}, boxes {query.get('boxes')}, {query.get('method')} on "
                    f"{query.get('model')}, {len(hits)} hits")
     if hits.empty:
         st.info("This selection is empty.")
@@ -142,7 +144,7 @@ def _gallery(ws, query_id: str) -> None:
         col = cols[j % 4]
         uri = r.get("uri")
         png = sd.thumbnail(uri, (r["x0"], r["y0"], r["x1"], r["y1"])) if isinstance(uri, str) else None
-        cap = f"#{int(r['rank'])} · score {r['score']:.3f} · {r['image_id']}"
+        cap = f"#{int(r['rank'])} · score {r['score']:.3f} · {sd.file_name(uri, r['image_id'])}"
         if png is None:
             col.caption(f"{cap} (image not readable)")
         else:
@@ -178,7 +180,8 @@ def render() -> None:
     else:
         if not models:
             st.caption(f"No index in `{ws.uri}/index/`: new queries need `assay index --workspace {ws.uri}`.")
-        qid = st.selectbox("Saved selection", saved, key="sel_saved")
+        labels = {q: sd.selection_label(ws, q) for q in saved}
+        qid = st.selectbox("Saved selection", saved, key="sel_saved", format_func=labels.get)
     if qid and ws.exists(f"selections/{qid}.parquet"):
         _gallery(ws, qid)
 

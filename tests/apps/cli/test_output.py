@@ -40,3 +40,10 @@ def test_a_failed_json_demo_leaves_the_shared_console_printing(tmp_path, monkeyp
     capsys.readouterr()
     console.print("still printing")
     assert "still printing" in capsys.readouterr().out
+
+
+def test_numbers_in_tables_never_print_in_scientific_notation():
+    """#25 item 5: an interval printed as 6.481e+04."""
+    from apps.cli.output import fmt
+
+    assert fmt(64810.0) == "64,810" and fmt(12345.6) == "12,346" and fmt(999.5) == "999.5" and fmt(0.1234) == "0.1234"

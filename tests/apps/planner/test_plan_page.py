@@ -101,3 +101,24 @@ def test_a_falling_curve_plans_nothing_and_says_why(ws_dir):
     ok(at.run())
     assert "Nothing to plan" in " ".join(w.value for w in at.warning) and "--direction" in at.warning[0].value
     assert not at.metric and files(ws_dir) == []
+
+
+def test_the_cap_is_the_clis_default_and_numbers_read_as_numbers(ws_dir):
+    """#25 item 5: the app capped at 100x while the demo used 50x; costs printed as 6.481e+04; a note named
+    the internal max_total."""
+    from estimators.loc import DEFAULT_CAP_FACTOR
+
+    at = ok(upload_curve(page("plan")))
+    assert number(at, "Cap on the total (samples)").value == DEFAULT_CAP_FACTOR * 8000
+    number(at, "Target").set_value(70.0)
+    number(at, "Penalty (cost of missing the target)").set_value(50_000.0)
+    ok(at.run())
+    cost = metric(at, "LOC: expected cost")
+    assert "e+" not in cost and cost.replace(",", "").isdigit()
+    number(at, "Cap on the total (samples)").set_value(9000.0)
+    at.radio(key="plan_mode").set_value("an acceptable risk")
+    ok(at.run())
+    number(at, "Acceptable risk of missing").set_value(0.001)
+    ok(at.run())
+    text = " ".join(w.value for w in at.warning)
+    assert "not reachable within the cap of 9,000 samples" in text and "max_total" not in text

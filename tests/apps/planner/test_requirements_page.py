@@ -112,3 +112,34 @@ def test_a_falling_curve_is_explained_not_estimated(ws_dir):
     ok(at.run())
     assert metric(at, "Required n (recommended)") == "∞"
     assert "--direction lower" in " ".join(w.value for w in at.warning)
+
+
+def test_the_chart_is_clipped_to_the_metrics_range_and_labelled_and_the_prior_error_says_whose(ws_dir):
+    """#25 item 5: the y axis ran to 1,800 for a percent metric, titled 'value'; 'selection error' (the prior's)
+    read as this curve's fit quality."""
+    d = ws_dir / "runs" / "learn-1"
+    d.mkdir(parents=True)
+    n = [20, 40, 60, 80, 100]
+    pq.write_table(pa.table({"round": list(range(5)), "n_labeled": n, "metric": ["val_map50_pct"] * 5,
+                             "value": [3.6, 7.2, 13.0, 13.4, 15.1]}), d / "curve.parquet")
+    at = ok(page("requirements"))
+    number(at, "Bootstrap resamples").set_value(50)
+    ok(at.run())
+    (spec,) = charts(at)
+    ys = [lay["encoding"]["y"] for lay in spec["layer"] if "y" in lay["encoding"]]
+    assert {y["title"] for y in ys} == {"mAP@.5 (%)"}
+    for y in ys:
+        lo, hi = y["scale"]["domain"]
+        assert 0 <= lo < 3.6 and 15.1 < hi <= 100
+    table = at.dataframe[0].value
+    assert "prior's selection error" in table.columns and "selection error" not in table.columns
+    assert any("not a measure of this curve's fit" in c.value for c in at.caption)
+
+
+def test_an_uploaded_curve_is_titled_by_the_metric_the_user_names(ws_dir):
+    at = ok(upload_curve(page("requirements")))
+    assert at.text_input(key="req_metric_name").value == "mAP@.5"
+    number(at, "Bootstrap resamples").set_value(50)
+    ok(at.run())
+    (spec,) = charts(at)
+    assert {lay["encoding"]["y"]["title"] for lay in spec["layer"] if "y" in lay["encoding"]} == {"mAP@.5 (%)"}

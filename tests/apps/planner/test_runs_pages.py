@@ -36,13 +36,34 @@ def test_active_learning_page_shows_curves_per_strategy_and_rounds(ws_dir):
     at = ok(page("active"))
     assert "runs/r3/curve.parquet" in " ".join(w.value for w in at.warning)
     (spec,) = charts(at)
-    assert spec["encoding"]["color"]["field"] == "strategy"
+    assert spec["encoding"]["color"]["field"] == "run"
     summary = at.dataframe[0].value
-    assert list(summary["run_id"]) == ["r1", "r2"] and list(summary["strategy"]) == ["entropy", "random"]
-    assert list(summary["rounds"]) == [4, 4] and list(summary["best"]) == [0.36, 0.31]
+    assert [r.split(" · ")[0] for r in summary["run"]] == ["entropy", "random"]
+    assert list(summary["strategy"]) == ["entropy", "random"]
+    assert list(summary["rounds"]) == [4, 4] and list(summary["best mAP@[.5:.95] (0-1)"]) == [0.36, 0.31]
     at.selectbox(key="al_round_run").set_value("r2")
     ok(at.run())
-    assert list(at.dataframe[1].value["value"]) == [0.20, 0.25, 0.29, 0.31]
+    assert list(at.dataframe[1].value["mAP@[.5:.95] (0-1)"]) == [0.20, 0.25, 0.29, 0.31]
+
+
+def test_three_runs_of_one_strategy_look_different_and_map_is_in_percent(ws_dir):
+    """#25 item 5: runs were labelled by strategy only, so three runs of one strategy looked the same."""
+    for run, seed, v in (("learn-a", 0, [20.0, 28.0]), ("learn-b", 1, [21.0, 27.0]), ("learn-c", 2, [19.0, 30.0])):
+        d = ws_dir / "runs" / run
+        d.mkdir(parents=True)
+        pq.write_table(pa.table({"round": [0, 1], "n_labeled": [20, 40], "metric": ["val_map50_pct"] * 2,
+                                 "value": v}), d / "curve.parquet")
+        (d / "config.json").write_text(json.dumps({"strategy": "uncertainty_robustness", "seed": seed}))
+    at = ok(page("active"))
+    (spec,) = charts(at)
+    assert spec["encoding"]["y"]["title"] == "mAP@.5 (%)"
+    assert spec["encoding"]["color"]["field"] == "run"  # one line per run label
+    summary = at.dataframe[0].value
+    labels = list(summary["run"])
+    assert len(set(labels)) == 3 and all(lbl.startswith("uncertainty_robustness · seed ") for lbl in labels)
+    assert [lbl.split(" · ")[1] for lbl in labels] == ["seed 0", "seed 1", "seed 2"]
+    assert labels[1].endswith(" · learn-b") and list(summary["best mAP@.5 (%)"]) == [28.0, 27.0, 30.0]
+    assert at.multiselect(key="al_runs").format_func("learn-b") == labels[1]
 
 
 def test_run_curve_reader_is_tolerant_and_documented(tmp_path):

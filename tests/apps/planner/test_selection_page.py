@@ -53,7 +53,7 @@ def _set_box(at, box):
 
 def _query_page(top_k=5, box=(64, 64, 192, 160)):
     at = ok(page("selection"))
-    at.selectbox(key="sel_pool").set_value("img003 (pool)")
+    at.selectbox(key="sel_pool").set_value("img003.png (pool)")
     ok(at.run())
     _set_box(at, box)
     at.number_input(key="sel_topk").set_value(top_k)
@@ -71,7 +71,7 @@ def test_run_a_query_and_browse_the_gallery(toy_ws):
     assert "5 images selected" in at.success[0].value
     assert toy_ws.exists(f"selections/{want.query_id}.parquet")  # the same query id: the same library call
     captions = _gallery(at)
-    assert captions == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}" for r, h in enumerate(want.hits)]
+    assert captions == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}.png" for r, h in enumerate(want.hits)]
     labels = {b.label for b in at.get("download_button")}
     assert labels == {"Export manifest (CSV)", "Export COCO JSON"}
 
@@ -97,6 +97,31 @@ def test_open_a_saved_selection_paginates_and_exports(toy_ws):
     a = coco["annotations"][0]
     assert a["bbox"][2] > 0 and a["score"] == pytest.approx(sel.hits[0].score, rel=1e-5)
     assert coco["images"][0]["file_name"].endswith(".png") and coco["images"][0]["width"] == W
+
+
+def test_images_and_selections_are_named_by_file_not_by_hex_id(toy_ws, tmp_path):
+    """#25 item 5: the page showed raw hex image ids and query ids where a reader knows file names."""
+    from actors.catalog.schema import IMAGES
+    from actors.selection.mine import mine
+    from tests.actors.features.test_backbones import write_catalog
+
+    rows = toy_ws.read_table(IMAGES).to_pylist()
+    for r in rows:  # real image ids are hashes: give every image a file name unlike its id
+        new = tmp_path / "photos" / f"beach_{r['image_id'][-3:]}.png"
+        new.parent.mkdir(exist_ok=True)
+        new.write_bytes(open(r["uri"], "rb").read())
+        r["uri"] = str(new)
+    write_catalog(toy_ws, rows)
+    sel = mine(toy_ws, image="img000", boxes=[(32, 32, 160, 128)], top_k=3, model="toy", image_size=(W, H))
+    at = ok(page("selection"))
+    assert at.selectbox(key="sel_pool").value.startswith("beach_")
+    at.radio(key="sel_mode").set_value("Open a saved selection")
+    ok(at.run())
+    label = at.selectbox(key="sel_saved").format_func(sel.query_id)
+    assert label.startswith("beach_000.png · template · ") and label.endswith(sel.query_id)
+    captions = _gallery(at)
+    assert len(captions) == 3 and all(c.split(" · ")[-1].startswith("beach_") for c in captions)
+    assert not any("img0" in c for c in captions)
 
 
 def test_box_outside_the_image_is_a_message_and_writes_nothing(toy_ws, ws_dir):
@@ -172,7 +197,7 @@ def test_mining_on_ray_match_actors_gives_the_same_gallery(toy_ws, ray_cluster):
     ok(at.run())
     want = mine(toy_ws, image="img003", boxes=[(64, 64, 192, 160)], top_k=5, model="toy", write=False,
                 image_size=(W, H))
-    assert _gallery(at) == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}" for r, h in enumerate(want.hits)]
+    assert _gallery(at) == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}.png" for r, h in enumerate(want.hits)]
 
 
 def test_a_box_drawn_on_the_canvas_maps_back_to_image_pixels():
