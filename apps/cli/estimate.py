@@ -142,7 +142,7 @@ def _render_estimates(results: list[dict]) -> None:
             console.print(f"  note: {r['reason']}")
         rows = [(p["law"], _n(p["required_n"]), p["rmse"], _err(r["selection_error"], p["law"]), p["reason"] or "")
                 for p in r["per_law"]]
-        console.print(table(None, ["law", "required n", "fit rmse", "selection err", "reason"], rows))
+        console.print(table(None, ["law", "required n", "fit rmse", "prior's selection err", "reason"], rows))
 
 
 def _err(errors: dict, law: str):
