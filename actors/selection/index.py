@@ -20,7 +20,9 @@ Contract
   them (atomic rename), then deletes the previous generation. A crash at any point leaves the previous, consistent
   index readable; the manifest is the commit point.
 * ``add_to_index`` adds only images that are not indexed yet (no retraining, no rebuild); an IVF/PQ index keeps the
-  quantizers it was trained with, which is fine while the new images look like the old ones.
+  quantizers it was trained with, which is fine while the new images look like the old ones. The one exception: an
+  exact index whose factory was chosen by size (not given) and that an add would grow to :data:`FLAT_MAX` vectors
+  or more is rebuilt as :func:`choose_factory` picks for the new size (IVF-PQ), as a build of that size would be.
 * The id map holds integers only (a dense int32 image code per vector, codes numbered in the order images were
   added); the image ids are a separate one-row-per-image table. Indexes written before (a string ``image_id`` per
   vector, no ``images_file`` in the manifest) still load: their strings are dictionary-encoded once at load, and the
@@ -266,6 +268,7 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
     if n == 0:
         raise UserError(f"model {model!r} has no ok feature maps to index")
     dim = int(meta.get("dim") or _first_dim(ws, model))
+    given = factory is not None
     factory = factory or choose_factory(n, dim)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     center = pool_center(iter_feature_maps(ws, model, image_ids=_sample_images(counts, CENTER_CELLS, seed)))
@@ -283,8 +286,14 @@ def build_index(ws: Workspace, model: str, *, factory: str | None = None, kind: 
     man = IndexManifest(model=model, kind=kind, factory=factory, metric=METRIC, n=0, dim=dim,
                         trained_on=trained_on, images=0,
                         nprobe=(nprobe or 32) if "IVF" in factory else 0, center=center.tolist(), cell_pool=cell_pool,
-                        store=store)
+                        store=store, extra={"factory_chosen": "given" if given else "by size"})
     return _save(ws, man, _to_cpu(index), ids, names, previous=_read_manifest(ws, model, kind))
+
+
+def outgrows_flat(factory: str, extra: dict, n: int, dim: int) -> bool:
+    """Whether an index of ``factory`` chosen by size (``extra["factory_chosen"]`` is not ``"given"``) should
+    become what :func:`choose_factory` picks for ``n`` vectors: it is exact and ``n`` reached :data:`FLAT_MAX`."""
+    return factory == "Flat" and (extra or {}).get("factory_chosen") != "given" and choose_factory(n, dim) != "Flat"
 
 
 def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: bool = True) -> IndexManifest:
@@ -294,9 +303,14 @@ def add_to_index(ws: Workspace, model: str, *, kind: str = "region", progress: b
         return build_index(ws, model, kind=kind, progress=progress)
     loaded = load_index(ws, model, kind=kind, mmap=False)  # it is added to: read it into memory
     done = loaded.indexed_images()
-    new = sorted(set(_cell_counts(ws, model)) - done)
+    counts = _cell_counts(ws, model, man.cell_pool)
+    new = sorted(set(counts) - done)
     if not new:
         return man
+    grown = man.n + (sum(counts[i] for i in new) if kind == "region" else len(new))
+    if outgrows_flat(man.factory, man.extra, grown, man.dim):  # past FLAT_MAX: the factory a build would choose
+        return build_index(ws, model, kind=kind, progress=progress, nprobe=man.nprobe or None,
+                           cell_pool=man.cell_pool if kind == "region" else None)
     index = _to_gpu(loaded.index)
     names = list(loaded.image_names)
     ids = _add_all(index, iter_feature_maps(ws, model, image_ids=new), kind, None, progress, f"add {model}",

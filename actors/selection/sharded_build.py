@@ -34,7 +34,7 @@ from actors.features.store import feature_meta, iter_feature_maps, store_fingerp
 from actors.selection._faiss import faiss
 from actors.selection.index import (CENTER_CELLS, default_cell_pool, _cell_counts, _first_dim, _sample_images,
                                     _training_sample, build_index, add_to_index, cell_vectors, choose_factory,
-                                    index_dir, load_manifest, pool_center)
+                                    index_dir, load_manifest, outgrows_flat, pool_center)
 from actors.selection.shard_store import shards_root
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ def build_sharded(ws: Workspace, model: str, *, n_shards: int, factory: str | No
     if n == 0:
         raise UserError(f"model {model!r} has no ok feature maps to index")
     dim = int(feature_meta(ws, model).get("dim") or _first_dim(ws, model))
+    chosen = "given" if factory else "by size"
     factory = factory or choose_factory(n, dim)
     template = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     center = pool_center(iter_feature_maps(ws, model, image_ids=_sample_images(counts, CENTER_CELLS, seed)))
@@ -113,7 +114,7 @@ def build_sharded(ws: Workspace, model: str, *, n_shards: int, factory: str | No
                               nprobe=(nprobe or 32) if "IVF" in factory else 0, center=center, cell_pool=cell_pool,
                               trained_on=trained_on)
     try:
-        _write_store(ws, model, store)
+        _write_store(ws, model, store, factory_chosen=chosen)
         _add(idx, ws, model, None, cell_pool, progress)
         return summary(idx)
     finally:
@@ -154,7 +155,8 @@ def index_region(ws: Workspace, model: str, *, shards: int | None = None, factor
         return dict(vars(man), shards=0, added_images=man.images - before)
     n_shards = shards or int(sharded["n_shards"])
     if (rebuild or sharded is None or factory or n_shards != int(sharded["n_shards"])
-            or (cell_pool is not None and cell_pool != int(sharded.get("cell_pool") or 1))):
+            or (cell_pool is not None and cell_pool != int(sharded.get("cell_pool") or 1))
+            or _sharded_outgrows_flat(ws, model, sharded)):
         single = load_manifest(ws, model, "region")
         pool = cell_pool or (int(sharded.get("cell_pool") or 1) if sharded else single.cell_pool if single
                              else None)
@@ -164,6 +166,15 @@ def index_region(ws: Workspace, model: str, *, shards: int | None = None, factor
         out = grow_sharded(ws, model, progress=progress)
     drop_single(ws, model)  # one form at a time: a single region index left beside the shards would go stale
     return out
+
+
+def _sharded_outgrows_flat(ws: Workspace, model: str, top: dict) -> bool:
+    """An exact sharded index chosen by size that its store's ok images now take to :data:`FLAT_MAX` vectors or
+    more (a build of that size would be IVF-PQ: :func:`~actors.selection.index.outgrows_flat`)."""
+    if top.get("factory") != "Flat":
+        return False
+    n = sum(_cell_counts(ws, model, int(top.get("cell_pool") or 1)).values())
+    return outgrows_flat("Flat", top.get("extra") or {}, n, int(top["dim"]))
 
 
 def drop_single(ws: Workspace, model: str) -> None:
@@ -218,10 +229,10 @@ def _add(idx: "ShardedIndex", ws: Workspace, model: str, image_ids: list[str] | 
     bar.close()
 
 
-def _write_store(ws: Workspace, model: str, store: dict) -> None:
+def _write_store(ws: Workspace, model: str, store: dict, factory_chosen: str) -> None:
     rel = f"{shards_root(model)}/manifest.json"
     top = ws.read_json(rel)
-    top["extra"] = dict(top.get("extra") or {}, store=store, model=model)
+    top["extra"] = dict(top.get("extra") or {}, store=store, model=model, factory_chosen=factory_chosen)
     ws.write_json(rel, top)
 
 

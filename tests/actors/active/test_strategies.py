@@ -54,3 +54,26 @@ def test_k_center_greedy_covers_far_clusters():
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="unknown strategy"):
         select("nope", _candidates(), 3, np.random.default_rng(0))
+
+
+def test_coreset_distances_are_chunked_same_result_no_n_by_l_by_d_array():
+    """#24 item 6: k-center greedy measured the pool against the labelled set through one N×L×D array (10k × 1k × 40
+    float64 = 3.2 GB); in blocks, the peak is bounded and the picks are those of the one-shot form."""
+    import tracemalloc
+
+    from actors.active.strategies import min_sq_distance
+
+    rng = np.random.default_rng(0)
+    x, centers = rng.normal(size=(3000, 40)), rng.normal(size=(400, 40))
+    one_shot = np.min(((x[:, None, :] - centers[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(min_sq_distance(x, centers, chunk=1 << 15), one_shot)
+    tracemalloc.start()
+    picks = k_center_greedy(x, centers, budget=5, rng=np.random.default_rng(0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3000 * 400 * 40 * 8 / 4  # the N×L×D array alone is 384 MB
+    d, want = one_shot.copy(), []
+    for _ in range(5):
+        want.append(int(np.argmax(d)))
+        d = np.minimum(d, ((x - x[want[-1]]) ** 2).sum(1))
+    assert picks == want
