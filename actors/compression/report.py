@@ -178,9 +178,32 @@ def _distill(ws: Any, run: str, pruned: torch.nn.Module, base: torch.nn.Module, 
     return {**res, "images": len(images), "config": {**asdict(dcfg), "crop": list(dcfg.crop)}}
 
 
+def resume_tag(cfg: CompressConfig) -> str:
+    """The name part of a compression's resumable checkpoints (``runs/<run>/compress/*-<tag>.pt``).
+
+    Every option that changes the pruned network a distillation or fine-tune starts from is in it (importance,
+    budget, LUT kind, seed, head protection, measured steps, rounding, Taylor images), so a run with other options
+    never meets a checkpoint of another start; the same options resume."""
+    head = "head" if cfg.protect_head else "nohead"
+    extra = f"-m{cfg.measured_steps}" if cfg.measured_steps else ""
+    return (f"{cfg.importance}-{cfg.latency:g}-{cfg.lut}-s{cfg.seed}-{head}{extra}-r{cfg.round_to}"
+            f"-t{cfg.taylor_images}")
+
+
 def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None, *,
                  checkpoint: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Compress run ``run``'s detector into ``out``; returns the report (also written to ``out/report.json``)."""
+    """Compress run ``run``'s detector into ``out``; returns the report (also written to ``out/report.json``).
+
+    Torch's intra-op thread count is set to ``cfg.threads`` for the run and restored when it ends (or fails)."""
+    threads = torch.get_num_threads()
+    try:
+        return _compress_run(ws, run, out, cfg, checkpoint=checkpoint, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None, *, checkpoint: str | None,
+                  log: Callable[[str], None]) -> dict[str, Any]:
     from actors.compression.export import decoding_params, export_onnx, onnx_session, save_compressed
     from actors.compression.finetune import FinetuneConfig, evaluate_outputs, finetune, load_split, onnx_runner
     from actors.compression.fold import fold_batchnorm
@@ -243,7 +266,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         plan = latency_aware_prune(pruned, example, lut, cfg.latency, ignored=protected(pruned),
                                    importance=importance, loss_fn=loss, round_to=cfg.round_to)
     log(f"plan: LUT {plan.full_ms:.1f} -> {plan.predicted_ms:.1f} ms (target {plan.target_ms:.1f})")
-    tag = f"{cfg.importance}-{cfg.latency:g}"
+    tag = resume_tag(cfg)
     distilled = _distill(ws, run, pruned, base, train, classes, cfg, tag, log)
     head_only = distilled is not None and not cfg.ray  # distilled: the trunk stays, the head learns its map
     ftc = (FinetuneConfig(epochs=cfg.head_epochs, lr=cfg.head_lr, batch_size=8, seed=cfg.seed, head_only=True)
@@ -286,6 +309,7 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         "protect_head": cfg.protect_head, "measured_search": measured,
         "models": {k: {"latency_ms": lat[k], "accuracy": acc[k], **counts[k],
                        "file_bytes": os.path.getsize(p), "file": os.path.basename(p)} for k, p in paths.items()},
+        "file_bytes": FILE_BYTES,
         "decoding": "outside the graph: sigmoid scores, centre -/+ ltrb boxes on the stride grid, NMS "
                     "(actors.compression.net.decode / DenseHead.decode; numpy only: "
                     "actors.compression.export.decode_numpy with decoding_params)",
@@ -298,14 +322,20 @@ def compress_run(ws: Any, run: str, out: str, cfg: CompressConfig | None = None,
         report["data_free_int8"] = {"method": "SPIQ-style static per-channel input ranges from BN/GN statistics, "
                                               "int8 per-channel weights; simulated in PyTorch (accuracy only)",
                                     "accuracy": evaluate_outputs(torch_runner(fq), pruned.head, val, classes), **n}
-    os.remove(paths["original"])
-    report["models"]["original"]["file"] = os.path.basename(rel)
-    report["models"]["original"]["file_bytes"] = len(ws.read_bytes(rel))
+    os.remove(paths["original"])  # measured like the others (its ONNX file), then removed: out/ ships one model
+    report["models"]["original"]["checkpoint"] = os.path.basename(rel)
+    report["models"]["original"]["checkpoint_bytes"] = len(ws.read_bytes(rel))
     report["accuracy_change"] = changes(report)  # mAP@.5 change beside every speed-up
     report["warnings"] = accuracy_warnings(report)
     _write(os.path.join(out, "report.json"), json.dumps(report, indent=1))
     _write(os.path.join(out, "summary.md"), summary(report))
     return report
+
+
+FILE_BYTES = ("every model's file_bytes is the size of its own ONNX file as exported here (fp32 weights, int8 for "
+              "compressed_int8; BN folded; the whole network): like with like. The original's checkpoint_bytes is "
+              "its training checkpoint (trainable weights and optimizer state; a frozen trunk's weights come from "
+              "the backbone), not comparable")
 
 
 def _write(path: str, text: str) -> None:
@@ -322,7 +352,7 @@ def summary(report: dict[str, Any]) -> str:
     lines = [f"# Compressed {report['detector']} (run {report['run']})", "",
              f"Device `{report['device']}`, {report['runtime']}, {report['threads']} thread(s), batch 1, input "
              f"{report['input_hw'][1]}x{report['input_hw'][0]}; accuracy on {o['accuracy']['n_images']} val images.",
-             "", "| model | params | GMACs | file MB | p50 ms | p95 ms | speed-up | mAP@.5 change | mAP@.5 | "
+             "", "| model | params | GMACs | ONNX MB | p50 ms | p95 ms | speed-up | mAP@.5 change | mAP@.5 | "
              "mAP@[.5:.95] |", "|---|---|---|---|---|---|---|---|---|---|"]
     change = changes(report)
     for k, r in m.items():
@@ -331,6 +361,10 @@ def summary(report: dict[str, Any]) -> str:
                      f"{o['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x | "
                      f"{'-' if k == 'original' else format(change[k]['points'], '+.1f')} | "
                      f"{100 * r['accuracy']['map50']:.1f} | {100 * r['accuracy']['map']:.1f} |")
+    lines += ["", "ONNX MB: each model's own exported ONNX file (the whole network, BN folded): like with like."
+              + (f" The original's training checkpoint ({o['checkpoint']}, {o['checkpoint_bytes'] / 1e6:.2f} MB) holds "
+                 "its trainable weights and optimizer state, not the network: not comparable."
+                 if "checkpoint_bytes" in o else "")]
     warned = accuracy_warnings(report)
     if warned:
         lines += [""] + warned
@@ -355,4 +389,4 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CompressConfig", "find_checkpoint", "count", "timed", "compress_run", "summary"]
+__all__ = ["CompressConfig", "find_checkpoint", "count", "timed", "compress_run", "resume_tag", "summary"]
