@@ -25,6 +25,7 @@ _PUBLIC = {
     "Selector": "mine",
     "rerank_hits": "rerank",
     "CropEmbedder": "rerank",
+    "export_selection": "export",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -168,6 +168,30 @@ def show_cmd(selection: Annotated[str, typer.Argument(help="A selection's query 
          lambda r: console.print(f"wrote {r['sheet']} ({r['hits']} hits; the query first, boxes drawn)"))
 
 
+def export_cmd(selection: Annotated[str, typer.Argument(help="A selection's query id (selections/<id>.parquet).")],
+               out: Annotated[str, typer.Option(
+                   "--out", "-o", help="Where to write: a .csv or .parquet manifest, a .json COCO file, or a folder "
+                                       "(FiftyOne's image detection layout: data.json + labels.json).")],
+               workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+               fmt: Annotated[Optional[str], typer.Option(
+                   "--format", help="csv | parquet | coco | fiftyone (default: from --out's suffix).")] = None,
+               top: Annotated[Optional[int], typer.Option("--top", help="Only the first N hits.")] = None,
+               as_json: JsonOpt = False) -> None:
+    """Export a selection's hits (uri, matched box, score; the query image marked when it is a hit) as a manifest,
+    COCO JSON or a FiftyOne dataset folder."""
+    from actors.core.workspace import Workspace
+    from actors.selection.export import export_selection
+    from apps.cli.output import console, emit
+
+    res = export_selection(Workspace(workspace), selection, out, fmt, top)
+    hint = {"fiftyone": f"; import: fo.Dataset.from_dir(dataset_dir={out!r}, "
+                        "dataset_type=fo.types.FiftyOneImageDetectionDataset)"}.get(res["format"], "")
+    emit(res, as_json, lambda r: console.print(
+        f"wrote {r['hits']} hits as {r['format']} to {r['out']}"
+        + (f" ({r['query_marked']} is the query image itself, marked is_query)" if r["query_marked"] else "")
+        + hint))
+
+
 def _require(err: UserError | None) -> None:
     if err is not None:
         raise err
@@ -239,3 +263,4 @@ def register(app: typer.Typer) -> None:
     app.command("index")(index_cmd)
     app.command("mine")(mine_cmd)
     app.command("show")(show_cmd)
+    app.command("export")(export_cmd)

@@ -11,6 +11,7 @@ from actors.features.store import FeatureMap, encode_rows
 from actors.core.shards import ShardedDataset
 from apps.cli.main import main
 from apps.cli.select import parse_box
+from tests.actors.selection.test_export import saved  # noqa: F401  (fixture)
 
 
 def _store(ws, n=9):
@@ -167,3 +168,22 @@ def test_assay_index_adds_new_images_to_the_shards_incrementally(ray_cluster, wo
     sharded = _mine(workspace, capsys, tmp_path)
     assert sharded == _mine(single_ws, capsys, tmp_path)  # grown shards select what the grown single index does
     assert sharded[2][0][0] == "img10"  # an image added later is found
+
+
+def test_export_a_selection_as_manifest_coco_and_fiftyone(saved, tmp_path, capsys):
+    """#25 item 4: `assay export SELECTION` writes what other tools read; the query image itself is marked."""
+    ws = saved.uri
+    assert main(["export", "q1", "-w", ws, "--out", str(tmp_path / "s.csv"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["format"], res["hits"], res["query_marked"]) == ("csv", 3, 1)
+    assert main(["export", "q1", "-w", ws, "--out", str(tmp_path / "s.json")]) == 0
+    assert "wrote 3 hits as coco" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["images"][0]["is_query"] is True
+    assert main(["export", "q1", "-w", ws, "--out", str(tmp_path / "fo"), "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "FiftyOneImageDetectionDataset" in out and len(json.loads((tmp_path / "fo" / "data.json").read_text())) == 2
+    for args, msg in ((["q1", "--out", str(tmp_path / "s.txt")], "cannot tell the format"),
+                      (["nope", "--out", str(tmp_path / "s.csv")], "no such selection")):
+        assert main(["export", "-w", ws, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
