@@ -2,8 +2,10 @@
 
 Contract (:func:`import_labels`)
 --------------------------------
-* Each COCO image is matched to a catalog image by its ``assay_image_id`` field, else by ``file_name`` (an
-  absolute path, a path relative to the JSON's folder, or a base name that is unique in the catalog).
+* Each COCO image is matched to a catalog image by its ``assay_image_id`` field, else by ``file_name`` resolved
+  exactly as ``assay ingest`` resolves it (:func:`actors.catalog.coco.coco_uris`: absolute, or relative to the JSON's
+  folder, its ``images/``, its parent or the parent's ``images/``), else by a base name that is unique in the
+  catalog.
 * Each category name must be one the catalog already knows (a human label of that category exists) or be listed
   in ``allow_new``.
 * Any unknown image, unknown category, annotation on an unknown image id or malformed box raises
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from actors.catalog.coco import coco_uris
 from actors.catalog.schema import EMPTY, LABELS, conform_labels, load_images, load_labels
 from actors.core.errors import UserError
 from actors.core.workspace import Workspace
@@ -59,7 +62,8 @@ def _read(path: Path) -> dict:
 def _match_images(doc: dict, path: Path, ws: Workspace) -> dict:
     rows = load_images(ws, status=None, columns=["image_id", "uri"]).to_pylist()
     ids = {r["image_id"] for r in rows}
-    by_uri = {os.path.normpath(r["uri"]): r["image_id"] for r in rows}
+    by_uri = {r["uri"]: r["image_id"] for r in rows}
+    uris = coco_uris(path, doc["images"])  # the resolver ingest uses
     by_name: dict[str, list[str]] = {}
     for r in rows:
         by_name.setdefault(os.path.basename(r["uri"]), []).append(r["image_id"])
@@ -70,9 +74,8 @@ def _match_images(doc: dict, path: Path, ws: Workspace) -> dict:
         found = im.get("assay_image_id") if im.get("assay_image_id") in ids else None
         name = str(im.get("file_name", ""))
         if found is None and name:
-            full = os.path.normpath(name if os.path.isabs(name) else os.path.join(path.parent, name))
             names = by_name.get(os.path.basename(name), [])
-            found = by_uri.get(full) or (names[0] if len(names) == 1 else None)
+            found = by_uri.get(uris[im["id"]]) or (names[0] if len(names) == 1 else None)
         if found is None:
             raise UserError(f"{path}: images[{k}] (id {im['id']}, file_name {name!r}) is not an image of the "
                             f"catalog of {ws.uri}")

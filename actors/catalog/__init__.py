@@ -20,6 +20,7 @@ _PUBLIC = {
     "recheck_errors": "recheck",
     "RecheckReport": "recheck",
     "read_coco": "coco",
+    "coco_uris": "coco",
     "make_world": "world",
     "WorldConfig": "world",
 }

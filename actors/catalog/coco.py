@@ -19,11 +19,26 @@ from actors.catalog.schema import LABEL_SCHEMA, conform_labels, image_id, normal
 from actors.core.errors import UserError
 
 
+def coco_uris(path: Path, images: list[dict]) -> dict[Any, str]:
+    """The catalog URI of each COCO image entry (``id`` -> normalised URI): the one resolver of ``file_name``s that
+    ``assay ingest`` and ``assay labels import`` share.
+
+    An absolute ``file_name`` is kept; a relative one is joined to the first of the JSON's folder, its ``images/``,
+    its parent and the parent's ``images/`` where most of the first 20 relative names exist (the JSON's folder when
+    none do). Entries without ``id`` are skipped.
+    """
+    path = Path(path)
+    base = _coco_base(path, images)
+    return {im["id"]: normalize_uri(str(im.get("file_name", "")), base)
+            for im in images if isinstance(im, dict) and "id" in im}
+
+
 def _coco_base(path: Path, images: list[dict]) -> str:
     """The folder that COCO ``file_name``s are relative to: the one where most of the first 20 exist."""
     d = path.parent
     candidates = [d, d / "images", d.parent, d.parent / "images"]
-    names = [im.get("file_name", "") for im in images[:20] if not os.path.isabs(str(im.get("file_name", "")))]
+    names = [im.get("file_name", "") for im in images[:20]
+             if isinstance(im, dict) and not os.path.isabs(str(im.get("file_name", "")))]
     hits = [sum((c / str(n)).exists() for n in names) for c in candidates]
     return str(candidates[int(np.argmax(hits))] if max(hits, default=0) else d)
 
@@ -76,8 +91,7 @@ def read_coco(path: Path) -> tuple[pa.Table, pa.Table, list[tuple[str, str]]]:
     """(image rows, label rows, [(where, reason)] for bad boxes) of a COCO file; raises on structural errors."""
     doc = _coco_doc(path)
     by_id = _coco_images(path, doc)
-    base = _coco_base(path, doc["images"])
-    uris = {k: normalize_uri(str(im["file_name"]), base) for k, im in by_id.items()}
+    uris = coco_uris(path, list(by_id.values()))
     cats = {c.get("id"): str(c.get("name", "")) for c in doc.get("categories") or [] if isinstance(c, dict)}
     rows, failures, seen = [], [], set()
     for k, ann in enumerate(doc.get("annotations") or []):
