@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps.planner.common import workspace_uri
+from apps.planner.common import workspace_label
 
 PAGES = (
     ("views/requirements.py", "Data requirements", ":material/trending_up:"),
@@ -21,5 +21,5 @@ PAGES = (
 st.set_page_config(page_title="Assay planner", page_icon=":material/insights:", layout="wide")
 nav = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0)
                      for i, (path, title, icon) in enumerate(PAGES)])
-st.sidebar.caption(f"Workspace: `{workspace_uri()}`")
+st.sidebar.caption(f"Workspace: `{workspace_label()}`")
 nav.run()

@@ -40,6 +40,16 @@ def workspace_uri() -> str:
     return str(DEFAULT_WORKSPACE)
 
 
+def workspace_label(uri: str | None = None) -> str:
+    """The workspace as a reader knows it: a local path inside the folder the app runs in is shown relative to it
+    (``./assay-workspace``, as ``assay app`` is usually started), anything else as it is."""
+    uri = workspace_uri() if uri is None else uri
+    if "://" in uri or not os.path.isabs(uri):
+        return uri
+    rel = os.path.relpath(uri, os.getcwd())
+    return uri if rel == ".." or rel.startswith(".." + os.sep) else ("." if rel == "." else f"./{rel}")
+
+
 def workspace():
     """A :class:`~actors.core.workspace.Workspace` on :func:`workspace_uri` (cheap; no I/O)."""
     from actors.core.workspace import Workspace

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from apps.planner import data
-from apps.planner.common import workspace
+from apps.planner.common import workspace, workspace_label
 
 LAST_CURVE = "planner_last_curve"
 SOURCES = ("Workspace run", "Upload a file", "Curve from the other page")
@@ -25,7 +25,8 @@ def pick_curve(prefix: str) -> data.CurvePoints | None:
         st.caption(f"Curve {pts.name!r}: {len(pts.n)} points, {pts.direction} is better, {pts.scale}.")
         return pts
     if not runs:
-        st.caption(f"No run in `{ws.uri}/runs/` has a `curve.parquet` yet (`assay learn` writes one); upload a file.")
+        st.caption(f"No run in `{workspace_label(ws.uri)}/runs/` has a `curve.parquet` yet (`assay learn` writes one); "
+                   "upload a file.")
     if src == SOURCES[0]:
         labels = data.run_labels(ws, runs)
         run = st.selectbox("Run", runs, key=f"{prefix}_run", format_func=labels.get)

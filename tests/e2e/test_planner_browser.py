@@ -1,8 +1,9 @@
 """The planning app in a real browser: `assay app` on a free port, driven by Playwright in Debian's Chromium.
 
-Uploads a learning curve on the data-requirements page, waits for the required-n value and the chart, and saves a
-screenshot (``planner.png`` in the test's tmp dir). ``ASSAY_UPDATE_SCREENSHOT=1`` also copies it to
-``docs/planner.png`` (the README's picture):
+Starts the app as a user does (``assay app --workspace ./assay-workspace`` in a project folder), uploads a learning
+curve on the data-requirements page, waits for the required-n value and the chart, and saves a screenshot
+(``planner.png`` in the test's tmp dir). ``ASSAY_UPDATE_SCREENSHOT=1`` also copies it to ``docs/planner.png`` (the
+README's picture):
 
     ASSAY_UPDATE_SCREENSHOT=1 python -m pytest -q tests/e2e/test_planner_browser.py
 
@@ -51,12 +52,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
 
 @pytest.fixture
 def app_server(tmp_path):
-    ws = tmp_path / "ws"
-    ws.mkdir()
+    """`assay app --workspace ./assay-workspace` started in a project folder, as a user starts it (the README's
+    screenshot shows that workspace, not a temporary test path)."""
+    home = tmp_path / "project"
+    ws = home / "assay-workspace"
+    ws.mkdir(parents=True)
     port = _free_port()
     exe = Path(sys.executable).with_name("assay")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "apps.cli.main"]
-    proc = subprocess.Popen(cmd + ["app", "--workspace", str(ws), "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen(cmd + ["app", "--workspace", "./assay-workspace", "--port", str(port)], cwd=home,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -114,12 +118,15 @@ def test_upload_a_curve_and_see_the_required_n_and_the_chart(app_server, tmp_pat
             chart.first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)  # let the chart finish drawing
             text = page.locator("body").inner_text()
+            sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
             shown = value.inner_text().strip()
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
     assert re.fullmatch(r"[\d,]+", shown) and shown == f"{want:,.0f}"  # the library's number, on the page
     assert "Traceback" not in text
+    assert "Workspace: ./assay-workspace" in sidebar  # a clean path on the README's picture (#25 item 8)
+    assert str(tmp_path) not in text and "pytest" not in text
     assert "Required n per law" in text and "power" in text
     assert shot.stat().st_size > 20_000
     assert sorted(p.relative_to(ws) for p in ws.rglob("*")) == before  # planning writes nothing

@@ -34,6 +34,16 @@ run_page(body)
 """
 
 
+def test_the_sidebar_names_a_workspace_in_the_app_folder_as_the_user_did(ws_dir, monkeypatch):
+    """#25 item 8: the README's screenshot showed a temporary absolute path as the workspace."""
+    from apps.planner.common import workspace_label
+
+    monkeypatch.chdir(ws_dir.parent)
+    at = ok(AppTest.from_file(str(PLANNER / "app.py"), default_timeout=120).run())
+    assert at.sidebar.caption[0].value == "Workspace: `./ws`"
+    assert workspace_label("/elsewhere/ws") == "/elsewhere/ws" and workspace_label("s3://b/ws") == "s3://b/ws"
+
+
 def test_page_guard_shows_messages_never_a_traceback(monkeypatch):
     monkeypatch.delenv("ASSAY_DEBUG", raising=False)
     at = AppTest.from_string(GUARD)
