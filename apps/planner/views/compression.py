@@ -69,8 +69,11 @@ def render() -> None:
             table["file_bytes"] = table["file_bytes"] / 1e6
             table = table.rename(columns={"file_bytes": "file MB"})
         st.dataframe(table, hide_index=True, width="stretch")
-        if "file" in table.columns:
-            st.caption("file MB: the size of the file named in the *file* column, as the report counts it.")
+        if "file MB" in table.columns:
+            counts = rep.get("file_bytes") if isinstance(rep.get("file_bytes"), str) else (
+                "the size of the file named in the *file* column" if "file" in table.columns else "as the report "
+                "counts it")
+            st.caption(f"file MB: {counts}.")
     st.subheader("Per-layer plan")
     if layers.empty:
         st.info(f"{run} has no per-layer plan (plan.layers).")

@@ -24,7 +24,8 @@ REPORT = {"run": "r1", "detector": "dense-lite0", "device": "cpu-onnxruntime", "
           "models": {"original": _model(30.0, 0.069), "compressed": _model(10.0, 0.008),
                      "compressed_int8": _model(6.0, 0.007)},
           "plan": {"full_ms": 30.0, "predicted_ms": 15.0, "target_ms": 15.0, "kept_importance": 0.8, "layers": {}},
-          "fold": {"compressed": {"folded": [], "max_abs_diff": 0.0}}, "decoding": "outside the graph"}
+          "fold": {"compressed": {"folded": [], "max_abs_diff": 0.0}}, "decoding": "outside the graph",
+          "file_bytes": "each its own ONNX file"}
 
 
 def test_every_variant_has_its_map_change_beside_its_speed_up():

@@ -141,6 +141,7 @@ def test_compression_page_reads_the_assay_compress_report_in_a_run_subfolder(ws_
     assert [m.value for m in at.metric] == ["10.5 ms", "50.0"] and "2.00x faster" in at.metric[0].delta
     assert at.metric[1].label == "compressed: mAP@.5 (%)" and at.metric[1].delta == "-2.0 points"
     assert not at.warning  # 2 points of 52 is within the allowed drop
+    assert any(c.value.startswith("file MB: ") for c in at.caption)  # says what the sizes count
 
 
 def test_compression_page_shows_the_map_change_beside_every_speed_up_and_warns_on_a_large_drop(ws_dir):
@@ -155,5 +156,6 @@ def test_compression_page_shows_the_map_change_beside_every_speed_up_and_warns_o
     assert shown["compressed: latency"] == ("10.0 ms", "3.00x faster")
     assert shown["compressed: mAP@.5 (%)"] == ("0.8", "-6.1 points")
     assert shown["compressed_int8: mAP@.5 (%)"] == ("0.7", "-6.2 points")
+    assert any(c.value == "file MB: each its own ONNX file." for c in at.caption)  # the report's own words
     warned = [w.value for w in at.warning]
     assert any(w.startswith("warning: compressed lost 6.1 points") and "--latency 0.7" in w for w in warned)
