@@ -1,15 +1,16 @@
 """Ray job entrypoints: ``python -m apps.jobs STEP …`` runs one Assay step, exactly what the CLI runs.
 
-``ray job submit`` (through ``assay submit``) and the pipeline scheduler start these commands on a cluster; each
-step calls the same library function as its ``assay`` command:
+``ray job submit`` (through ``assay submit``) and the pipeline scheduler start these commands on a cluster. A core
+step *is* its ``assay`` command: its options are derived from the command's signature (:mod:`apps.cli.argspec`:
+one option spec), and it calls the function the command calls, with the same values:
 
 =========  =========================================================================================
-step       library call
+step       function (the one its ``assay`` command calls)
 =========  =========================================================================================
-ingest     :func:`actors.catalog.ingest.ingest`
-embed      :func:`actors.features.embed.embed_pool` (Ray Data actor pool; finished shards are skipped)
-index      :func:`actors.selection.index.build_index` / :func:`~actors.selection.index.add_to_index`
-mine       :func:`actors.selection.mine.mine_batch`
+ingest     :func:`apps.cli.data.run_ingest` (:func:`actors.catalog.ingest.ingest`)
+embed      :func:`apps.cli.embed.run_embed` (:func:`actors.features.embed.embed_pool`; finished shards skipped)
+index      :func:`apps.cli.select.run_index` (region index, single or sharded, and the global one)
+mine       :func:`apps.cli.select.run_mine` (:func:`actors.selection.mine.mine_batch`); job only: ``--run-id``
 learn      ``assay learn … --json`` (:mod:`apps.cli.learn`: active-learning rounds of detector retraining)
 compress   ``assay compress … --json`` (:mod:`apps.cli.compress`: pruning, int8, export)
 pipeline   the steps of a pipeline spec (``platform/pipelines/*.toml``), incrementally, for one run id
@@ -37,7 +38,6 @@ import os
 import sys
 import tempfile
 import traceback
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from actors.core.errors import UserError
@@ -57,78 +57,126 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, EstimatorInputError)
 
 
 # ------------------------------------------------------------------------------------------------ steps
+# A core step is its `assay` command: (module, Typer command function, function both call). The job parser is derived
+# from the command's signature (apps.cli.argspec), so a step takes every option of its command, and the job calls the
+# same function with the same values (then reports what it wrote in the job's JSON form).
+CLI_STEPS = {"ingest": ("apps.cli.data", "ingest", "run_ingest"),
+             "embed": ("apps.cli.embed", "embed_cmd", "run_embed"),
+             "index": ("apps.cli.select", "index_cmd", "run_index"),
+             "mine": ("apps.cli.select", "mine_cmd", "run_mine")}
+JOB_ONLY = {"mine": ("run_id",)}  # options a job has beyond its command's (argparse dests)
+
+
+def cli_functions(step: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(the Typer command function, the function it calls) of core step ``step``, looked up when called."""
+    import importlib
+
+    module, command, run = CLI_STEPS[step]
+    mod = importlib.import_module(module)
+    return getattr(mod, command), getattr(mod, run)
+
+
+def _call(step: str, values: dict) -> Any:
+    """Call step ``step``'s command function with ``values`` (the command's defaults for the options not given),
+    as the command does with ``--json`` (no progress bars)."""
+    from apps.cli.argspec import defaults
+
+    command, run = cli_functions(step)
+    kw = {k: v for k, v in {**defaults(command), **values}.items() if k != "as_json"}
+    return run(**kw, progress=False) if step != "mine" else run(**kw)
+
+
 def ingest_step(workspace: str, source: str, *, split: str | None = None, check_headers: bool = True,
-                origin: str | None = None) -> dict:
-    """Add ``source`` (folder, Parquet/CSV manifest, COCO JSON) to the catalog; returns the ingest report.
-    ``origin``: the URI that ``source`` is a local copy of (see :func:`actors.catalog.ingest.ingest`)."""
-    from actors.catalog.ingest import ingest
+                origin: str | None = None, recheck: bool = False) -> dict:
+    """Add ``source`` (folder, Parquet/CSV manifest, COCO JSON) to the catalog, as ``assay ingest`` does; returns
+    the ingest report. ``origin``: the URI that ``source`` is a local copy of (see
+    :func:`actors.catalog.ingest.ingest`)."""
+    return _ingest_report(workspace, _call("ingest", dict(workspace=workspace, source=source, split=split,
+                                                          check_headers=check_headers, recheck=recheck,
+                                                          origin=origin)))
+
+
+def _ingest_report(workspace: str, out: dict) -> dict:
     from actors.catalog.schema import IMAGES, LABELS
 
-    rep = asdict(ingest(source, workspace, split=split, check_headers=check_headers, progress=False, origin=origin))
+    rep = dict(out.get("ingest") or {}, **({"recheck": out["recheck"]} if "recheck" in out else {}))
     rep.pop("failures", None)
     return {"step": "ingest", "workspace": workspace, "wrote": [IMAGES, LABELS], **rep}
 
 
 def embed_step(workspace: str, *, backbone: str = DEFAULT_BACKBONE, name: str | None = None,
                splits: Sequence[str] | None = ("pool",), actors: int | None = None, batch_size: int | None = None,
-               num_gpus: float | None = None, shard_size: int = 256, local: bool = False) -> dict:
-    """Embed the catalog images not embedded yet into ``features/<name>/`` (finished shards are skipped)."""
-    from actors.core.runtime import Resources
-    from actors.features.embed import embed_pool
+               num_gpus: float | None = None, shard_size: int = 256, local: bool = False, **options: Any) -> dict:
+    """Embed the catalog images not embedded yet into ``features/<name>/``, as ``assay embed`` does (finished shards
+    are skipped); ``splits=None``: every readable image. ``options``: any other option of ``assay embed``."""
+    split = ["all"] if splits is None else list(splits)
+    return _embed_report(workspace, _call("embed", dict(
+        workspace=workspace, backbone=backbone, name=name, split=split, actors=actors, batch_size=batch_size,
+        num_gpus=num_gpus, shard_size=shard_size, local=local, **options)))
 
-    res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
-    rep = asdict(embed_pool(workspace, model=backbone, name=name, splits=splits, resources=res,
-                            shard_size=shard_size, progress=False, local=local))
+
+def _embed_report(workspace: str, rep: dict) -> dict:
     return {"step": "embed", "workspace": workspace, "wrote": [f"features/{rep['model']}"], **rep}
 
 
 def index_step(workspace: str, *, model: str = DEFAULT_MODEL, factory: str | None = None,
-               rebuild: bool = False) -> dict:
-    """Grow the region and global indexes of ``model`` by the images not indexed yet (build when none exists)."""
-    from actors.core.workspace import Workspace
-    from actors.selection.index import add_to_index, build_index, index_dir, load_manifest
-    from actors.selection.sharded_build import index_region
+               rebuild: bool = False, **options: Any) -> dict:
+    """Grow the region and global indexes of ``model`` by the images not indexed yet (build when none exists), as
+    ``assay index`` does. ``options``: any other option of ``assay index`` (``shards``, ``cell_pool``)."""
+    return _index_report(workspace, model, _call("index", dict(workspace=workspace, model=model, factory=factory,
+                                                               rebuild=rebuild, **options)))
 
-    ws = Workspace(workspace)
-    r = index_region(ws, model, factory=factory, rebuild=rebuild, progress=False)  # sharded when the workspace is
-    out = {"region": {"path": index_dir(model) + ("/shards" if r["shards"] else ""), "images": r["images"],
-                      "added_images": r["added_images"], "vectors": r["n"], "factory": r["factory"],
-                      "shards": r["shards"], "generation": (load_manifest(ws, model).generation
-                                                            if not r["shards"] else None)}}
-    old = load_manifest(ws, model, "global")
-    before = old.images if old else 0
-    man = (build_index(ws, model, kind="global", progress=False) if rebuild or old is None
-           else add_to_index(ws, model, kind="global", progress=False))
-    out["global"] = {"path": index_dir(model, "global"), "images": man.images, "added_images": man.images - before,
-                     "vectors": man.n, "factory": man.factory, "generation": man.generation}
+
+def _index_report(workspace: str, model: str, mans: list[dict]) -> dict:
+    from actors.selection.index import index_dir
+
+    region, glob = mans
+    out = {"region": {"path": index_dir(model) + ("/shards" if region["shards"] else ""),
+                      "images": region["images"], "added_images": region["added_images"], "vectors": region["n"],
+                      "factory": region["factory"], "shards": region["shards"],
+                      "generation": region.get("generation") if not region["shards"] else None},
+           "global": {"path": index_dir(model, "global"), "images": glob["images"],
+                      "added_images": glob["added_images"], "vectors": glob["n"], "factory": glob["factory"],
+                      "generation": glob["generation"]}}
     return {"step": "index", "workspace": workspace, "wrote": [v["path"] for v in out.values()], **out}
 
 
 def mine_step(workspace: str, queries: Sequence[dict], *, run_id: str | None = None, workers: int = 0,
-              candidates: int | None = None) -> dict:
-    """Run standing/ad-hoc queries (dicts as in :func:`actors.selection.mine.load_queries`); writes
-    ``selections/<query_id>.parquet`` (and ``selections/<query_id>.<run_id>.parquet`` with a run id)."""
-    from actors.core.workspace import Workspace
-    from actors.catalog.schema import attach_uris
-    from actors.selection.mine import Query, mine_batch
-
-    ws = Workspace(workspace)
+              candidates: int | None = None, keep_query: bool = False) -> dict:
+    """Run standing/ad-hoc queries (dicts as in :func:`actors.selection.mine.load_queries`, plus an optional
+    ``name``) as ``assay mine --queries`` does; writes ``selections/<query_id>.parquet`` (and
+    ``selections/<query_id>.<run_id>.parquet`` with a run id)."""
     if not queries:
         raise UserError("mine: no queries (give --image with --box, or --queries FILE.json)")
     with tempfile.TemporaryDirectory(prefix="assay-query-") as tmp:
-        qs = [Query(**_local_query(dict(q), os.path.join(tmp, str(n)))) for n, q in enumerate(queries)]
-        sels = mine_batch(ws, qs, workers=workers, n_candidates=candidates)
+        local = [_local_query(dict(q), os.path.join(tmp, str(n))) for n, q in enumerate(queries)]
+        path = os.path.join(tmp, "queries.json")
+        with open(path, "w") as f:
+            json.dump(local, f)
+        results = _call("mine", dict(workspace=workspace, queries=path, workers=workers, candidates=candidates,
+                                     keep_query=keep_query))
+    return _mine_report(workspace, list(queries), results, run_id)
+
+
+def _mine_report(workspace: str, queries: list[dict], results: list[dict], run_id: str | None) -> dict:
+    """The job's JSON of a mine: per query its id, name, hit count and the files written (a copy per run id);
+    a remote query image is what ``queries/<query_id>.json`` names (not the local copy it was encoded from)."""
+    from actors.catalog.schema import attach_uris
+    from actors.core.workspace import Workspace
+
+    ws = Workspace(workspace)
     wrote, out = [], []
-    for q, s in zip(queries, sels):
-        _record_remote_image(ws, q, s)
-        rel = f"selections/{s.query_id}.parquet"
+    for q, r in zip(queries or [{}] * len(results), results):  # no queries given: --more-like's one result
+        _record_remote_image(ws, q, r["query_id"])
+        rel = f"selections/{r['query_id']}.parquet"
         wrote.append(rel)
         if run_id:
-            rel = f"selections/{s.query_id}.{_safe(run_id)}.parquet"
-            ws.write_table(rel, attach_uris(ws, s.table()))
-            wrote.append(rel)
-        out.append({"query_id": s.query_id, "name": q.get("name", s.query_id), "hits": len(s.hits), "path": rel,
-                    "image_ids": [h.image_id for h in s.hits]})
+            run_rel = f"selections/{r['query_id']}.{_safe(run_id)}.parquet"
+            ws.write_table(run_rel, attach_uris(ws, ws.read_table(rel)))
+            wrote.append(run_rel)
+            rel = run_rel
+        out.append({"query_id": r["query_id"], "name": q.get("name", r["query_id"]), "hits": len(r["hits"]),
+                    "path": rel, "image_ids": [h["image_id"] for h in r["hits"]]})
     return {"step": "mine", "workspace": workspace, "run_id": run_id, "wrote": wrote, "selections": out}
 
 
@@ -136,7 +184,6 @@ def _local_query(q: dict, folder: str) -> dict:
     """A query whose image is a pyarrow.fs URI (s3://…) gets a local copy in ``folder`` (one folder per query: two
     remote images with one file name must not overwrite each other): the query encoder reads files."""
     q.pop("name", None)
-    q["boxes"] = [tuple(map(float, b)) for b in q.get("boxes", [])]
     image = str(q.get("image", ""))
     if _is_remote(image):
         os.makedirs(folder, exist_ok=True)
@@ -159,12 +206,12 @@ def _fetch(uri: str, folder: str) -> str:
     return local
 
 
-def _record_remote_image(ws: Any, q: dict, sel: Any) -> None:
+def _record_remote_image(ws: Any, q: dict, query_id: str) -> None:
     """``queries/<query_id>.json`` names the remote image, not the deleted local copy the query was encoded from."""
     image = str(q.get("image", ""))
     if _is_remote(image):
-        sel.query = {**sel.query, "image": image}
-        ws.write_json(f"queries/{sel.query_id}.json", sel.query)
+        rel = f"queries/{query_id}.json"
+        ws.write_json(rel, {**ws.read_json(rel), "image": image})
 
 
 def _safe(run_id: str) -> str:
@@ -217,52 +264,28 @@ def _ingest_remote_aware(p: "Pipeline") -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ command line
+STEP_HELP = {"ingest": "add a folder / manifest / COCO JSON to the catalog (assay ingest)",
+             "embed": "embed catalog images not embedded yet (assay embed)",
+             "index": "grow (or build) the FAISS indexes (assay index)",
+             "mine": "targeted selection for one query or a JSON list of queries (assay mine)"}
+
+
 def _parser() -> argparse.ArgumentParser:
+    from apps.cli.argspec import add_options
+
     p = argparse.ArgumentParser(prog="python -m apps.jobs", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="step", required=True)
-    ws_help = "workspace directory or pyarrow.fs URI (env ASSAY_WORKSPACE)"
-
-    def step(name: str, help: str) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=help)
-        if name not in ("pipeline", *OPTIONAL_STEPS):
-            s.add_argument("-w", "--workspace", default=os.environ.get("ASSAY_WORKSPACE", "./assay-workspace"),
-                           help=ws_help)
-        return s
-
-    s = step("ingest", "add a folder / manifest / COCO JSON to the catalog")
-    s.add_argument("source")
-    s.add_argument("--split")
-    s.add_argument("--no-check-headers", dest="check_headers", action="store_false")
-    s = step("embed", "embed catalog images not embedded yet")
-    s.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE)
-    s.add_argument("--name")
-    s.add_argument("--split", action="append", help="catalog split (repeat; 'all' = every readable image)")
-    s.add_argument("--actors", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--num-gpus", type=float)
-    s.add_argument("--shard-size", type=int, default=256)
-    s.add_argument("--local", action="store_true", help="in-process, without Ray")
-    s = step("index", "grow (or build) the FAISS indexes")
-    s.add_argument("--model", "-m", default=DEFAULT_MODEL)
-    s.add_argument("--factory")
-    s.add_argument("--rebuild", action="store_true")
-    s = step("mine", "targeted selection for one query or a JSON list of queries")
-    s.add_argument("--image")
-    s.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in pixels (repeat)")
-    s.add_argument("--queries", help="JSON file: a list of queries")
-    s.add_argument("--top-k", "-k", type=int, default=100)
-    s.add_argument("--model", "-m", default=DEFAULT_MODEL)
-    s.add_argument("--method", default="template")
-    s.add_argument("--workers", type=int, default=0, help="Ray match actors (0: in-process)")
-    s.add_argument("--candidates", type=int)
-    s.add_argument("--run-id")
-    s = step("pipeline", "run a pipeline spec's steps once")
+    for name in CLI_STEPS:  # every option of the `assay` command, from its signature
+        s = sub.add_parser(name, help=STEP_HELP[name])
+        add_options(s, cli_functions(name)[0])
+    sub.choices["mine"].add_argument("--run-id", help="also write selections/<query_id>.<RUN_ID>.parquet")
+    s = sub.add_parser("pipeline", help="run a pipeline spec's steps once")
     s.add_argument("spec", help="pipeline TOML (platform/pipelines/*.toml)")
     s.add_argument("--run-id", required=True)
     s.add_argument("--scheduled-at", help="ISO time of the window this run serves (recorded in its report)")
     for name, module in OPTIONAL_STEPS.items():
         if _importable(module):
-            step(name, f"`assay {name} …` as a job (every option passes through)")
+            sub.add_parser(name, help=f"`assay {name} …` as a job (every option passes through)")
     return p
 
 
@@ -276,36 +299,54 @@ def _importable(module: str) -> bool:
 
 
 def _run(a: argparse.Namespace) -> dict:
-    if a.step == "ingest":
-        return ingest_step(a.workspace, a.source, split=a.split, check_headers=a.check_headers)
-    if a.step == "embed":
-        splits = None if a.split and "all" in a.split else tuple(a.split or ("pool",))
-        return embed_step(a.workspace, backbone=a.backbone, name=a.name, splits=splits, actors=a.actors,
-                          batch_size=a.batch_size, num_gpus=a.num_gpus, shard_size=a.shard_size, local=a.local)
-    if a.step == "index":
-        return index_step(a.workspace, model=a.model, factory=a.factory, rebuild=a.rebuild)
-    if a.step == "mine":
-        return mine_step(a.workspace, _queries(a), run_id=a.run_id, workers=a.workers, candidates=a.candidates)
+    """Run the step parsed into ``a``: a core step calls its command's function with the parsed values."""
+    if a.step in CLI_STEPS:
+        from apps.cli.argspec import option_values
+
+        values = option_values(a, cli_functions(a.step)[0], drop=("as_json",))
+        if a.step == "ingest":
+            return _ingest_report(values["workspace"], _call("ingest", values))
+        if a.step == "embed":
+            return _embed_report(values["workspace"], _call("embed", values))
+        if a.step == "index":
+            return _index_report(values["workspace"], values["model"], _call("index", values))
+        return _mine_from_args(values, a.run_id)
     if a.step == "pipeline":
         return pipeline_step(a.spec, run_id=a.run_id, scheduled_at=a.scheduled_at)
     return _optional(a.step, a.args)
 
 
-def _queries(a: argparse.Namespace) -> list[dict]:
-    from apps.cli.select import parse_box
+def _mine_from_args(values: dict, run_id: str | None) -> dict:
+    """``assay mine``'s function on the parsed values; remote query images (``--image s3://…`` or in the
+    ``--queries`` file) are fetched to local files first and named by their URI in ``queries/<id>.json``."""
+    image, path = values.get("image"), values.get("queries")
+    items = _read_queries(path) if path else [{"image": image}] if image else []
+    if not any(_is_remote(str(q.get("image", ""))) for q in items if isinstance(q, dict)):
+        results = _call("mine", values)
+        return _mine_report(values["workspace"], items, results if isinstance(results, list) else [results], run_id)
+    with tempfile.TemporaryDirectory(prefix="assay-query-") as tmp:
+        if path:
+            local = os.path.join(tmp, "queries.json")
+            with open(local, "w") as f:
+                json.dump([_local_query(dict(q), os.path.join(tmp, str(n))) for n, q in enumerate(items)], f)
+            values = {**values, "queries": local}
+        else:
+            values = {**values, "image": _local_query({"image": image}, os.path.join(tmp, "0"))["image"]}
+        results = _call("mine", values)
+    return _mine_report(values["workspace"], items, results if isinstance(results, list) else [results], run_id)
 
-    if a.queries:
-        try:
-            items = json.loads(open(a.queries).read())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{a.queries}: not valid JSON ({e})") from None
-        if not isinstance(items, list):
-            raise UserError(f"{a.queries}: expected a JSON list of queries")
-        return items
-    if not a.image:
-        raise UserError("mine: give --image (with --box) or --queries FILE.json")
-    return [{"image": a.image, "boxes": [parse_box(b) for b in a.box], "top_k": a.top_k, "model": a.model,
-             "method": a.method}]
+
+def _read_queries(path: str) -> list[dict]:
+    try:
+        with open(path) as f:
+            items = json.load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the queries file ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(items, list):
+        raise UserError(f"{path}: expected a JSON list of queries")
+    return items
 
 
 def _optional(step: str, args: list[str]) -> dict:

@@ -400,18 +400,19 @@ def _start_actors(ws: Workspace, queries: Sequence[Query], workers: int) -> list
 
 def load_queries(path: str) -> list[Query]:
     """Queries from a JSON file: a list of ``{"image": …, "boxes": [[x0,y0,x1,y1], …], "top_k"?, "method"?,
-    "model"?, "combine"?}``."""
+    "model"?, "combine"?, "rerank"?, "negatives"?, "name"?}`` (``name`` is ignored here: a label for the caller)."""
     try:
         items = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(items, list):
         raise UserError(f"{path}: expected a JSON list of queries")
-    fields = {"image", "boxes", "top_k", "model", "method", "combine", "rerank", "negatives"}
+    fields = {"image", "boxes", "top_k", "model", "method", "combine", "rerank", "negatives", "name"}
     out = []
     for n, it in enumerate(items):
         if not isinstance(it, dict) or "image" not in it or set(it) - fields:
             raise UserError(f"{path}: query {n} must be an object with keys among {sorted(fields)} incl. image")
+        it = {k: v for k, v in it.items() if k != "name"}  # a label for the caller (a pipeline's query name)
         it = dict(it, boxes=[tuple(map(float, b)) for b in it.get("boxes", [])],
                   negatives=[tuple(map(float, b)) for b in it.get("negatives", [])])
         out.append(Query(**it))

@@ -63,6 +63,15 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Add the images (and COCO boxes) of SOURCE to the workspace catalog; failed rows are kept and listed."""
+    out = run_ingest(source=source, workspace=workspace, split=split, check_headers=check_headers, recheck=recheck,
+                     progress=not as_json)
+    emit(out if len(out) > 1 else next(iter(out.values())), as_json, lambda _: _render_both(out, workspace, split))
+
+
+def run_ingest(*, source: str | None, workspace: str, split: str | None, check_headers: bool, recheck: bool,
+               progress: bool, origin: str | None = None) -> dict[str, Any]:
+    """What ``assay ingest`` and the ``ingest`` job step run (the options of :func:`ingest`): ``{"ingest": report,
+    "recheck": report}`` (each when asked). ``origin``: the URI that ``source`` is a local copy of (jobs)."""
     from actors.catalog.ingest import ingest as run
     from actors.catalog.recheck import recheck_errors
 
@@ -70,10 +79,11 @@ def ingest(
         raise UserError("give a SOURCE to ingest, or --recheck to re-read the catalog's error rows")
     out: dict[str, Any] = {}
     if source is not None:
-        out["ingest"] = asdict(run(source, workspace, split=split, check_headers=check_headers))
+        out["ingest"] = asdict(run(source, workspace, split=split, check_headers=check_headers, progress=progress,
+                                   origin=origin))
     if recheck:
         out["recheck"] = asdict(recheck_errors(workspace))
-    emit(out if len(out) > 1 else next(iter(out.values())), as_json, lambda _: _render_both(out, workspace, split))
+    return out
 
 
 def _render_both(out: dict[str, Any], workspace: str, split: str | None) -> None:

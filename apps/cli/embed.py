@@ -90,19 +90,13 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
               local: Annotated[bool, typer.Option("--local", help="Run in-process, without Ray.")] = False,
               as_json: JsonOpt = False) -> None:
     """Embed catalog images into features/<name>/ (region grids; resumable, Ray Data actor pool)."""
-    from actors.core.runtime import Resources
     from actors.core.workspace import Workspace
-    from actors.features.embed import embed_pool
     from apps.cli.output import console, emit, fmt, table
     from apps.cli.steps import next_after
 
-    splits = None if split and "all" in split else tuple(split or ("pool",))
-    res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
-    rep = asdict(embed_pool(workspace, model=backbone, name=name, splits=splits, resources=res,
-                            shard_size=shard_size, progress=not as_json, max_side=max_side, pca_dim=pca_dim,
-                            backbone_cfg={k: v for k, v in (("layer", layer), ("stride", stride)) if v} or None,
-                            local=local,
-                            codec=codec, pq_m=pq_m, pool=pool))
+    rep = run_embed(workspace=workspace, backbone=backbone, name=name, split=split, batch_size=batch_size,
+                    actors=actors, num_gpus=num_gpus, pca_dim=pca_dim, max_side=max_side, layer=layer, stride=stride,
+                    codec=codec, pq_m=pq_m, pool=pool, shard_size=shard_size, local=local, progress=not as_json)
     emit(rep, as_json, lambda r: (console.print(table(
         f"features/{r['model']} ({r['mode']}, {r['codec']})", ["images", "embedded", "errors", "shards new/done", "dim",
                                                  "cell px", "KiB/image", "images/s (steady)"],
@@ -110,6 +104,22 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
           r["cell_stride"], r["bytes_per_image"] / 1024,
           f"{fmt(r['images_per_s'])} ({fmt(r['steady_images_per_s'])})")])),
         console.print(next_after("embed", Workspace(workspace), r["model"]))))
+
+
+def run_embed(*, workspace: str, backbone: str, name: str | None, split: list[str] | None, batch_size: int | None,
+              actors: int | None, num_gpus: float | None, pca_dim: int | None, max_side: int | None,
+              layer: str | None, stride: int | None, codec: str | None, pq_m: int | None, pool: int | None,
+              shard_size: int, local: bool, progress: bool) -> dict:
+    """What ``assay embed`` and the ``embed`` job step run (the options of :func:`embed_cmd`): the embed report."""
+    from actors.core.runtime import Resources
+    from actors.features.embed import embed_pool
+
+    splits = None if split and "all" in split else tuple(split or ("pool",))
+    res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)
+    return asdict(embed_pool(workspace, model=backbone, name=name, splits=splits, resources=res,
+                             shard_size=shard_size, progress=progress, max_side=max_side, pca_dim=pca_dim,
+                             backbone_cfg={k: v for k, v in (("layer", layer), ("stride", stride)) if v} or None,
+                             local=local, codec=codec, pq_m=pq_m, pool=pool))
 
 
 def register(app: typer.Typer) -> None:

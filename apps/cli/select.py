@@ -45,24 +45,37 @@ def index_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, model: ModelOpt = DEF
                                    "another N than the index's rebuilds it.")] = None,
               as_json: JsonOpt = False) -> None:
     """Index the region vectors of a feature store (and its whole-image baseline); only new images are added."""
-    from actors.selection.index import add_to_index, build_index, load_manifest
-    from actors.selection.sharded_build import index_region
     from actors.core.workspace import Workspace
     from apps.cli.output import console, emit, table
-    from apps.cli.steps import missing_before_index, next_after
+    from apps.cli.steps import next_after
 
+    out = run_index(workspace=workspace, model=model, factory=factory, rebuild=rebuild, cell_pool=cell_pool,
+                    shards=shards, progress=not as_json)
     ws = Workspace(workspace)
-    _require(missing_before_index(ws, model))
-    out = [index_region(ws, model, shards=shards, factory=factory, rebuild=rebuild, cell_pool=cell_pool,
-                        progress=not as_json)]
-    old = load_manifest(ws, model, "global")
-    man = (build_index(ws, model, kind="global", progress=not as_json) if rebuild or old is None
-           else add_to_index(ws, model, kind="global", progress=not as_json))
-    out.append(dict(vars(man), shards=0))
     emit(out, as_json, lambda r: (console.print(table(
         f"index of {model}", ["kind", "factory", "vectors", "images", "dim", "cell pool", "trained on", "shards"],
         [(m["kind"], m["factory"], m["n"], m["images"], m["dim"], m["cell_pool"], m["trained_on"],
           m["shards"] or "-") for m in r])), console.print(next_after("index", ws, model))))
+
+
+def run_index(*, workspace: str, model: str, factory: str | None, rebuild: bool, cell_pool: int | None,
+              shards: int | None, progress: bool) -> list[dict]:
+    """What ``assay index`` and the ``index`` job step run (the options of :func:`index_cmd`): the region index's
+    manifest (with ``shards``, ``added_images``), then the global one's (with ``shards=0``, ``added_images``)."""
+    from actors.core.workspace import Workspace
+    from actors.selection.index import add_to_index, build_index, load_manifest
+    from actors.selection.sharded_build import index_region
+    from apps.cli.steps import missing_before_index
+
+    ws = Workspace(workspace)
+    _require(missing_before_index(ws, model))
+    out = [index_region(ws, model, shards=shards, factory=factory, rebuild=rebuild, cell_pool=cell_pool,
+                        progress=progress)]
+    old = load_manifest(ws, model, "global")
+    man = (build_index(ws, model, kind="global", progress=progress) if rebuild or old is None
+           else add_to_index(ws, model, kind="global", progress=progress))
+    out.append(dict(vars(man), shards=0, added_images=man.images - (old.images if old else 0)))
+    return out
 
 
 def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -93,9 +106,21 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                  "--ids", help="With --more-like: comma-separated image_ids of its hits.")] = None,
              as_json: JsonOpt = False) -> None:
     """Find the pool images holding an object like the boxed one(s) in the query image, ranked and localized."""
+    from apps.cli.output import emit
+
+    result = run_mine(workspace=workspace, image=image, box=box, top_k=top_k, method=method, model=model,
+                      combine=combine, queries=queries, workers=workers, candidates=candidates, keep_query=keep_query,
+                      rerank=rerank, negative_box=negative_box, more_like=more_like, ids=ids)
+    emit(result, as_json, lambda r: _render(r if isinstance(r, list) else [r]))
+
+
+def run_mine(*, workspace: str, image: str | None, box: list[str] | None, top_k: int, method: str, model: str,
+             combine: str, queries: str | None, workers: int, candidates: int | None, keep_query: bool, rerank: int,
+             negative_box: list[str] | None, more_like: str | None, ids: str | None) -> dict | list[dict]:
+    """What ``assay mine`` and the ``mine`` job step run (the options of :func:`mine_cmd`): one result dict (a
+    list of them with ``queries``); writes ``selections/<query_id>.parquet`` and ``queries/<query_id>.json``."""
     from actors.selection.mine import Query, load_queries
     from actors.core.workspace import Workspace
-    from apps.cli.output import emit
     from apps.cli.steps import missing_before_mine
 
     ws = Workspace(workspace)
@@ -103,7 +128,7 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
         raise UserError(f"--rerank must be >= 0, got {rerank}")
     if more_like:
         _require(missing_before_mine(ws, [(model, "template")]))
-        return _more_like(ws, more_like, ids, top_k=top_k, model=model, rerank=rerank, as_json=as_json)
+        return _more_like(ws, more_like, ids, top_k=top_k, model=model, rerank=rerank)
     if queries:
         qs = load_queries(queries)
     elif image:
@@ -119,7 +144,7 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     sels, left_out = _mine(ws, qs, keep_query=keep_query, workers=workers, n_candidates=candidates)
     uris = _uris(ws)
     result = [_result(s, uris, gone) for s, gone in zip(sels, left_out)]
-    emit(result if queries else result[0], as_json, lambda r: _render(r if queries else [r]))
+    return result if queries else result[0]
 
 
 def _result(s, uris: dict[str, str], gone: str | None = None) -> dict:
@@ -130,13 +155,11 @@ def _result(s, uris: dict[str, str], gone: str | None = None) -> dict:
                       "box": list(h.box)} for r, h in enumerate(s.hits)]}
 
 
-def _more_like(ws, selection: str, ids: str | None, *, top_k: int, model: str, rerank: int, as_json: bool) -> None:
+def _more_like(ws, selection: str, ids: str | None, *, top_k: int, model: str, rerank: int) -> dict:
     from actors.selection.mine import more_like
-    from apps.cli.output import emit
 
     chosen = [i.strip() for i in (ids or "").split(",") if i.strip()]
-    sel = more_like(ws, selection, chosen, top_k=top_k, model=model, rerank=rerank)
-    emit(_result(sel, _uris(ws)), as_json, lambda r: _render([r]))
+    return _result(more_like(ws, selection, chosen, top_k=top_k, model=model, rerank=rerank), _uris(ws))
 
 
 def show_cmd(selection: Annotated[str, typer.Argument(help="A selection's query id (selections/<id>.parquet).")],

@@ -233,7 +233,7 @@ def test_schedule_commands_once_list_and_run(tmp_path, capsys, monkeypatch):
     path = spec(tmp_path, cron="* * * * *", steps='["index"]')  # an empty workspace: the run fails, recorded
     assert main(["schedule", "once", path, "--local", "--json"]) == 0
     ran = json.loads(capsys.readouterr().out)["ran"]
-    assert len(ran) == 1 and ran[0]["status"] == "FAILED" and "WorkspaceError" in ran[0]["error"]
+    assert len(ran) == 1 and ran[0]["status"] == "FAILED" and "no catalog yet" in ran[0]["error"]  # assay index's hint
     assert main(["schedule", "list", path, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [r["run_id"] for r in listed["runs"]] == [ran[0]["run_id"]] and listed["lease"] is None
