@@ -106,3 +106,57 @@ def test_matcher_reads_pq_rows_encoded_and_ranks_as_the_decoded_maps(workspace):
     center = t.center.numpy()
     centred = pq.decode_into(bufs, (8, 5, 6), np.empty((3, 5, 6, 8), np.float32), center=center)
     np.testing.assert_array_equal(centred, out - center)  # the centred codebook: the same values to the bit
+
+
+def conv_pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fine stage's kernel before flat shifted sums (#23 item 3): per size, one depthwise ones-kernel
+    convolution for the window sums and a norm over channels; kept here as the reference it must equal."""
+    x = fmaps.float()
+    if t.center is not None:
+        x = x - t.center.view(1, -1, 1, 1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    b, c, gh, gw = x.shape
+    proj = x.permute(0, 2, 3, 1) @ t.vector
+    best = torch.full((b,), -float("inf"))
+    boxes = torch.zeros(b, 4)
+    for h, w, s in t.sizes:
+        if h > gh or w > gw:
+            continue
+        dot = window_sums(proj, h, w)
+        ws = x if h == w == 1 else torch.nn.functional.conv2d(x, x.new_ones(c, 1, h, w), groups=c)
+        sim = dot / torch.linalg.vector_norm(ws, dim=1).clamp_min(1e-6 * h * w)
+        v, pos = sim.flatten(1).max(dim=1)
+        i, j = pos // (gw - w + 1), pos % (gw - w + 1)
+        cy, cx = i.float() + h / 2, j.float() + w / 2
+        hh, hw = t.box_cells[0] * s / 2, t.box_cells[1] * s / 2
+        cand = torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=1)
+        better = v > best
+        best = torch.where(better, v, best)
+        boxes = torch.where(better[:, None], cand, boxes)
+    return best, boxes
+
+
+@pytest.mark.parametrize("scales", [(0.7, 1.0, 1.4), (1.0,), (0.5, 2.0, 3.0)])
+def test_flat_window_kernel_equals_the_convolution_kernel_on_store_sized_pq_maps(scales):
+    """Store-sized maps (64 channels, 24×32 cells, PQ with 32 groups, as ``pq-d2-16px``): the flat shifted-sum
+    kernel gives the convolution kernel's scores (float tolerance) and boxes, and the same top hits in order."""
+    from actors.selection.match import pooled_match
+
+    rng = np.random.default_rng(23)
+    pq = PQCodec(rng.normal(size=(32, 256, 2)).astype(np.float32))
+    background = rng.normal(size=(64, 1, 1)).astype(np.float32) * 2
+    maps = [FeatureMap(f"img{k:03d}", pq.decode(pq.encode(rng.normal(size=(64, 24, 32)).astype(np.float32)
+                                                         + background), (64, 24, 32)), 16.0, 16.0)
+            for k in range(120)]
+    query = maps[7].fmap.astype(np.float32) + rng.normal(size=(64, 24, 32)).astype(np.float32) * 0.3
+    center = torch.from_numpy(np.mean([m.fmap.mean(axis=(1, 2)) for m in maps], axis=0))
+    t = box_template(query, (150, 170, 190, 205), 16, 16, scales=scales, center=center)
+    x = torch.from_numpy(np.stack([m.fmap.transpose(1, 2, 0) for m in maps])).permute(0, 3, 1, 2)
+    got, got_boxes = pooled_match(t, x)
+    want, want_boxes = conv_pooled_match(t, x)
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(got_boxes, want_boxes)
+    hits = rank_feature_maps([t], maps, top_k=20)
+    order = torch.argsort(want, descending=True, stable=True)[:20]
+    assert [h.image_id for h in hits] == [maps[i].image_id for i in order.tolist()]
+    assert hits[0].image_id == "img007"
+    assert [h.score for h in hits] == pytest.approx(want[order].tolist(), abs=1e-5)
