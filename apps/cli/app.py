@@ -6,6 +6,7 @@ browser (``client.showErrorDetails=none``), and uploads are capped at 200 MB.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from actors.core.errors import UserError
-from apps.cli.options import DEFAULT_WORKSPACE, WorkspaceOpt
+from apps.cli.options import DEFAULT_WORKSPACE, JsonOpt, WorkspaceOpt
 
 APP = Path(__file__).resolve().parents[1] / "planner" / "app.py"
 
@@ -41,7 +42,7 @@ def app_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                 "--host", help="Address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes the app "
                                "to the network, without authentication).")] = None,
             browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open a browser tab.")] = False,
-            ) -> None:
+            as_json: JsonOpt = False) -> None:
     """Start the planning app (data requirements, collection plan, targeted selection, active learning,
     compression) on WORKSPACE in a browser."""
     from actors.core.workspace import Workspace
@@ -54,10 +55,13 @@ def app_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     uri = str(Path(ws.uri).resolve()) if ws.is_local and "://" not in ws.uri else ws.uri
     env = dict(os.environ, ASSAY_WORKSPACE=uri)
     cmd = streamlit_command(port, host or "127.0.0.1", headless=not browser)
-    print(f"Assay planner on http://{host or '127.0.0.1'}:{port} (workspace {uri}); Ctrl+C (or kill {os.getpid()}) "
-          "stops it.",
-          file=sys.stderr, flush=True)
-    code = serve(cmd, env)
+    url = f"http://{host or '127.0.0.1'}:{port}"
+    if as_json:  # one JSON line when serving starts (stdout), the server's own output stays on stderr
+        print(json.dumps({"url": url, "workspace": uri, "pid": os.getpid()}), flush=True)
+    else:
+        print(f"Assay planner on {url} (workspace {uri}); Ctrl+C (or kill {os.getpid()}) stops it.",
+              file=sys.stderr, flush=True)
+    code = serve(cmd, env, quiet_stdout=as_json)
     if code:
         raise typer.Exit(code)
 
@@ -66,14 +70,15 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 15.0  # how long a server asked to stop may take before it is killed
 
 
-def serve(cmd: list[str], env: dict[str, str]) -> int:
+def serve(cmd: list[str], env: dict[str, str], *, quiet_stdout: bool = False) -> int:
     """Run the server ``cmd`` until it exits and return its exit code (0 when it stopped because this process was
     asked to stop).
 
     SIGTERM and SIGINT sent to this process (``kill PID``, Ctrl+C) are passed on to the server, which is then waited
-    for (killed after ``GRACE_S`` seconds): when this returns, nothing serves the port any more.
+    for (killed after ``GRACE_S`` seconds): when this returns, nothing serves the port any more. ``quiet_stdout``:
+    the server's stdout goes to stderr (``--json``: stdout holds only the JSON line).
     """
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr if quiet_stdout else None)
     stopping: list[float] = []
 
     def forward(signum: int, _frame: object) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -35,11 +35,11 @@ def _done(t0: float, what: str) -> None:
     console.print(styled((f"{what} in {time.perf_counter() - t0:.1f}s", "dim")))
 
 
-def _world(root: Path, n_images: int, seed: int):
+def _world(root: Path, ws_dir: Path, n_images: int, seed: int):
     from actors.core.workspace import Workspace
     from actors.catalog.world import make_world
 
-    ws = Workspace(root / "workspace")
+    ws = Workspace(ws_dir)
     if (root / "world" / "world.json").exists():
         console.print(f"reusing the world in {root / 'world'}")
         return ws
@@ -202,7 +202,7 @@ def compress_note(report: dict) -> str:
             "the one a full run gives. For that: assay compress -w WS --run RUN --out DIR (the defaults).")
 
 
-def _compress(ws, root: Path) -> dict:
+def _compress(ws, ws_dir: Path) -> dict:
     """Compress the learning run's detector to half its latency (:data:`DEMO_COMPRESS`: a short distillation,
     12 val images so it stays quick) and print the before/after table and what it is; a finished report is
     reused."""
@@ -210,7 +210,7 @@ def _compress(ws, root: Path) -> dict:
 
     from actors.compression.report import CompressConfig, compress_run, summary
 
-    out = root / "workspace" / "runs" / "demo-learn" / "compressed"
+    out = ws_dir / "runs" / "demo-learn" / "compressed"
     if (out / "report.json").exists():
         console.print(f"reusing the compressed model in {out}")
         rep = json.loads((out / "report.json").read_text())
@@ -225,7 +225,11 @@ def _compress(ws, root: Path) -> dict:
                                         for k, m in rep["models"].items()}}
 
 
-def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo world and workspace.")] = DEMO_DIR,
+def demo(out: Annotated[Optional[str], typer.Option(
+             "--out", help=f"Folder for the demo world and workspace (default {DEMO_DIR}; with -w only: the "
+                           "workspace folder, the world in WORKSPACE/world).")] = None,
+         workspace: Annotated[Optional[str], typer.Option(
+             "--workspace", "-w", help="Workspace the demo uses (default OUT/workspace).")] = None,
          images: Annotated[int, typer.Option("--images", help="World size (images).")] = 600,
          top_k: Annotated[int, typer.Option("--top-k", help="Hits to show.")] = 10,
          train_minutes: Annotated[float, typer.Option(
@@ -233,12 +237,13 @@ def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo wor
              help="Ignored: the demo no longer trains a backbone (kept so older command lines run).")] = 1.5,
          seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Run the whole flow on the embedded world (no data, no GPU, no network needed)."""
-    root = Path(out).resolve()
-    result: dict = {"out": str(root)}
+    root = Path(out or (workspace if workspace else DEMO_DIR)).resolve()
+    ws_dir = Path(workspace).resolve() if workspace else root / "workspace"
+    result: dict = {"out": str(root), "workspace": str(ws_dir)}
     console.quiet = as_json  # --json: stdout carries only the JSON document (progress bars go to stderr)
     try:
         t0 = _step("1. world")
-        ws = _world(root, images, seed)
+        ws = _world(root, ws_dir, images, seed)
         _done(t0, "world")
         t0 = _step("2. catalog")
         result["catalog"] = _catalog(ws)
@@ -255,7 +260,7 @@ def demo(out: Annotated[str, typer.Option("--out", help="Folder for the demo wor
         _step("6. how much more data, and when to collect it")
         result["estimate"] = _estimate_and_plan(n, v)
         t0 = _step("7. compress the detector (latency budget 0.5)")
-        result["compress"] = _compress(ws, root)
+        result["compress"] = _compress(ws, ws_dir)
         _done(t0, "compression")
     finally:
         console.quiet = False  # also when a step fails: the console is shared by every later command

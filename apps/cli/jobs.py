@@ -115,15 +115,28 @@ def status_cmd(job_id: str, address: AddressOpt = None, as_json: JsonOpt = False
 
 @jobs_app.command("logs")
 def logs_cmd(job_id: str, address: AddressOpt = None,
-             follow_: Annotated[bool, typer.Option("--follow", "-f", help="Follow until the job ends.")] = False
-             ) -> None:
-    """A job's logs (stdout and stderr of its entrypoint)."""
+             follow_: Annotated[bool, typer.Option("--follow", "-f", help="Follow until the job ends.")] = False,
+             as_json: JsonOpt = False) -> None:
+    """A job's logs (stdout and stderr of its entrypoint). With --json: {"job_id", "logs"} (with --follow, once the
+    job has ended, plus its "exit_status")."""
+    import io
+
     from apps.cli.cluster import job_client
+    from apps.cli.output import print_json
 
     client, _ = job_client(address)
+    if not as_json:
+        if follow_:
+            raise typer.Exit(follow(client, job_id))
+        sys.stdout.write(client.get_job_logs(job_id))
+        return
+    out: dict = {"job_id": job_id}
     if follow_:
-        raise typer.Exit(follow(client, job_id))
-    sys.stdout.write(client.get_job_logs(job_id))
+        out["exit_status"] = follow(client, job_id, out=io.StringIO())
+    out["logs"] = client.get_job_logs(job_id)
+    print_json(out)
+    if out.get("exit_status"):
+        raise typer.Exit(out["exit_status"])
 
 
 @jobs_app.command("stop")

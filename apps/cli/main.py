@@ -20,6 +20,7 @@ import traceback
 import typer
 
 from actors.core.errors import UserError
+from apps.cli.options import JsonOpt
 from apps.cli.output import error
 from estimators.errors import EstimatorInputError
 
@@ -64,45 +65,68 @@ def _root(verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own 
 
 
 @app.command()
-def version() -> None:
+def version(as_json: JsonOpt = False) -> None:
     """Print Assay's version and the versions of its engines."""
     from importlib.metadata import PackageNotFoundError, version as v
 
-    from apps.cli.output import console, table
+    from apps.cli.output import console, emit, table
 
-    rows = []
+    rows = {}
     for dist in ("assay", "torch", "torchvision", "ray", "faiss-cpu", "faiss-gpu-cu12", "pyarrow", "numpy", "scipy"):
         try:
-            rows.append((dist, v(dist)))
+            rows[dist] = v(dist)
         except PackageNotFoundError:
             continue
-    console.print(table(None, ["package", "version"], rows))
+    emit(rows, as_json, lambda r: console.print(table(None, ["package", "version"], r.items())))
 
 
 _register_all()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code."""
+    """Console-script entry point; returns the exit code.
+
+    With ``--json`` every failure is one JSON object on stdout as well, ``{"error": message, "type": name,
+    "exit_code": code}`` (the message as the one-line ``error: …``; a bug's traceback still goes to stderr)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
     try:
         rc = app(args=argv, prog_name="assay", standalone_mode=False)  # typer.Exit(code) comes back as code
     except USER_ERRORS as e:
         if os.environ.get("ASSAY_DEBUG"):
             raise
-        error(str(e))
-        return 2
+        return _fail(str(e), type(e).__name__, 2, as_json)
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        error("aborted")
-        return 130
+        return _fail("aborted", "Aborted", 130, as_json)
     except _click_errors() as e:  # usage errors (unknown option, extra argument…): click's one-line message
+        if as_json:
+            return _fail(e.format_message(), type(e).__name__, e.exit_code, True)
         e.show()
         return e.exit_code
-    except Exception:  # noqa: BLE001 - a bug: the full traceback, exit 1
+    except Exception as e:  # noqa: BLE001 - a bug: the full traceback, exit 1
         traceback.print_exc()
+        if as_json:
+            _json_error(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, type(e).__name__, 1)
         return 1
     return rc if isinstance(rc, int) else 0
+
+
+def _fail(message: str, kind: str, code: int, as_json: bool) -> int:
+    """Report a failure as ``error: …`` on stderr, and with ``--json`` as one JSON object on stdout; returns code."""
+    error(message)
+    if as_json:
+        _json_error(message, kind, code)
+    return code
+
+
+def _json_error(message: str, kind: str, code: int) -> None:
+    import json
+
+    first = message.strip().splitlines()[0] if message.strip() else kind
+    sys.stdout.write(json.dumps({"error": first, "type": kind, "exit_code": code}) + "\n")
+    sys.stdout.flush()
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
