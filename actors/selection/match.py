@@ -407,13 +407,16 @@ def rank_feature_maps(objects: Sequence[Sequence[torch.Tensor]], fmaps: Iterable
 
         try:
             groups: dict[tuple, list[FeatureMap]] = {}
+            limits: dict[tuple, int] = {}  # batch size per (encoded, shape), computed once
             for fm in fmaps:
                 encoded = isinstance(fm, EncodedMap)
                 if encoded and codec is None:
                     raise ValueError("encoded feature maps need their codec")
                 key = (encoded, tuple(fm.shape if encoded else fm.fmap.shape))
                 groups.setdefault(key, []).append(fm)
-                if len(groups[key]) >= (batch_size or fine_batch(device, key[1])):
+                if key not in limits:
+                    limits[key] = batch_size or fine_batch(device, key[1])
+                if len(groups[key]) >= limits[key]:
                     submit(groups.pop(key))
             for group in groups.values():
                 submit(group)
