@@ -29,14 +29,14 @@ PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
 
 
 def load_image(uri: str) -> np.ndarray:
-    """Decode an image file to uint8 H×W×3 RGB; raises ``OSError``/``ValueError`` when unreadable.
+    """Decode an image file to a writable uint8 H×W×3 RGB array; raises ``OSError``/``ValueError`` when unreadable.
 
     ``uri`` is a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``, ``hdfs://``): bytes are read
     through the same filesystem layer as the workspace (:func:`actors.core.workspace.open_uri`).
     """
     with (open_uri(uri) if "://" in uri else open(uri, "rb")) as f, Image.open(f) as im:
         im.load()
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # H×W×3
+        arr = np.array(im.convert("RGB"), dtype=np.uint8)  # H×W×3, writable (torch.from_numpy warns otherwise)
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"{uri}: decoded to an empty image {arr.shape}")
     return arr

@@ -291,6 +291,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         _join(ray, address, verbose)
+        quiet_ray_data(verbose)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"].lower() == "token":
@@ -311,14 +312,24 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
             log_to_driver=verbose,
             configure_logging=True,
         )
-    try:  # quieter progress output for CLI use; Ray Data's own bars are replaced by ours
-        from ray.data import DataContext
+    quiet_ray_data(verbose)
+
+
+def quiet_ray_data(verbose: bool = False) -> None:
+    """Ray Data without its console chatter: no progress bars (ours replace them), no execution-start banner, and
+    (unless ``verbose``) its console handler raised to ERROR, so INFO lines such as ``streaming_executor … Dataset …
+    execution finished`` stay in the session's ``ray-data.log`` instead of the terminal."""
+    try:
+        from ray.data import DataContext  # importing ray.data installs its logging config (a console handler)
 
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
     except Exception:  # pragma: no cover - older Ray
-        pass
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if "File" not in type(handler).__name__:  # the console, not ray-data.log
+            handler.setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _join(ray: Any, address: str, verbose: bool) -> None:
