@@ -26,6 +26,11 @@ truth, queries and scoring (held-out query instances; chance beside it).
     python bench/feature_store.py --part merge --world-json T.json R.json C1.json C0.json
     python bench/feature_store.py --part timing --prepare-only --out /tmp/prep.json     # nice: stores only
     flock /tmp/team/timing.lock python bench/feature_store.py --part timing --threads 2 --repeats 3
+   A change to the fine stage is shown against the code before it: the same command on a checkout of the old
+   commit (``--out B1.json``…) alternated with this code's runs (``--out A1.json``…), the last run of this code
+   then keeps them all (``timing.before`` and ``timing.pooled``: every round pooled, each run's load average):
+    … --part timing --threads 2 --repeats 3 --before-json B1.json B2.json B3.json --before-commit SHA \
+        --earlier-json A1.json A2.json
 
 4. **Coarse blocks** (``--part coarse``, one world per process): region vectors of k×k blocks of stored cells for
    fp16 8-px (k = 2, 4) and PQ 16-px (k = 1, 2): vectors and index bytes per image, template recall@100 on < 1%
@@ -364,6 +369,20 @@ def markdown(res: dict) -> str:
             cpu = f(v["fine_cpu_s"]) if "fine_cpu_s" in v else "–"
             lines.append(f"| {n} | {f(v['fine_s'])} | {cpu} | {f(v['parquet_read_s'])} | {f(v['lance_read_s'])} "
                          f"| {f(v['decode_match_s'])} | {v['lance_disk_bytes_per_image'] / 1024:.1f} |")
+        pooled, before = tim.get("pooled"), tim.get("before")
+        if pooled and before and "runs" in next(iter(before["results"].values()))["fine_s"]:
+            loads = lambda r: "; ".join(", ".join(f"{x:.2f}" for x in la) for la in r["loadavg"])  # noqa: E731
+            lines += ["", f"Before / after, the same command: {len(before['loadavg'])} runs of the code at "
+                      f"{before.get('commit')} alternated with {len(pooled['loadavg'])} runs of this code, every "
+                      f"round pooled: median (min–max) s. Load averages at the start of each run: before "
+                      f"{loads(before)}; after {loads(pooled)}", "",
+                      "| store | fine stage before | fine stage after | CPU s before | CPU s after | decode+match before "
+                      "| decode+match after |", "|---|---|---|---|---|---|---|"]
+            for n, v in pooled["results"].items():
+                b = before["results"].get(n)
+                if b:
+                    lines.append(f"| {n} | {f(b['fine_s'])} | {f(v['fine_s'])} | {f(b['fine_cpu_s'])} "
+                                 f"| {f(v['fine_cpu_s'])} | {f(b['decode_match_s'])} | {f(v['decode_match_s'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -373,6 +392,22 @@ def _write(out: Path, res: dict) -> None:
     tmp.write_text(json.dumps(res, indent=2) + "\n")
     tmp.replace(out)
     out.with_suffix(".md").write_text(markdown(res))
+
+
+def merge_runs(tims: list[dict]) -> dict:
+    """The ``timing`` of several runs of one command -> per store and figure, every round pooled (median, min, max,
+    runs), with each run's load averages at the start: how ``timing.before`` (the code before a change) and
+    ``timing.pooled`` (this run and the earlier runs of the same code, alternated with the before runs) are kept."""
+    out: dict = {"loadavg": [t["loadavg"] for t in tims], "commands": [t.get("command") for t in tims], "results": {}}
+    for t in tims:
+        for n, v in t["results"].items():
+            for k, d in v.items():
+                if isinstance(d, dict):
+                    out["results"].setdefault(n, {}).setdefault(k, {"runs": []})["runs"] += d["runs"]
+    for v in out["results"].values():
+        for d in v.values():
+            d.update(median=float(np.median(d["runs"])), min=float(min(d["runs"])), max=float(max(d["runs"])))
+    return out
 
 
 def _smoke_world(root: Path) -> Workspace:
@@ -411,6 +446,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prepare-only", action="store_true", help="--part timing: write the stores, time nothing")
+    ap.add_argument("--before-json", nargs="+", default=None,
+                    help="--part timing: timing JSONs of the same command on the code before a change (kept, pooled, "
+                         "as timing.before)")
+    ap.add_argument("--before-commit", default=None, help="the commit --before-json ran")
+    ap.add_argument("--earlier-json", nargs="+", default=None,
+                    help="--part timing: timing JSONs of earlier runs of this code, pooled with this run as "
+                         "timing.pooled")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -486,6 +528,11 @@ def main(argv: list[str] | None = None) -> None:
                          "notes": "shared 2-core machine, other engineers' (niced) jobs running; OS page cache warm; the "
                                   "fine stage runs its batches on torch-threads worker threads, one torch thread "
                                   "each; Parquet reads on 4 threads"}
+        timing_of = lambda p: json.loads(Path(p).read_text())["timing"]  # noqa: E731
+        if a.before_json:
+            res["timing"]["before"] = dict(merge_runs([timing_of(p) for p in a.before_json]), commit=a.before_commit)
+        if a.earlier_json:
+            res["timing"]["pooled"] = merge_runs([timing_of(p) for p in a.earlier_json] + [res["timing"]])
         _write(out, res)
     print(markdown(res))
 
