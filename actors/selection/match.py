@@ -45,6 +45,7 @@ from actors.core.errors import UserError
 from actors.features.regions import region_vectors
 from actors.features.codecs import Codec
 from actors.features.store import EncodedMap, FeatureMap
+from actors.selection.windows import flat_window_sums, window_sums
 
 SCALES = (0.7, 1.0, 1.4)
 COMBINE = ("min", "mean")
@@ -161,66 +162,6 @@ def box_template(fmap: torch.Tensor | np.ndarray, box: Sequence[float], stride_y
     return BoxTemplate(v, sizes_s, (hb, wb), c)
 
 
-def window_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Sums over every h×w window (stride 1, "valid") of a ...×H×W tensor -> ...×(H-h+1)×(W-w+1).
-
-    Separable running sums: h-1 then w-1 shifted adds (exact in the input's precision, no cancellation), so the
-    cost is (h + w - 2) passes over the data whatever the window area; a strided ``avg_pool2d`` costs h·w.
-    """
-    H, W = x.shape[-2:]
-    if h > H or w > W:
-        raise UserError(f"window {h}x{w} is larger than the map {H}x{W}")
-    if h > 1:
-        s = x[..., 0:H - h + 1, :].clone()
-        for k in range(1, h):
-            s += x[..., k:H - h + 1 + k, :]
-        x = s
-    if w > 1:
-        s = x[..., 0:W - w + 1].clone()
-        for k in range(1, w):
-            s += x[..., k:W - w + 1 + k]
-        x = s
-    return x
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(key: str, rows: int, like: torch.Tensor) -> torch.Tensor:
-    """A per-thread reusable ``rows×C`` buffer (grown on demand): fresh multi-MB temporaries per batch would be
-    mapped and faulted in by the allocator every time, which costs more than the adds that fill them."""
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    shape = (rows, *like.shape[1:])
-    b = bufs.get(key)
-    if b is None or b.numel() < math.prod(shape) or b.dtype != like.dtype or b.device != like.device:
-        b = bufs[key] = torch.empty(math.prod(shape), dtype=like.dtype, device=like.device)
-    return b[:math.prod(shape)].view(shape)
-
-
-def _flat_window_sums(x: torch.Tensor, h: int, w: int, gw: int, rows: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Sums of the h×w windows over a flat channels-last array of cells (N·H·W rows of C channels, or one channel
-    when 1-D; rows in row-major cell order, grid width ``gw``): entry p is the sum of the window whose top-left
-    cell is p, as contiguous shifted adds: a shift by one cell along a grid row, by ``gw`` cells down a column.
-    ``rows`` caches the 1×w sums by width (pass ``{}`` per array; widths are built from the next smaller one).
-    Entries whose window crosses a grid edge (or a map boundary) are garbage: callers mask them. The result is
-    shorter than ``x`` by the window's flat extent ``(h-1)·gw + w-1``; it may be a scratch buffer, valid until
-    the next call on this thread."""
-    rows.setdefault(1, x)
-    k = max(r for r in rows if r <= w)
-    while k < w:  # 1×(k+1) sums = 1×k sums + the cell k to the right
-        m = x.shape[0] - k
-        rows[k + 1] = torch.add(rows[k][:m], x[k:k + m], out=_scratch(f"{x.ndim}row{k + 1}", m, x))
-        k += 1
-    r = rows[w]
-    if h == 1:
-        return r
-    m = r.shape[0] - (h - 1) * gw
-    out = torch.add(r[:m], r[gw:gw + m], out=_scratch(f"{x.ndim}col", m, x))
-    for k in range(2, h):
-        out += r[k * gw:k * gw + m]
-    return out
-
-
 def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine of the template vector with the centred mean of every window, best over sizes and positions.
 
@@ -239,7 +180,7 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
     The cosine with a window's mean equals ``(v · S) / |S|`` with S the window's sum, and ``v · S`` is the window
     sum of the one-channel map ``v · x``: per size, only ``|S|`` needs the C channels. The batch is seen as one
     flat array of B·H·W cells of C channels (channels-last memory, no copy), so every window sum is a few
-    contiguous shifted adds of whole rows of C values (:func:`_flat_window_sums`: a shift by one cell along a
+    contiguous shifted adds of whole rows of C values (:func:`flat_window_sums`: a shift by one cell along a
     grid row, by W cells down a column), shared between sizes of equal width; positions whose window would cross
     the grid's edge are masked. About 5 passes over the batch for three sizes against 15 multiply-adds per value
     for a ones-kernel convolution. Callers keep batches to a few MB (:func:`fine_batch`): the passes run from cache.
@@ -262,8 +203,8 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
     sim = x.new_full((b, len(sizes), gh, gw), -float("inf"))  # per size, every window's cosine (-inf: none)
     flat = x.new_empty(n)
     for k, (h, w, _) in enumerate(sizes):
-        dot = _flat_window_sums(proj, h, w, gw, dot_rows)  # v · S per window
-        norm = torch.linalg.vector_norm(_flat_window_sums(cells, h, w, gw, sum_rows), dim=1)  # |S| per window
+        dot = flat_window_sums(proj, h, w, gw, dot_rows)  # v · S per window
+        norm = torch.linalg.vector_norm(flat_window_sums(cells, h, w, gw, sum_rows), dim=1)  # |S| per window
         torch.div(dot, norm.clamp_min_(EPS * h * w), out=flat[:dot.shape[0]])  # the tail: invalid windows
         sim[:, k, :gh - h + 1, :gw - w + 1] = flat.view(b, gh, gw)[:, :gh - h + 1, :gw - w + 1]
     best, pos = sim.view(b, -1).max(dim=1)  # B, B: the first best (smallest scale, then row-major position)
