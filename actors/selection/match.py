@@ -175,7 +175,7 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
     -------
     scores : B float32 in [-1, 1] (-inf when every window size is larger than the maps).
     boxes : B×4 float32 ``(x0, y0, x1, y1)`` in cells: the query box's size times the scale, centred on the best
-        window (so a 1×1 window still gives a box of the object's size).
+        window (so a 1×1 window still gives a box of the object's size), clipped to the grid.
 
     The cosine with a window's mean equals ``(v · S) / |S|`` with S the window's sum, and ``v · S`` is the window
     sum of the one-channel map ``v · x``: per size, only ``|S|`` needs the C channels. The batch is seen as one
@@ -213,6 +213,8 @@ def pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor, tor
     cy, cx = (cell // gw).float() + hws[:, 0] / 2, (cell % gw).float() + hws[:, 1] / 2
     hh, hw = t.box_cells[0] * hws[:, 2] / 2, t.box_cells[1] * hws[:, 2] / 2
     boxes = torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=1)  # B×4 cells
+    boxes[:, 0::2].clamp_(0.0, float(gw))  # a box near the border stays inside the image
+    boxes[:, 1::2].clamp_(0.0, float(gh))
     return best, boxes
 
 

@@ -279,7 +279,25 @@ def test_pooled_match_equals_a_brute_force_loop_over_windows_and_scales():
         assert float(scores[b]) == pytest.approx(best, abs=1e-5)
         cy, cx, s = where
         hh, hw = t.box_cells[0] * s / 2, t.box_cells[1] * s / 2
-        assert boxes[b].tolist() == pytest.approx([cx - hw, cy - hh, cx + hw, cy + hh], abs=1e-5)
+        want = [max(cx - hw, 0), max(cy - hh, 0), min(cx + hw, 9), min(cy + hh, 7)]  # clipped to the grid
+        assert boxes[b].tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_pooled_match_box_near_the_border_stays_inside_the_image():
+    """Regression: a match in the last cell with a box larger than the window was boxed past the image's edge
+    (then `assay mine --more-like` refused the hit's own box)."""
+    g = torch.Generator().manual_seed(13)
+    obj = torch.randn(16, generator=g) * 3
+    x = torch.randn(2, 16, 6, 8, generator=g)
+    x[1, :, 5, 7] += obj  # bottom-right cell
+    q = torch.randn(16, 6, 8, generator=g)
+    q[:, 2, 2] += obj
+    t = box_template(q, (14, 14, 33, 33), 8, 8, scales=(1.0,))  # 19 px = 2.4 cells, a 2×2 window
+    scores, boxes = pooled_match(t, x)
+    assert scores.argmax() == 1 and t.sizes[0][:2] == (2, 2)
+    x0, y0, x1, y1 = boxes[1].tolist()  # centred on (7, 5) ± 1.19 cells: past the grid's 8×6 unclipped
+    assert x1 == pytest.approx(8) and y1 == pytest.approx(6) and 5 < x0 < 6 and 3 < y0 < 4
+    assert float(boxes[..., 0::2].max()) <= 8 and float(boxes.min()) >= 0 and float(boxes[..., 1::2].max()) <= 6
 
 
 def test_window_sums_match_avg_pool():

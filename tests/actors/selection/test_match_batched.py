@@ -30,7 +30,7 @@ def reference_pooled_match(t: BoxTemplate, fmap: np.ndarray) -> tuple[float, lis
             i, j = int(pos) // (gw - w + 1), int(pos) % (gw - w + 1)
             hh, hw = t.box_cells[0] * s / 2, t.box_cells[1] * s / 2
             best, box = float(v), [j + w / 2 - hw, i + h / 2 - hh, j + w / 2 + hw, i + h / 2 + hh]
-    return best, box
+    return best, [max(box[0], 0), max(box[1], 0), min(box[2], gw), min(box[3], gh)]  # clipped to the grid
 
 
 def random_maps(seed: int = 0, c: int = 8) -> list[FeatureMap]:
@@ -133,6 +133,8 @@ def conv_pooled_match(t: BoxTemplate, fmaps: torch.Tensor) -> tuple[torch.Tensor
         better = v > best
         best = torch.where(better, v, best)
         boxes = torch.where(better[:, None], cand, boxes)
+    boxes[:, 0::2].clamp_(0, gw)  # clipped to the grid
+    boxes[:, 1::2].clamp_(0, gh)
     return best, boxes
 
 

@@ -67,7 +67,7 @@ def test_assay_app_binds_localhost_unless_told(monkeypatch, tmp_path):
     from apps.cli.main import main
 
     calls = []
-    monkeypatch.setattr(app_mod, "serve", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setattr(app_mod, "serve", lambda cmd, env, **kw: calls.append((cmd, env)) or 0)
     assert main(["app", "-w", str(tmp_path), "--port", "8600"]) == 0
     cmd, env = calls[-1]
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8600"
