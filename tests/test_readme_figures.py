@@ -1,6 +1,7 @@
-"""Every figure in the README's "Measured figures" section is read from a committed bench JSON.
+"""Every figure in the README's "Measured figures" summary and in ``docs/benchmarks.md`` (all of its tables) is read
+from a committed bench JSON (#25 item 7 moved the long tables to docs/).
 
-Format (see the section itself): each table row is ``| what | figure | source |``; the source cell is
+Format (see either file): each table row is ``| what | figure | source |``; the source cell is
 ``file.json: key.path, key.path ÷ 1024, …`` inside backticks, the file is in ``bench/``, and each key path names a
 JSON value: a number (matched, in order, against the numbers in the figure cell, to the precision shown), a
 string (must appear verbatim in the figure cell) or a list of numbers (its elements are matched in order). A key
@@ -116,13 +117,38 @@ def check_row(cells: list[str], bench: Path) -> list[str]:
     return problems
 
 
-def test_every_readme_figure_matches_its_bench_json():
-    text = section((ROOT / "README.md").read_text())
-    rows = figure_rows(text)
-    assert len(rows) >= 10, "the Measured figures section lost its tables"
-    problems = [f"README Measured figures, row {n} ({cells[0]!r}): {p}"
-                for n, cells in rows for p in check_row(cells, ROOT / "bench")]
+# (file, the text whose tables are figure tables, the fewest rows it may hold)
+FIGURE_DOCS = [("README.md", section, 8), ("docs/benchmarks.md", lambda text: text, 100)]
+
+
+def problems_in(name: str, text: str, bench: Path) -> list[str]:
+    """Every mismatch between the figure rows of ``text`` (the contents of ``name``) and the JSONs in ``bench``."""
+    return [f"{name}, row {n} ({cells[0]!r}): {p}" for n, cells in figure_rows(text) for p in check_row(cells, bench)]
+
+
+@pytest.mark.parametrize("name,part,min_rows", FIGURE_DOCS, ids=[d[0] for d in FIGURE_DOCS])
+def test_every_figure_matches_its_bench_json(name, part, min_rows):
+    text = part((ROOT / name).read_text())
+    assert len(figure_rows(text)) >= min_rows, f"{name} lost its figure tables"
+    problems = problems_in(name, text, ROOT / "bench")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name,part,min_rows", FIGURE_DOCS, ids=[d[0] for d in FIGURE_DOCS])
+def test_a_wrong_figure_in_either_file_fails(name, part, min_rows):
+    """The check bites on the real files: one figure nudged in its last digit is reported."""
+    text = part((ROOT / name).read_text())
+    n, cells = next((n, c) for n, c in figure_rows(text) if NUMBER.search(c[1]))
+    line = text.splitlines()[n - 1]
+    m = NUMBER.search(cells[1])
+    wrong = cells[1][:m.start()] + _nudge(m.group(0)) + cells[1][m.end():]
+    bad = text.replace(line, line.replace(f"| {cells[1]} |", f"| {wrong} |", 1), 1)
+    assert bad != text and problems_in(name, bad, ROOT / "bench")
+
+
+def _nudge(number: str) -> str:
+    """``number`` changed in its last digit (``0.539`` -> ``0.538``, ``10`` -> ``11``)."""
+    return number[:-1] + ("8" if number[-1] == "9" else str(int(number[-1]) + 1))
 
 
 @pytest.fixture

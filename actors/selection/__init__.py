@@ -26,6 +26,7 @@ _PUBLIC = {
     "rerank_hits": "rerank",
     "CropEmbedder": "rerank",
     "export_selection": "export",
+    "export_bytes": "export",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import posixpath
+import zipfile
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +36,7 @@ from actors.core.workspace import Workspace
 FORMATS = ("csv", "parquet", "coco", "fiftyone")
 MANIFEST_COLUMNS = ["rank", "image_id", "uri", "score", "x0", "y0", "x1", "y1", "is_query"]
 _SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "coco"}
+_EXTENSIONS = {"csv": "csv", "parquet": "parquet", "coco": "json"}
 
 
 def export_format(out: str, fmt: str | None = None) -> str:
@@ -148,28 +150,57 @@ def export_selection(ws: Workspace, query_id: str, out: str, fmt: str | None = N
     Returns ``{"format", "out", "files", "hits", "query_marked"}``; raises :class:`UserError` for an unknown
     selection or format, or an image COCO/FiftyOne cannot size."""
     fmt = export_format(out, fmt)
+    rows, contents = _render(ws, query_id, fmt, top)
+    if fmt == "fiftyone":
+        folder = Workspace(out)
+        files = [folder.write_bytes(name, data) for name, data in contents.items()]
+    else:
+        parent, name = posixpath.split(out.rstrip("/")) if "://" in out else os.path.split(os.path.abspath(out))
+        files = [Workspace(parent or ".").write_bytes(name, contents[""])]
+    return {"format": fmt, "out": out, "files": files, "hits": len(rows),
+            "query_marked": sum(r["is_query"] for r in rows)}
+
+
+def export_bytes(ws: Workspace, query_id: str, fmt: str, top: int | None = None) -> tuple[str, bytes]:
+    """Selection ``query_id`` in ``fmt`` (one of :data:`FORMATS`) as one file to hand over, e.g. a browser download:
+    ``(file name, bytes)``. ``csv``, ``parquet``, ``coco``: what :func:`export_selection` writes; ``fiftyone``: its
+    folder as a zip archive (``data.json`` and ``labels.json`` at the top: unzip it and import the folder). Raises as
+    :func:`export_selection` does."""
+    fmt = export_format("", fmt)
+    _, contents = _render(ws, query_id, fmt, top)
+    if fmt != "fiftyone":
+        return f"selection-{query_id}.{_EXTENSIONS[fmt]}", contents[""]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in contents.items():
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)  # same bytes every time
+    return f"selection-{query_id}-fiftyone.zip", buf.getvalue()
+
+
+def _render(ws: Workspace, query_id: str, fmt: str, top: int | None) -> tuple[list[dict], dict[str, bytes]]:
+    """The :func:`selection_hits` rows and the export's files: ``{"data.json", "labels.json"}`` for ``fiftyone``,
+    else the one file under the name ``""``."""
     if top is not None and top < 1:
         raise UserError(f"--top must be >= 1, got {top}")
     rows, query = selection_hits(ws, query_id, top)
     if fmt == "fiftyone":
         data, labels = fiftyone(rows)
-        folder = Workspace(out)
-        files = [folder.write_bytes("data.json", _json(data)), folder.write_bytes("labels.json", _json(labels))]
-    else:
-        parent, name = posixpath.split(out.rstrip("/")) if "://" in out else os.path.split(os.path.abspath(out))
-        dest = Workspace(parent or ".")
-        if fmt == "coco":
-            files = [dest.write_bytes(name, _json(coco(rows, query_id, query)))]
-        elif fmt == "parquet":
-            files = [dest.write_table(name, manifest(rows))]
-        else:
-            files = [dest.write_bytes(name, _csv(manifest(rows)))]
-    return {"format": fmt, "out": out, "files": files, "hits": len(rows),
-            "query_marked": sum(r["is_query"] for r in rows)}
+        return rows, {"data.json": _json(data), "labels.json": _json(labels)}
+    if fmt == "coco":
+        return rows, {"": _json(coco(rows, query_id, query))}
+    return rows, {"": _parquet(manifest(rows)) if fmt == "parquet" else _csv(manifest(rows))}
 
 
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode()
+
+
+def _parquet(t: pa.Table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(t, buf, compression="zstd")
+    return buf.getvalue()
 
 
 def _csv(t: pa.Table) -> bytes:
@@ -181,4 +212,4 @@ def _csv(t: pa.Table) -> bytes:
 
 
 __all__ = ["FORMATS", "MANIFEST_COLUMNS", "export_format", "selection_hits", "manifest", "coco", "fiftyone",
-           "export_selection"]
+           "export_selection", "export_bytes"]

@@ -78,7 +78,7 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
                   "--layer", help="Torchvision trunk: last stage kept (e.g. layer2).")] = None,
               stride: Annotated[Optional[int], typer.Option(
                   "--stride", help="Trunk output stride (efficientnet-lite0: 8 or 16; default: the default "
-                                   "backbone's measured choice, see the README).")] = None,
+                                   "backbone's measured choice, see docs/benchmarks.md).")] = None,
               codec: Annotated[Optional[str], typer.Option(
                   "--codec", help="How cells are stored: pq (default for a new store), int8, fp16; an existing "
                                   "store keeps its own.")] = None,

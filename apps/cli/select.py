@@ -91,7 +91,7 @@ def mine_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
              workers: Annotated[int, typer.Option("--workers", help="Ray match actors for --queries (0: in-process).")] = 0,
              candidates: Annotated[Optional[int], typer.Option(
                  "--candidates", help="Coarse-stage candidates re-ranked by the fine stage (default max(10·K, 200); "
-                                      "fewer is faster, see the README's figures).")] = None,
+                                      "fewer is faster, see docs/benchmarks.md).")] = None,
              keep_query: Annotated[bool, typer.Option(
                  "--keep-query", help="Keep the query image among the hits when it is a pool image itself (left "
                                       "out by default: it would be the best hit).")] = False,

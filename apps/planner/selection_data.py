@@ -2,15 +2,14 @@
 
 Mining itself is :func:`actors.selection.mine.mine` / :func:`~actors.selection.mine.mine_batch` — the calls
 ``assay mine`` makes. This module only checks input before anything is written (image bytes that decode, a box
-inside the image) and turns a saved selection (``selections/<query_id>.parquet``) into a gallery, a manifest CSV
-or a COCO JSON.
+inside the image) and turns a saved selection (``selections/<query_id>.parquet``) into a gallery and the downloads
+of ``assay export`` (:func:`actors.selection.export.export_bytes`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 
 import pandas as pd
@@ -214,23 +213,19 @@ def thumbnail(uri: str, box: tuple[float, float, float, float], mtime=None) -> b
     return buf.getvalue()
 
 
-def manifest_csv(hits: pd.DataFrame) -> str:
-    """The selection as a manifest CSV: image_id, uri, rank, score, x0, y0, x1, y1 (pixels)."""
-    cols = ["image_id", "uri", "rank", "score", "x0", "y0", "x1", "y1"]
-    return hits.reindex(columns=cols).to_csv(index=False)
+def export_file(ws, query_id: str, fmt: str) -> tuple[str, bytes]:
+    """Selection ``query_id`` as one download in ``fmt`` (csv, parquet, coco, fiftyone: a zip of its folder): the
+    files ``assay export`` writes (:func:`actors.selection.export.export_bytes`), cached until the selection, its
+    query or the catalog changes. ``(file name, bytes)``; :class:`UserError` when the format cannot be written."""
+    from actors.catalog.schema import IMAGES
+
+    stamps = (_stamp(ws, f"selections/{query_id}.parquet"), _stamp(ws, f"queries/{query_id}.json"), _stamp(ws, IMAGES))
+    return _export(ws.uri, query_id, fmt, stamps)
 
 
-def coco_json(hits: pd.DataFrame, query_id: str) -> str:
-    """The selection as COCO JSON: one image per hit (file_name = uri) and its matched box as an annotation with
-    the score; category ``query-<query_id>``."""
-    images, anns = [], []
-    for i, r in enumerate(hits.to_dict("records"), start=1):
-        w = None if pd.isna(r.get("width")) else int(r["width"])
-        h = None if pd.isna(r.get("height")) else int(r["height"])
-        images.append({"id": i, "file_name": r.get("uri") if isinstance(r.get("uri"), str) else r["image_id"],
-                       "width": w, "height": h, "assay_image_id": r["image_id"]})
-        bw, bh = float(r["x1"] - r["x0"]), float(r["y1"] - r["y0"])
-        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [float(r["x0"]), float(r["y0"]), bw, bh],
-                     "area": bw * bh, "iscrowd": 0, "score": float(r["score"]), "rank": int(r["rank"])})
-    return json.dumps({"info": {"description": f"Assay selection {query_id}"}, "images": images,
-                       "annotations": anns, "categories": [{"id": 1, "name": f"query-{query_id}"}]}, indent=1)
+@st.cache_data(show_spinner=False, max_entries=32)
+def _export(uri: str, query_id: str, fmt: str, stamps) -> tuple[str, bytes]:
+    from actors.core.workspace import Workspace
+    from actors.selection.export import export_bytes
+
+    return export_bytes(Workspace(uri), query_id, fmt)

@@ -14,6 +14,14 @@ from apps.planner.common import missing, run_page, workspace
 PAGE_SIZE = 12
 CANVAS_WIDTH = 640
 SELECTED = "sel_query_id"
+EXPORTS = [  # (button, format of `assay export`, MIME type)
+    ("Export manifest (CSV)", "csv", "text/csv"),
+    ("Export manifest (Parquet)", "parquet", "application/vnd.apache.parquet"),
+    ("Export COCO JSON", "coco", "application/json"),
+    ("Export for FiftyOne (zip)", "fiftyone", "application/zip"),
+]
+EXPORT_HELP = {"fiftyone": "Unzip, then fo.Dataset.from_dir(dataset_dir=DIR, "
+                           "dataset_type=fo.types.FiftyOneImageDetectionDataset); image paths are this machine's."}
 
 
 def _canvas():
@@ -149,11 +157,19 @@ def _gallery(ws, query_id: str) -> None:
             col.caption(f"{cap} (image not readable)")
         else:
             col.image(png, caption=cap)
-    d1, d2 = st.columns(2)
-    d1.download_button("Export manifest (CSV)", sd.manifest_csv(hits), file_name=f"selection-{query_id}.csv",
-                       mime="text/csv", key=f"sel_csv_{query_id}")
-    d2.download_button("Export COCO JSON", sd.coco_json(hits, query_id), file_name=f"selection-{query_id}.json",
-                       mime="application/json", key=f"sel_coco_{query_id}")
+    _exports(ws, query_id)
+
+
+def _exports(ws, query_id: str) -> None:
+    """One download button per format of ``assay export``; a format that cannot be written says why instead."""
+    for col, (label, fmt, mime) in zip(st.columns(len(EXPORTS)), EXPORTS):
+        try:
+            name, data = sd.export_file(ws, query_id, fmt)
+        except UserError as e:
+            col.caption(f"{label}: {e}")
+            continue
+        col.download_button(label, data, file_name=name, mime=mime, key=f"sel_{fmt}_{query_id}",
+                            help=EXPORT_HELP.get(fmt))
 
 
 def render() -> None:

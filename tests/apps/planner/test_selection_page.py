@@ -73,7 +73,8 @@ def test_run_a_query_and_browse_the_gallery(toy_ws):
     captions = _gallery(at)
     assert captions == [f"#{r + 1} · score {h.score:.3f} · {h.image_id}.png" for r, h in enumerate(want.hits)]
     labels = {b.label for b in at.get("download_button")}
-    assert labels == {"Export manifest (CSV)", "Export COCO JSON"}
+    assert labels == {"Export manifest (CSV)", "Export manifest (Parquet)", "Export COCO JSON",
+                      "Export for FiftyOne (zip)"}
 
 
 def test_open_a_saved_selection_paginates_and_exports(toy_ws):
@@ -89,14 +90,40 @@ def test_open_a_saved_selection_paginates_and_exports(toy_ws):
     at.number_input(key=f"sel_page_{sel.query_id}").set_value(2)
     ok(at.run())
     assert len(_gallery(at)) == 2
-    hits, _ = sd.load_selection(toy_ws, sel.query_id)
-    csv = sd.manifest_csv(hits).splitlines()
-    assert csv[0] == "image_id,uri,rank,score,x0,y0,x1,y1" and len(csv) == 15
-    coco = json.loads(sd.coco_json(hits, sel.query_id))
+    name, data = sd.export_file(toy_ws, sel.query_id, "csv")
+    csv = data.decode().splitlines()
+    assert name == f"selection-{sel.query_id}.csv" and len(csv) == 15
+    assert csv[0] == '"rank","image_id","uri","score","x0","y0","x1","y1","is_query"'
+    coco = json.loads(sd.export_file(toy_ws, sel.query_id, "coco")[1])
     assert len(coco["images"]) == len(coco["annotations"]) == 14
     a = coco["annotations"][0]
     assert a["bbox"][2] > 0 and a["score"] == pytest.approx(sel.hits[0].score, rel=1e-5)
     assert coco["images"][0]["file_name"].endswith(".png") and coco["images"][0]["width"] == W
+
+
+def test_a_selection_downloads_for_fiftyone_as_assay_export_writes_it(toy_ws, tmp_path):
+    """#25 item 4: the page exported CSV and COCO only, while `assay export --format fiftyone` wrote a FiftyOne
+    folder; the page now offers that folder as a zip, made by the same library function."""
+    import zipfile
+
+    from actors.selection.export import export_selection
+    from actors.selection.mine import mine
+    from apps.planner import selection_data as sd
+
+    sel = mine(toy_ws, image="img000", boxes=[(32, 32, 160, 128)], top_k=4, model="toy", image_size=(W, H))
+    at = _query_page()
+    at.radio(key="sel_mode").set_value("Open a saved selection")
+    ok(at.run())
+    button = next(b for b in at.get("download_button") if b.label == "Export for FiftyOne (zip)")
+    assert button.proto.url.endswith(".zip")
+    name, data = sd.export_file(toy_ws, sel.query_id, "fiftyone")
+    export_selection(toy_ws, sel.query_id, str(tmp_path / "fo"), fmt="fiftyone")  # what the CLI writes
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert sorted(z.namelist()) == ["data.json", "labels.json"]
+        for member in z.namelist():
+            assert z.read(member) == (tmp_path / "fo" / member).read_bytes()
+    assert name == f"selection-{sel.query_id}-fiftyone.zip"
+    assert len(json.loads((tmp_path / "fo" / "labels.json").read_text())["labels"]) == 4
 
 
 def test_images_and_selections_are_named_by_file_not_by_hex_id(toy_ws, tmp_path):
