@@ -4,6 +4,7 @@ with no split, backbone or model flag, and the messages they meet on the way."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +41,36 @@ def _ok(args: list[str]):
     return res
 
 
+def readme_five_commands() -> list[list[str]]:
+    """The README's "Your own images in five commands" block, each command split into its arguments."""
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    block = text.split("## Your own images in five commands", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
 def test_own_jpeg_folder_goes_ingest_embed_index_mine_with_no_flags(tmp_path):
+    """The README's five commands, as written, on a folder of JPEGs (only paths substituted; embed runs --local here
+    instead of on Ray, and --json is added to read the results)."""
     photos = make_photos(tmp_path / "photos")
     ws = str(tmp_path / "ws")
-    _ok(["ingest", str(tmp_path / "photos"), "-w", ws])
+    commands = readme_five_commands()
+    assert [c[:2] for c in commands] == [["assay", "ingest"], ["assay", "embed"], ["assay", "index"],
+                                         ["assay", "mine"], ["assay", "show"]]
+    subst = {"photos/": str(tmp_path / "photos"), "my-ws": ws, "photos/query.jpg": str(photos[2]),
+             "120,80,180,140": BOX}
+    out: dict = {}
+    for cmd in commands:
+        args = [subst.get(a, a) for a in cmd[1:]]
+        if args[0] == "show":
+            args[1] = out["mine"]["query_id"]
+        extra = ["--local"] if args[0] == "embed" else []
+        out[args[0]] = json.loads(_ok(args + extra + ["--json"]).stdout)
     cat = json.loads(_ok(["catalog", "-w", ws, "--json"]).stdout)
     assert cat["images_by_split"] == {"pool": {"ok": 6}}  # a folder is the pool: what embed reads by default
-    rep = json.loads(_ok(["embed", "-w", ws, "--local", "--json"]).stdout)
-    assert rep["n_embedded"] == rep["n_images"] == 6
-    assert json.loads(_ok(["index", "-w", ws, "--json"]).stdout)[0]["images"] == 6
-    out = json.loads(_ok(["mine", "-w", ws, "--image", str(photos[2]), "--box", BOX, "-k", "3", "--json"]).stdout)
-    assert len(out["hits"]) == 3
+    assert out["embed"]["n_embedded"] == out["embed"]["n_images"] == 6
+    assert out["index"][0]["images"] == 6
+    assert len(out["mine"]["hits"]) == 5 and all(h["uri"] for h in out["mine"]["hits"])  # 6 photos less the query
+    assert Path(out["show"]["sheet"]).is_file()
 
 
 def test_embed_with_nothing_in_its_split_says_what_to_run(tmp_path, capsys):
