@@ -32,6 +32,7 @@ class EvalReport:
     n_images: int = 0
     n_gt: int = 0
     n_det: int = 0
+    by_area: dict[str, dict[str, float | None]] = field(default_factory=dict)  # name -> {map, map50, n_gt}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,8 +64,13 @@ def _coco_dicts(gt: Mapping, dets: Mapping, classes: Sequence[str]) -> tuple[dic
     return {"images": images, "annotations": anns, "categories": cats}, results, ids
 
 
-def evaluate_detections(gt: Mapping[str, tuple], dets: Mapping[str, tuple], classes: Sequence[str]) -> EvalReport:
+def evaluate_detections(gt: Mapping[str, tuple], dets: Mapping[str, tuple], classes: Sequence[str],
+                        area_ranges: Mapping[str, tuple[float, float]] | None = None) -> EvalReport:
     """COCO metrics of ``dets`` against ``gt`` over the images of ``gt`` (detections on other images are ignored).
+
+    ``area_ranges``: extra named box-area ranges in px² (``{"<1%": (0, 1966)}``), each evaluated the COCO way
+    (ground truth outside the range and unmatched detections outside it are ignored) into ``by_area[name]`` =
+    ``{"map", "map50", "n_gt"}``.
 
     Raises
     ------
@@ -96,6 +102,7 @@ def evaluate_detections(gt: Mapping[str, tuple], dets: Mapping[str, tuple], clas
             found.createIndex()
         ev = COCOeval(coco, found, "bbox")
         ev.params.maxDets = [1, 10, 100]
+        by_area = _by_area(coco, found, area_ranges or {}, data["annotations"])
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -109,7 +116,32 @@ def evaluate_detections(gt: Mapping[str, tuple], dets: Mapping[str, tuple], clas
         per50[c] = float(p50[p50 > -1].mean()) if (p50 > -1).any() else None
     return EvalReport(map=max(0.0, float(s[0])), map50=max(0.0, float(s[1])), map75=max(0.0, float(s[2])),
                       ap_small=_none(s[3]), ap_medium=_none(s[4]), ap_large=_none(s[5]),
-                      per_class_ap=per, per_class_ap50=per50, n_images=len(gt), n_gt=n_gt, n_det=n_det)
+                      per_class_ap=per, per_class_ap50=per50, n_images=len(gt), n_gt=n_gt, n_det=n_det,
+                      by_area=by_area)
+
+
+def _by_area(coco, found, ranges: Mapping[str, tuple[float, float]], anns: list) -> dict:
+    from pycocotools.cocoeval import COCOeval
+
+    out = {}
+    for name, (lo, hi) in ranges.items():
+        n = sum(1 for a in anns if lo <= a["area"] < hi)
+        ev = COCOeval(coco, found, "bbox")
+        ev.params.maxDets = [100]
+        ev.params.areaRng, ev.params.areaRngLbl = [[float(lo), float(hi)]], [name]
+        ev.evaluate()
+        ev.accumulate()
+        p = ev.eval["precision"][:, :, :, 0, 0]  # T×R×K
+        ok = bool((p > -1).any())
+        out[name] = {"map": float(np.mean([_class_mean(p[t]) for t in range(p.shape[0])])) if ok else None,
+                     "map50": _class_mean(p[0]) if ok else None, "n_gt": n}
+    return out
+
+
+def _class_mean(p: np.ndarray) -> float:
+    """Mean over classes (with ground truth) of the precision averaged over recall points: COCO's AP at one IoU."""
+    per = [p[:, k][p[:, k] > -1].mean() for k in range(p.shape[1]) if (p[:, k] > -1).any()]
+    return float(np.mean(per)) if per else 0.0
 
 
 __all__ = ["EvalReport", "evaluate_detections"]

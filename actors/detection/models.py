@@ -168,15 +168,17 @@ class TorchvisionDetector(Detector):
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
-        out = []
-        k = len(self.classes)
-        for r in self.model(list(inputs.float())):
-            lab = (r["labels"] - 1).clamp(0, k - 1)
-            s = r["scores"]
-            probs = ((1 - s) / max(1, k - 1))[:, None].repeat(1, k) if k > 1 else torch.ones(len(s), 1)
-            probs[torch.arange(len(s)), lab] = s if k > 1 else 1.0
-            out.append({"boxes": r["boxes"], "scores": s, "labels": lab, "probs": probs})
-        return out
+        return [from_torchvision(r, len(self.classes)) for r in self.model(list(inputs.float()))]
+
+
+def from_torchvision(r: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """A torchvision detection result (labels 1..K, 0 the background) as Assay's: labels 0..K-1 and a class
+    distribution per detection (its score on its class, the rest spread evenly), what the entropy score reads."""
+    lab = (r["labels"] - 1).clamp(0, k - 1)
+    s = r["scores"]
+    probs = ((1 - s) / max(1, k - 1))[:, None].repeat(1, k) if k > 1 else torch.ones(len(s), 1)
+    probs[torch.arange(len(s)), lab] = s if k > 1 else 1.0
+    return {"boxes": r["boxes"], "scores": s, "labels": lab, "probs": probs}
 
 
 def _transform_kw(image_size: tuple[int, int]) -> dict:
@@ -215,5 +217,7 @@ def _faster(classes: list[str], *, backbone: str = "efficientnet-lite0", random_
                                                 "image_size": list(image_size)})
 
 
+from actors.detection import cached_heads  # noqa: E402,F401  (registers the torchvision-head peers)
+
 __all__ = ["DEFAULT_DETECTOR", "Detector", "CachedDenseDetector", "TorchvisionDetector", "register_detector",
-           "list_detectors", "get_detector"]
+           "list_detectors", "get_detector", "from_torchvision"]

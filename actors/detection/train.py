@@ -3,7 +3,8 @@
 
 Contract
 --------
-* :func:`train_detector` trains ``det`` on :class:`DetectionData` for ``cfg.epochs`` epochs (AdamW, linear
+* :func:`train_detector` trains ``det`` on :class:`DetectionData` for ``cfg.epochs`` epochs, or more when that
+  would be under ``cfg.min_steps`` gradient steps (a small labeled set then still trains enough) (AdamW, linear
   warm-up then cosine decay per step, horizontal-flip augmentation). Epoch ``e`` shuffles and flips with a
   generator seeded by ``(cfg.seed, e)``, and the model is initialised from ``cfg.seed``; so a run resumed from the
   checkpoint of epoch ``e`` replays exactly the epochs an uninterrupted run would have (same result, on the same
@@ -45,6 +46,11 @@ class TrainConfig:
     warmup: float = 0.05
     hflip: bool = True
     seed: int = 0
+    min_steps: int = 0  # at least this many gradient steps: epochs are raised for a small labeled set
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs run on data of ``steps_per_epoch`` batches: ``epochs``, raised to reach ``min_steps``."""
+        return max(self.epochs, math.ceil(self.min_steps / max(1, steps_per_epoch)))
 
     @classmethod
     def get_default_config(cls) -> "TrainConfig":
@@ -250,7 +256,8 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     shapes = data.shapes()
     steps_per_epoch = max(1, len(shape_batches(shapes, range(len(data)), cfg.batch_size)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup))
+    epochs = cfg.epochs_for(steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(epochs * steps_per_epoch, cfg.warmup))
     config, start = config_of(det, cfg, init), 0
     if ckpt and ws is not None and resume and ws.exists(ckpt):
         ck = read_checkpoint(ws, ckpt)
@@ -265,8 +272,8 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
         data = data.to_float()
     losses = []
     det.train()
-    bar = tqdm(total=cfg.epochs, initial=start, desc="train detector", unit="epoch", disable=not progress)
-    for epoch in range(start, cfg.epochs):
+    bar = tqdm(total=epochs, initial=start, desc="train detector", unit="epoch", disable=not progress)
+    for epoch in range(start, epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(data), generator=g)
         flips = (torch.rand(len(data), generator=g) < 0.5) & cfg.hflip
@@ -290,7 +297,7 @@ def train_detector(det: Detector, data: DetectionData, cfg: TrainConfig | None =
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     det.eval()
-    return TrainResult(epochs=cfg.epochs - start, resumed_from=start, losses=losses,
+    return TrainResult(epochs=epochs - start, resumed_from=start, losses=losses,
                        seconds=time.monotonic() - t0, checkpoint=ckpt)
 
 

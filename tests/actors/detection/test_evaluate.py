@@ -50,6 +50,15 @@ def test_ap_by_size():
     assert r.ap_large == pytest.approx(1.0) and r.ap_small == pytest.approx(0.0)
 
 
+def test_ap_by_named_area_range_ignores_objects_outside_it():
+    gt = {"a": (np.array([[0, 0, 10, 10], [100, 100, 200, 200]], float), np.array([0, 0]))}
+    found_large = {"a": (np.array([[100, 100, 200, 200]], float), np.ones(1), np.zeros(1, int))}
+    r = evaluate_detections(gt, found_large, CLASSES, area_ranges={"tiny": (0, 500), "big": (500, 1e9)})
+    assert r.by_area["big"]["map50"] == pytest.approx(1.0) and r.by_area["big"]["n_gt"] == 1
+    assert r.by_area["tiny"]["map50"] == pytest.approx(0.0) and r.by_area["tiny"]["n_gt"] == 1
+    assert r.map50 == pytest.approx(0.5, abs=0.01)  # over both objects: one of two found
+
+
 def test_bad_label_is_an_error():
     with pytest.raises(ValueError, match="label outside"):
         evaluate_detections({"a": (np.zeros((1, 4)) + [0, 0, 5, 5], np.array([7]))}, {}, CLASSES)

@@ -81,6 +81,10 @@ def test_every_detector_trains_a_step_and_predicts(name):
     for r in out:
         assert r["boxes"].shape[1] == 4 and r["probs"].shape[1] == len(CLASSES)
         assert torch.allclose(r["probs"].sum(1), torch.ones(len(r["probs"])), atol=1e-4)
+    state = {k: v.clone() for k, v in det.trainable_state().items()}
+    det.reset(1)
+    det.load_trainable_state(state)  # a checkpoint's weights come back whole
+    assert all(torch.equal(v, det.trainable_state()[k]) for k, v in state.items())
 
 
 def _shift(state, by=0.05):
@@ -163,3 +167,12 @@ def test_train_and_predict_on_maps_of_mixed_sizes():
     for i, (w, h) in enumerate(data.sizes):
         boxes = out[f"im{i}"]["boxes"]
         assert (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()
+
+
+def test_min_steps_raises_the_epochs_of_a_small_labeled_set_only():
+    """6 images in batches of 2 are 3 steps an epoch: min_steps=20 needs 7 epochs; a larger epochs count stays."""
+    steps: list[tuple[int, int]] = []
+    res = train_detector(_det(), _data(), TrainConfig(epochs=2, batch_size=2, min_steps=20),
+                         on_step=lambda e, s: steps.append((e, s)))
+    assert res.epochs == 7 and len(steps) == 21 and len(res.losses) == 7
+    assert TrainConfig(epochs=9, min_steps=20).epochs_for(3) == 9 and TrainConfig(epochs=2).epochs_for(3) == 2
