@@ -1,5 +1,6 @@
 """#24 item 3: concurrent writers of ``catalog/labels.parquet`` (labels import, pseudo-labels, COCO ingest), real
-processes started together, keep every writer's rows; ``Workspace.locked`` itself, from processes."""
+processes started together, keep every writer's rows; ``Workspace.locked`` itself, from processes; a reader while
+another process keeps replacing the file reads it whole every time."""
 
 from __future__ import annotations
 
@@ -58,7 +59,14 @@ def _counter_writer(ws: Workspace, folder: Path) -> None:
             ws.write_table("counts.parquet", pa.Table.from_pylist(old + [{"writer": folder.name, "k": k}]))
 
 
-WRITERS = {"import": _import_writer, "pseudo": _pseudo_writer, "ingest": _ingest_writer, "counter": _counter_writer}
+def _replacer(ws: Workspace, folder: Path) -> None:
+    for k in range(REPLACES):  # no lock: plain write_table (temp + rename) of a 20,000-row file, two contents
+        ws.write_table("big.parquet", pa.Table.from_pylist([{"k": k % 2, "v": i} for i in range(20_000)]))
+
+
+REPLACES = 60
+WRITERS = {"import": _import_writer, "pseudo": _pseudo_writer, "ingest": _ingest_writer, "counter": _counter_writer,
+           "replacer": _replacer}
 
 
 def _run(name: str, root: str, folder: str, start) -> None:
@@ -108,3 +116,20 @@ def test_locked_read_modify_writes_from_processes_keep_every_update(workspace, t
     assert sorted((r["writer"], r["k"]) for r in rows) == [(f"w{i}", k) for i in range(3) for k in range(N)]
     assert workspace.listdir("") == ["counts.parquet"]  # the lock file is not a workspace file
 
+
+
+def test_a_reader_while_another_process_replaces_the_file_reads_it_whole(workspace, tmp_path):
+    """Regression: readers opened the path after a stat, and a rename in between failed the read (147 of 5,889)."""
+    workspace.write_table("big.parquet", pa.Table.from_pylist([{"k": 1, "v": i} for i in range(20_000)]))
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(2)
+    proc = ctx.Process(target=_run, args=("replacer", workspace.uri, str(tmp_path / "w"), start))
+    proc.start()
+    start.wait()
+    reads = 0
+    while proc.is_alive() or reads == 0:
+        t = workspace.read_table("big.parquet")  # a failed or torn read raises or fails the check below
+        assert t.num_rows == 20_000 and len(set(t.column("k").to_pylist())) == 1
+        reads += 1
+    proc.join()
+    assert proc.exitcode == 0 and reads > 1
