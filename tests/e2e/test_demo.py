@@ -7,7 +7,11 @@ import json
 from apps.cli.main import main
 
 
-def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster):
+def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster, monkeypatch):
+    from apps.cli import demo as demo_mod
+
+    monkeypatch.setitem(demo_mod.DEMO_LEARN, "min_steps", 0)  # the curve's plumbing, not its 200 steps a round
+    monkeypatch.setitem(demo_mod.DEMO_LEARN, "epochs", 6)
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--images", "60", "--top-k", "5", "--json"]
     assert main(args) == 0
