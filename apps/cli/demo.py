@@ -178,7 +178,14 @@ def _estimate_and_plan(n, v) -> dict:
     from estimators.prior import load_prior
     from estimators.requirement import estimate_requirement
 
-    curve = make_curve(n, v, name="detector val mAP@.5")
+    from estimators.curves import CurveError
+
+    try:
+        curve = make_curve(n, v, name="detector val mAP@.5")
+    except CurveError as e:  # e.g. a tiny --images world whose detector found nothing in any round
+        console.print(f"no estimate or plan: the learning curve cannot be fitted ({e}); a larger world "
+                      "(--images) gives the detector enough labeled images to learn from")
+        return {"skipped": str(e)}
     target = min(99.0, round(max(v) + 5.0))
     prior = load_prior()  # as `assay estimate` / `assay plan` without --past
     source = f"default: the shipped {prior.describe()}"

@@ -41,3 +41,13 @@ def test_the_demo_plan_uses_the_cap_of_assay_plan_and_the_app():
         out = demo._estimate_and_plan(n, v)
     assert out["plan"]["max_total"] == DEFAULT_CAP_FACTOR * max(n)
     assert f"at most {DEFAULT_CAP_FACTOR:g}x today's set" in cap.get()
+
+
+def test_a_flat_learning_curve_skips_estimate_and_plan_with_the_reason(capsys):
+    """A tiny --images world can leave the detector at 0 in every round: the demo says so and goes on."""
+    from apps.cli.demo import _estimate_and_plan
+
+    out = _estimate_and_plan([5, 15, 25], [0.0, 0.0, 0.0])
+    assert "flat curve" in out["skipped"]
+    assert "no estimate or plan" in capsys.readouterr().out
+    assert "plan" in _estimate_and_plan([5, 15, 25], [2.0, 6.0, 9.0])
