@@ -49,8 +49,9 @@ def learn(workspace: WorkspaceOpt = "./assay-workspace",
                                                           "(query id or .parquet): its images are labeled first.")] = None,
           initial: Annotated[int, typer.Option("--initial", help="Initial labeled images (from --initial-split).")] = 20,
           epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per round.")] = 24,
-          detector: Annotated[str, typer.Option("--detector", help="dense-lite0 (CPU default), fcos-lite0, "
-                                                "fasterrcnn-lite0.")] = "dense-lite0",
+          detector: Annotated[str, typer.Option("--detector", help="dense-lite0 (CPU default); on its cached "
+                                                "map fcos-head-lite0, ssdlite-head-lite0, retinanet-head-lite0; "
+                                                "end to end fcos-lite0, fasterrcnn-lite0.")] = "dense-lite0",
           max_pool: Annotated[Optional[int], typer.Option("--max-pool", help="Score at most this many pool "
                                                           "images (seeded sample).")] = None,
           run: Annotated[Optional[str], typer.Option("--run", help="Run id (resume it when it exists).")] = None,

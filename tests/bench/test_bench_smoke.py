@@ -28,7 +28,7 @@ def _digests(stem: str) -> dict[str, str]:
 # benches that start no Ray instance run in the test's own process (no second interpreter and torch import, about
 # 5 s each); their process-wide settings (torch and FAISS threads, environment, argv) are restored afterwards
 IN_PROCESS = {"ingest.py", "backbone_quality.py", "targeted_selection.py", "feature_store.py",
-              "targeted_selection_backbones.py", "selection_ceiling.py"}
+              "targeted_selection_backbones.py", "selection_ceiling.py", "detector_ceiling.py"}
 
 
 def _smoke(script: str, *args: str, timeout: int = 600) -> None:
@@ -68,6 +68,18 @@ def _run_in_process(script: str, argv: list[str]) -> None:
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_detector_ceiling_smoke(tmp_path):
+    _smoke("detector_ceiling.py", "--out-dir", str(tmp_path), "--detectors", "dense-lite0", "fcos-head-lite0")
+    rep = json.loads((tmp_path / "detector_ceiling.json").read_text())
+    assert rep["smoke"] is True and [r["detector"] for r in rep["runs"]] == ["dense-lite0", "fcos-head-lite0"]
+    for r in rep["runs"]:
+        assert r["n_train_images"] > 0 and r["train_s"] > 0
+        for e in r["eval"].values():
+            assert 0 <= e["map50"] <= 1 and set(e["by_area"]) == {"<1%", ">=1%"}
+            assert sum(b["n_gt"] for b in e["by_area"].values()) == e["n_gt"]
+    assert "| fcos-head-lite0 |" in (tmp_path / "detector_ceiling.md").read_text()
 
 
 @pytest.mark.slow
