@@ -173,12 +173,10 @@ def _sheet(ws, img: dict, box, sel, correct) -> Path:
 
 
 def _estimate_and_plan(n, v) -> dict:
-    from estimators.curves import make_curve
+    from estimators.curves import CurveError, make_curve
     from estimators.loc import DEFAULT_CAP_FACTOR, plan_collection
     from estimators.prior import load_prior
     from estimators.requirement import estimate_requirement
-
-    from estimators.curves import CurveError
 
     try:
         curve = make_curve(n, v, name="detector val mAP@.5")
@@ -264,6 +262,7 @@ def demo(out: Annotated[Optional[str], typer.Option(
     ws_dir = Path(workspace).resolve() if workspace else root / "workspace"
     result: dict = {"out": str(root), "workspace": str(ws_dir)}
     console.quiet = as_json  # --json: stdout carries only the JSON document (progress bars go to stderr)
+    start = time.perf_counter()
     try:
         t0 = _step("1. world")
         ws = _world(root, ws_dir, images, seed)
@@ -285,6 +284,8 @@ def demo(out: Annotated[Optional[str], typer.Option(
         t0 = _step("7. compress the detector (latency budget 0.5)")
         result["compress"] = _compress(ws, ws_dir)
         _done(t0, "compression")
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        console.print(f"demo finished in {result['seconds']:.0f}s (wall time of every step above)")
     finally:
         console.quiet = False  # also when a step fails: the console is shared by every later command
     if as_json:

@@ -18,6 +18,7 @@ def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster, monkeyp
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["catalog"]["images"] == 60
+    assert result["seconds"] > 0  # the demo's total wall time, printed as "demo finished in ...s"
     assert len(result["curve"]["n"]) >= 3 and result["curve"]["n"] == sorted(result["curve"]["n"])
     for method in ("template", "global"):
         sel = result["mine"][method]
