@@ -42,7 +42,7 @@ def _settings(a: argparse.Namespace) -> dict:
                 "splits": [["train", 0.3], ["val", 0.3], ["pool", 0.4]], "max_pool": None}
     return {"images": a.images, "size": a.size, "initial": a.initial, "budget": a.budget, "rounds": a.rounds,
             "epochs": a.epochs, "splits": [["train", 0.15], ["val", 0.25], ["pool", 0.6]], "max_pool": None,
-            "warm_start": a.warm_start, "pseudo_threshold": a.pseudo_threshold}
+            "warm_start": a.warm_start, "pseudo_threshold": a.pseudo_threshold, "min_steps": a.min_steps}
 
 
 def run_seed(seed: int, s: dict, work: str, names: tuple[str, ...] = STRATEGIES, tag: str = "") -> dict:
@@ -72,7 +72,7 @@ def run_seed(seed: int, s: dict, work: str, names: tuple[str, ...] = STRATEGIES,
         cfg = LearnConfig(rounds=s["rounds"], budget=s["budget"], strategy=strategy, pseudo=pseudo,
                           initial=s["initial"], max_pool=s["max_pool"], seed=seed,
                           warm_start=bool(s.get("warm_start")), **extra,
-                          train=TrainConfig(epochs=s["epochs"], seed=seed))
+                          train=TrainConfig(epochs=s["epochs"], min_steps=s.get("min_steps", 0), seed=seed))
         run_id = f"bench-{name.replace('+', '-')}{tag}"
         if first is not None and first != run_id:  # round 0 is the same model for every strategy: reuse it
             ws.makedirs(f"runs/{run_id}/models")
@@ -119,9 +119,11 @@ def summarize(per_seed: dict, s: dict) -> dict:
 
 def markdown(doc: dict) -> str:
     s, sm = doc["settings"], doc["summary"]
+    steps = f" (at least {s['min_steps']} steps)" if s.get("min_steps") else ""
     lines = [f"# Active learning on the embedded world (seeds {doc['seeds']}, tuned on seed {TUNING_SEED})", "",
              f"{s['images']} images of {s['size'][0]}×{s['size'][1]}, shapes + face (7 classes); initial {s['initial']}"
-             f" labeled, budget {s['budget']} per round, {s['rounds']} rounds, {s['epochs']} epochs per round; "
+             f" labeled, budget {s['budget']} per round, {s['rounds']} rounds, {s['epochs']} epochs per round"
+             f"{steps}; "
              "detector dense-lite0 (frozen EfficientNet-Lite0, cached stride-8 fused features, light FCOS-style head).",
              "", "mAP@.5 (%) on the val split, mean ± std over seeds:", "",
              "| strategy | " + " | ".join(f"n={n}" for n in sm["n_labeled"]) + " | labels to reach random's final |"
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=15)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--min-steps", type=int, default=0, help="At least this many gradient steps a round "
+                   "(TrainConfig.min_steps: a small labeled set is not also an undertrained model).")
     p.add_argument("--warm-start", action="store_true", help="Rounds >= 1 fine-tune the previous round's model.")
     p.add_argument("--pseudo-threshold", type=float, default=None, help="Pseudo-label confidence (default: "
                    "LearnConfig's).")
