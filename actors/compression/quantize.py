@@ -20,10 +20,12 @@ PyTorch: its accuracy is measured and reported, its latency is not claimed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import operator
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -69,12 +71,28 @@ def quantize_static(onnx_in: str, onnx_out: str, calibration: Sequence[np.ndarra
     tmp = onnx_out + ".tmp"
     meth = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
     extra = {"CalibPercentile": 99.99} if method == "percentile" else {}
-    ort_quantize(pre, tmp, _Reader(calibration, "images"), quant_format=formats[fmt], per_channel=per_channel,
-                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth,
-                 extra_options=extra, nodes_to_exclude=exclude)
+    with _quiet_root_logger():  # ORT logs "Axis 1 is out-of-range ..." on the root logger for 1-D constants
+        ort_quantize(pre, tmp, _Reader(calibration, "images"), quant_format=formats[fmt], per_channel=per_channel,
+                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth,
+                     extra_options=extra, nodes_to_exclude=exclude)
     os.replace(tmp, onnx_out)
     os.remove(pre)
     return onnx_out
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Root-logger records below ERROR dropped while the block runs (ONNX Runtime's quantizer logs its per-tensor
+    notes there, which would reach the user's terminal through logging's last-resort handler)."""
+    root = logging.getLogger()
+    level, guard = root.level, logging.NullHandler()  # a handler there keeps logging.warning() from basicConfig()
+    root.addHandler(guard)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.removeHandler(guard)
 
 
 def depthwise_convs(onnx_path: str) -> list[str]:
