@@ -19,15 +19,20 @@ Contract
 * Ingest is idempotent: an image already in the catalog (same ``image_id``) and a box already there (same
   ``image_id``, ``box_id``) are not added again. Both files are replaced atomically, images first, each read,
   merged and written under :meth:`Workspace.locked` (concurrent ingests and label writers keep every row).
-* Manifests stream in batches of ``batch_size`` rows: memory is bounded by the batch plus 8 bytes per known id.
+* Manifests stream in batches of ``batch_size`` rows (read ahead on one thread, written on another, normalised
+  and hashed with Arrow buffers rather than Python strings): memory is bounded by a few batches plus 8 bytes per
+  known id, whatever the row count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -72,36 +77,120 @@ class IngestReport:
 
 
 # --------------------------------------------------------------------------- ids
-def _ids(uris: list[str]) -> tuple[list[str], np.ndarray]:
-    """(hex ids, the same ids as uint64) for a batch of normalised URIs."""
-    heads = [hashlib.sha1(u.encode()).digest()[:8] for u in uris]
-    return [h.hex() for h in heads], np.frombuffer(b"".join(heads), dtype=">u8").astype(np.uint64)
+_HEX2 = np.array([int.from_bytes(f"{b:02x}".encode(), "little") for b in range(256)], "<u2")  # byte -> 2 digits
+_NIBBLE = np.full(256, 255, np.uint8)  # ASCII hex digit -> its value; 255: not a hex digit
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _NIBBLE[ord(chr(_c).upper())] = _i
 
 
-def _hex_to_u64(ids: pa.Array) -> np.ndarray:
-    return np.array([int(i, 16) for i in ids.to_pylist()], dtype=np.uint64)
+def _string_buffers(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, data) of a string array: value i (when not null) is ``data[offsets[i]:offsets[i + 1]]``."""
+    n = len(a)
+    offsets = np.frombuffer(a.buffers()[1], np.int32, n + 1, a.offset * 4)
+    data = a.buffers()[2]
+    return offsets, (np.frombuffer(data, np.uint8) if data is not None and data.size else np.zeros(1, np.uint8))
+
+
+def _ids(uris: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(hex ids as a string array, the same ids as uint64) for a string array of normalised URIs.
+
+    The SHA-1 of each URI's UTF-8 bytes, read straight from the Arrow buffer (no Python strings); the hex text is
+    built from the digests in numpy."""
+    a = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
+    a = a.cast(pa.string())
+    n = len(a)
+    if n == 0:
+        return pa.array([], pa.string()), np.zeros(0, np.uint64)
+    offsets, _ = _string_buffers(a)
+    data = a.buffers()[2].to_pybytes() if a.buffers()[2] is not None else b""
+    o, sha1 = offsets.tolist(), hashlib.sha1
+    digests = b"".join([sha1(data[i:j]).digest() for i, j in zip(o, islice(o, 1, None))])
+    heads = np.frombuffer(digests, np.uint8).reshape(n, 20)[:, :8]
+    text = _HEX2[heads]  # (n, 8) uint16: two hex digits per byte
+    hexes = pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, 16 * n + 1, 16, dtype=np.int32)),
+                                        pa.py_buffer(text))
+    return hexes, np.ascontiguousarray(heads).view(">u8").ravel().astype(np.uint64)
+
+
+def _hex_to_u64(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """uint64 of 16-digit hex ids (vectorised; ``int(i, 16)`` per id for any other form)."""
+    a = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    a = a.cast(pa.string())
+    if len(a) and not a.null_count:
+        offsets, data = _string_buffers(a)
+        if offsets[-1] - offsets[0] == 16 * len(a) and (np.diff(offsets) == 16).all():
+            nib = _NIBBLE[data[offsets[0]:offsets[-1]]].reshape(len(a), 16)
+            if (nib != 255).all():
+                heads = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2])
+                return heads.view(">u8").ravel().astype(np.uint64)
+    return np.array([int(i, 16) for i in a.to_pylist()], dtype=np.uint64)
 
 
 class _IdSet:
-    """Set of uint64 ids as a few sorted numpy runs (merged when they pile up): 8 bytes per id."""
+    """Set of uint64 ids: 8 bytes per id.
+
+    The ids (SHA-1 prefixes, so evenly spread) live in 64 parts by their top bits, each a few sorted numpy runs,
+    each at least ``GROWTH`` times the next: a run that comes near the one before it is merged into it. Few runs
+    make few binary searches per lookup; a merge copies one run of one part, so memory never jumps by more than a
+    small fraction of the set."""
+
+    BITS = 6
+    GROWTH = 16
 
     def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(1 << self.BITS)]
+        self._edges = np.arange(1 << self.BITS, dtype=np.uint64) << np.uint64(64 - self.BITS)
+        self.count = 0
 
-    def contains(self, x: np.ndarray) -> np.ndarray:
-        """Boolean mask: which of ``x`` are in the set."""
+    def __len__(self) -> int:
+        return self.count
+
+    def _bounds(self, x: np.ndarray) -> list[int]:
+        return np.append(np.searchsorted(x, self._edges), len(x)).tolist()
+
+    def contains(self, x: np.ndarray, *, is_sorted: bool = False) -> np.ndarray:
+        """Boolean mask: which of ``x`` are in the set (``is_sorted``: ``x`` is ascending, saving a sort)."""
+        x = np.asarray(x, np.uint64)
         hit = np.zeros(len(x), bool)
-        for r in self.runs:
-            i = np.minimum(np.searchsorted(r, x), len(r) - 1)
-            hit |= r[i] == x
-        return hit
+        if not self.count or not len(x):
+            return hit
+        order = None
+        if not is_sorted and len(x) > 1:
+            order = np.argsort(x, kind="stable")
+            x = x[order]
+        b = self._bounds(x)
+        for p, runs in enumerate(self.parts):
+            if runs and b[p] < b[p + 1]:
+                xs, h = x[b[p]:b[p + 1]], hit[b[p]:b[p + 1]]
+                for r in runs:
+                    i = np.searchsorted(r, xs)
+                    np.minimum(i, len(r) - 1, out=i)
+                    h |= r[i] == xs
+        if order is None:
+            return hit
+        out = np.empty_like(hit)
+        out[order] = hit
+        return out
 
-    def add(self, x: np.ndarray) -> None:
-        if len(x):
-            self.runs.append(np.unique(x))
-        while len(self.runs) > 1 and len(self.runs[-1]) * 2 >= len(self.runs[-2]):
-            b, a = self.runs.pop(), self.runs.pop()
-            self.runs.append(np.union1d(a, b))
+    def add(self, x: np.ndarray, *, is_sorted_unique: bool = False, absent: bool = False) -> None:
+        """Add ``x`` (``is_sorted_unique``: ascending without repeats; ``absent``: none of them is in the set yet,
+        which saves looking them up)."""
+        x = np.asarray(x, np.uint64)
+        if not is_sorted_unique:
+            x = np.unique(x)
+        if not absent and len(x):
+            x = x[~self.contains(x, is_sorted=True)]
+        self.count += len(x)
+        b = self._bounds(x)
+        for p, runs in enumerate(self.parts):
+            if b[p] < b[p + 1]:
+                runs.append(x[b[p]:b[p + 1]].copy())
+                while len(runs) > 1 and len(runs[-1]) * self.GROWTH >= len(runs[-2]):
+                    top, below = runs.pop(), runs.pop()
+                    merged = np.concatenate([below, top])
+                    del top, below
+                    merged.sort(kind="stable")  # two sorted runs of distinct ids: one linear merge
+                    runs.append(merged)
 
 
 # --------------------------------------------------------------------------- header checks
@@ -142,6 +231,33 @@ def scheme_error(uri: str) -> str:
         return ""
     scheme = uri.split("://", 1)[0].lower()
     return "" if scheme in SCHEMES else f"unsupported URI scheme '{scheme}' (readable: {', '.join(SCHEMES)})"
+
+
+# a URI that starts with a readable scheme (ASCII letters in either case: what ``str.lower`` maps into SCHEMES)
+_READABLE = "^(?:" + "|".join("".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in s) for s in SCHEMES) + ")://"
+
+
+def _scheme_errors(uris: pa.Array) -> pa.Array:
+    """:func:`scheme_error` of each URI of a string array without nulls: vectorised, and per row only for the URIs
+    whose scheme is not one of :data:`SCHEMES` in ASCII letters."""
+    n = len(uris)
+    blank = pa.nulls(n, pa.string()).fill_null("")
+    odd = pc.match_substring(uris, "://")
+    for scheme in SCHEMES:  # the usual lower-case prefixes first: a plain prefix test is cheaper than a regex
+        if not pc.any(odd).as_py():
+            return blank
+        odd = pc.and_not(odd, pc.starts_with(uris, f"{scheme}://"))
+    if not pc.any(odd).as_py():
+        return blank
+    rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
+    sub = uris.take(pa.array(rows))
+    rows = rows[~pc.match_substring_regex(sub, _READABLE).to_numpy(zero_copy_only=False)]  # S3://, Gs://...
+    if not len(rows):
+        return blank
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    reasons = [scheme_error(u) for u in uris.take(pa.array(rows)).to_pylist()]
+    return pc.replace_with_mask(blank, pa.array(mask), pa.array(reasons, pa.string()))
 
 
 def _open(uri: str):
@@ -215,12 +331,65 @@ def _to_int32(a: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.cast(pc.if_else(pc.match_substring_regex(s, r"^\d+$"), s, None), pa.int32())
 
 
+_NOT_NORMAL = r"//|/\.\.?(/|$)|/$"  # in a path that starts with "/": what os.path.normpath would change
+
+
+def _printable_ends(a: pa.Array) -> np.ndarray:
+    """Which values of a string array are non-null and start and end with printable ASCII other than a space, so
+    that ``str.strip`` leaves them as they are."""
+    n = len(a)
+    ok = np.ones(n, bool) if not a.null_count else a.is_valid().to_numpy(zero_copy_only=False)
+    offsets, data = _string_buffers(a)
+    ok &= offsets[1:] > offsets[:-1]
+    if not ok.any():
+        return ok
+    first, last = data[offsets[:-1][ok]], data[offsets[1:][ok] - 1]
+    ok[ok] = (first > 32) & (first < 127) & (last > 32) & (last < 127)
+    return ok
+
+
+def _normalize_uris(uris: pa.Array | pa.ChunkedArray, base: str | None) -> pa.Array:
+    """``normalize_uri(u, base)`` of each value, ``""`` for a null or blank one: a string array.
+
+    Vectorised for what manifests hold: URIs with a scheme (kept as given), and local paths, absolute or relative
+    to a local ``base``, that are already normal (no ``.``, ``..``, ``//`` or trailing ``/``); every other value
+    (surrounding whitespace, ``..``, a relative path under a remote ``base``…) goes through :func:`normalize_uri`
+    itself, so the result is the same."""
+    a = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
+    t = a.type.value_type if pa.types.is_dictionary(a.type) else a.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        return pa.array([normalize_uri(u, base) if u and u.strip() else "" for u in a.to_pylist()], pa.string())
+    a = a.cast(pa.string())
+    ok = _printable_ends(a)
+    out = a
+    if ok.any():
+        file = pc.starts_with(a, "file://")
+        v = pc.if_else(file, pc.utf8_slice_codeunits(a, 7), a) if pc.any(file).as_py() else a
+        scheme = pc.match_substring(v, "://")
+        fast = scheme
+        if os.sep == "/" and not pc.all(pc.or_(scheme, pa.array(~ok))).as_py():  # local paths among the fast rows
+            remote = bool(base) and "://" in base and not base.startswith("file://")
+            local = "" if remote else (base or os.getcwd()).removeprefix("file://")
+            if local.startswith("/"):  # os.path.join(local, v) of the relative ones
+                prefix = local if local.endswith("/") else local + "/"
+                v = pc.if_else(pc.or_(scheme, pc.starts_with(v, "/")), v, pc.binary_join_element_wise(prefix, v, ""))
+            normal = pc.and_not(pc.starts_with(v, "/"), pc.match_substring_regex(v, _NOT_NORMAL))
+            fast = pc.or_(scheme, normal)
+        ok &= fast.fill_null(False).to_numpy(zero_copy_only=False)
+        out = v
+    if ok.all():
+        return out
+    slow = ~ok
+    fixed = [normalize_uri(u, base) if u and u.strip() else "" for u in a.filter(pa.array(slow)).to_pylist()]
+    return pc.replace_with_mask(out, pa.array(slow), pa.array(fixed, pa.string()))
+
+
 def _manifest_batch(t: pa.Table, base: str, path: Path, first_row: int) -> pa.Table:
     """Normalise one manifest batch: uri resolved (null or blank stays ""), width/height int32, split/extras as
     strings, and ``_row``: each row's number in the file (CSV: its line; Parquet: 1-based), never written."""
     if "uri" not in t.column_names:
         raise UserError(f"{path}: manifest has no 'uri' column (columns: {', '.join(t.column_names)})")
-    cols: dict[str, Any] = {"uri": [normalize_uri(u, base) if u and u.strip() else "" for u in t["uri"].to_pylist()],
+    cols: dict[str, Any] = {"uri": _normalize_uris(t["uri"], base),
                             "_row": pa.array(np.arange(first_row, first_row + t.num_rows), pa.int64())}
     for name in ("width", "height"):
         if name in t.column_names:
@@ -242,9 +411,9 @@ def _manifest(path: Path, kind: str, batch_size: int,
     base = base or str(path.parent)
     try:
         if kind == "parquet":
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every row group read: memory ~ rows
             names, total = pf.schema_arrow.names, pf.metadata.num_rows
-            raw: Iterable = pf.iter_batches(batch_size=batch_size)
+            raw: Iterable = pf.iter_batches(batch_size=batch_size, use_threads=False)
         else:
             import pyarrow.csv as pacsv
 
@@ -259,7 +428,7 @@ def _manifest(path: Path, kind: str, batch_size: int,
         raise UserError(f"{path}: manifest has no rows")
     extras = [n if n not in RESERVED else f"manifest_{n}" for n in names
               if n not in ("uri", "width", "height", "split")]
-    return total, extras, _numbered(raw, base, path, kind)
+    return total, extras, _numbered(_prefetched(raw), base, path, kind)  # read ahead on a thread of its own
 
 
 def _numbered(raw: Iterable, base: str, path: Path, kind: str) -> Iterator[pa.Table]:
@@ -286,7 +455,8 @@ def _rebatch(batches: Iterable[pa.RecordBatch], n: int) -> Iterator[pa.RecordBat
 
 # --------------------------------------------------------------------------- the writer
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    cols = [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+    cols = [(t[f.name] if t[f.name].type == f.type else t[f.name].cast(f.type)) if f.name in t.column_names
+            else pa.nulls(t.num_rows, f.type) for f in schema]
     return pa.table(cols, schema=schema)
 
 
@@ -314,38 +484,59 @@ class _Ingestor:
             for r in t.filter(blank)["_row"].to_pylist():
                 self.report.fail(f"{self.source}: row {r}", "field 'uri' is empty")
             t = t.filter(pc.invert(blank))
-        hexes, u64 = _ids(t["uri"].to_pylist())
-        old = self.known.contains(u64)
-        first = np.zeros(len(u64), bool)
-        first[np.unique(u64, return_index=True)[1]] = True
-        keep = ~old & first & ~self.new.contains(u64)
-        self.report.already_present += int(old.sum())
-        self.report.duplicates += int((~old & ~keep).sum())
-        self.new.add(u64[keep])
-        t = t.filter(pa.array(keep)).append_column("image_id", pa.array([h for h, k in zip(hexes, keep) if k]))
-        return self._status(t)
+        hexes, u64 = _ids(t["uri"])
+        order = np.argsort(u64)  # sorted ids: one pass finds the first of equal ids, and lookups are faster
+        s = u64[order]
+        first_s = np.ones(len(s), bool)
+        first_s[1:] = s[1:] != s[:-1]
+        if not first_s.all():  # repeated ids: sort again keeping their order, so the first row of each is kept
+            order = np.argsort(u64, kind="stable")
+            s = u64[order]
+        old_s = self.known.contains(s, is_sorted=True)
+        keep_s = ~old_s & first_s & ~self.new.contains(s, is_sorted=True)
+        self.report.already_present += int(old_s.sum())
+        self.report.duplicates += int((~old_s & ~keep_s).sum())
+        self.new.add(s[keep_s], is_sorted_unique=True, absent=True)
+        keep = np.empty_like(keep_s)
+        keep[order] = keep_s
+        if not keep.all():
+            mask = pa.array(keep)
+            t, hexes = t.filter(mask), hexes.filter(mask)
+        return self._status(t.append_column("image_id", hexes))
+
+    def _where(self, t: pa.Table, rows: np.ndarray) -> list[str]:
+        """How the report names rows ``rows`` of ``t``: the URI, and its manifest row when known."""
+        take = pa.array(rows, pa.int64())
+        uris = t["uri"].take(take).to_pylist()
+        if "_row" not in t.column_names:
+            return uris
+        return [f"{u} (row {r})" for u, r in zip(uris, t["_row"].take(take).to_pylist())]
 
     def _status(self, t: pa.Table) -> pa.Table:
         n = t.num_rows
-        uris = t["uri"].to_pylist()
-        where = ([f"{u} (row {r})" for u, r in zip(uris, t["_row"].to_pylist())] if "_row" in t.column_names
-                 else uris)
+        uri = t["uri"].combine_chunks()
         if self.check:
-            checked = list(self.pool.map(check_image, uris))
-            w, h, status, error = (list(c) for c in zip(*checked)) if n else ([], [], [], [])
+            checked = list(self.pool.map(check_image, uri.to_pylist()))
+            w, h, status_l, error_l = (list(c) for c in zip(*checked)) if n else ([], [], [], [])
             t = t.drop_columns([c for c in ("width", "height") if c in t.column_names])
             t = t.append_column("width", pa.array(w, pa.int32())).append_column("height", pa.array(h, pa.int32()))
+            status, error = pa.array(status_l, pa.string()), pa.array(error_l, pa.string())
+            bad = np.array([s_ == "error" for s_ in status_l], bool)
         else:  # no header reads, but a scheme nothing can read is still an error row
-            error = [scheme_error(u) for u in uris]
-            status = ["error" if e else "unchecked" for e in error]
-        for at, s, e in zip(where, status, error):
-            if s == "error":
+            error = _scheme_errors(uri)
+            ok = pc.equal(error, "")
+            status = pc.if_else(ok, pa.scalar("unchecked"), pa.scalar("error"))
+            bad = pc.invert(ok).to_numpy(zero_copy_only=False)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            for at, e in zip(self._where(t, rows), error.take(pa.array(rows, pa.int64())).to_pylist()):
                 self.report.fail(at, e)
-        split = [self.split] * n if self.split is not None else (
-            pc.fill_null(t["split"], "") if "split" in t.column_names else [""] * n)
+        split = pa.repeat(pa.scalar(self.split, pa.string()), n) if self.split is not None else (
+            pc.fill_null(t["split"], "") if "split" in t.column_names else pa.repeat(pa.scalar("", pa.string()), n))
         t = t.drop_columns([c for c in ("split",) if c in t.column_names])
-        for name, values in (("split", split), ("status", status), ("error", error), ("source", [self.source] * n)):
-            t = t.append_column(name, pa.array(values, pa.string()) if isinstance(values, list) else values)
+        for name, values in (("split", split), ("status", status), ("error", error),
+                             ("source", pa.repeat(pa.scalar(self.source, pa.string()), n))):
+            t = t.append_column(name, values)
         self.report.added += n
         return t
 
@@ -354,22 +545,133 @@ class _Ingestor:
             self.pool.shutdown()
 
 
+class _Background:
+    """Calls ``fn`` on each item put, in order, on a thread of its own: Parquet encoding and compression release
+    the GIL, so writing one batch overlaps building the next. At most ``depth`` items wait; an error of ``fn``
+    is raised by the next :meth:`put` or by :meth:`close`."""
+
+    def __init__(self, fn, depth: int = 2) -> None:
+        self.q: queue.Queue = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.abort = False
+        self.thread = threading.Thread(target=self._run, args=(fn,), name="ingest-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None and not self.abort:
+                try:
+                    fn(item)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    self.error = e
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(item)
+
+    def close(self, abort: bool = False) -> None:
+        """Wait until every item is written (``abort``: skip those still waiting); raise an error of ``fn``."""
+        self.abort = abort
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None and not abort:
+            raise self.error
+
+
+try:  # glibc: give the C heap's free pages back to the OS (elsewhere: nothing to do)
+    import ctypes
+
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):  # pragma: no cover
+    _malloc_trim = None
+
+
+def _release_memory() -> None:
+    """Hand the memory a finished batch freed back to the OS, so RSS stays flat over millions of rows instead of
+    creeping up with allocator caches and heap fragmentation (each call takes well under a millisecond)."""
+    pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _prefetched(items: Iterable, depth: int = 2) -> Iterator:
+    """``items``, produced on a thread of their own (reading and decoding a manifest batch is Arrow code that
+    releases the GIL, so it overlaps hashing the previous one); an error is raised where it happened in the
+    sequence. At most ``depth`` items wait; closing the generator stops the thread."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put((x, None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - raised in the consumer's thread
+            put((None, e))
+            return
+        put((_DONE, None))
+
+    thread = threading.Thread(target=run, name="ingest-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, error = q.get()
+            if error is not None:
+                raise error
+            if x is _DONE:
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()
+
+
+_DONE = object()
+
+
 def _write_images(ws: Workspace, ing: _Ingestor, batches: Iterable[pa.Table], extras: list[str], bar) -> None:
     """Stream the old catalog and the new rows into a temp file, then atomically replace the catalog."""
     schema = _catalog_schema(ws, extras)
     had = ws.exists(IMAGES)
 
     def write(tmp: str) -> None:
-        with pq.ParquetWriter(tmp, schema, filesystem=ws.fs, compression="zstd") as w:
-            if had:
-                for b in ws.iter_batches(IMAGES):
-                    ing.known.add(_hex_to_u64(b.column("image_id")))
-                    w.write_table(_conform(pa.table(b), schema))
-            for t in batches:
-                rows = ing.rows(t)
-                if rows.num_rows:
-                    w.write_table(_conform(rows, schema))
-                bar.update(t.num_rows)
+        # image_id and uri differ on every row: dictionary-encoding them only costs time (and bytes)
+        with pq.ParquetWriter(tmp, schema, filesystem=ws.fs, compression="zstd",
+                              use_dictionary=[n for n in schema.names if n not in ("image_id", "uri")]) as w:
+            pool = pa.default_memory_pool()
+
+            def put(t: pa.Table) -> None:
+                w.write_table(_conform(t, schema))
+                pool.release_unused()
+
+            out = _Background(put)
+            try:
+                if had:
+                    with ws.fs.open_input_file(ws.path(IMAGES)) as f:  # no pre-buffering: memory stays flat
+                        for b in pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=65536):
+                            ing.known.add(_hex_to_u64(b.column("image_id")))
+                            out.put(pa.table(b))
+                for t in batches:
+                    rows = ing.rows(t)
+                    if rows.num_rows:
+                        out.put(rows)
+                    bar.update(t.num_rows)
+                    del t, rows
+                    _release_memory()
+            except BaseException:
+                out.close(abort=True)
+                raise
+            out.close()
 
     ws._atomic(IMAGES, write)
 
@@ -445,6 +747,8 @@ def ingest(source: str | os.PathLike, ws: Workspace | str, *, split: str | None 
             _write_images(ws, ing, batches, extras, bar)
     finally:
         ing.close()
+        if hasattr(batches, "close"):  # stops the reader thread of a manifest that was not read to its end
+            batches.close()
     with ws.locked(LABELS):
         if kind == "coco" or not ws.exists(LABELS):
             _write_labels(ws, labels, report)
