@@ -106,7 +106,7 @@ def _ingest_report(workspace: str, out: dict) -> dict:
 
 def embed_step(workspace: str, *, backbone: str = DEFAULT_BACKBONE, name: str | None = None,
                splits: Sequence[str] | None = ("pool",), actors: int | None = None, batch_size: int | None = None,
-               num_gpus: float | None = None, shard_size: int = 256, local: bool = False, **options: Any) -> dict:
+               num_gpus: float | None = None, shard_size: int = 256, local: bool | None = None, **options: Any) -> dict:
     """Embed the catalog images not embedded yet into ``features/<name>/``, as ``assay embed`` does (finished shards
     are skipped); ``splits=None``: every readable image. ``options``: any other option of ``assay embed``."""
     split = ["all"] if splits is None else list(splits)

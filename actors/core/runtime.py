@@ -315,6 +315,43 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
     quiet_ray_data(verbose)
 
 
+# Below this many images, with no Ray instance to join, a job runs in-process: a cold local Ray start (the instance,
+# its workers, each actor's model load) costs more than Ray's actors (one process per core) win back per image.
+# bench/embed.py measures both paths on the default backbone (2,000 images, 2 cores) and records the break-even
+# (``summary.break_even_images``): 6,753-8,936 images over its 3 rounds; this sits below all of them.
+IN_PROCESS_BELOW = 5000
+
+
+def ray_running() -> str | None:
+    """What a job can join without a cold start: ``"this process"`` when Ray is initialised here, the address in
+    ``$RAY_ADDRESS`` (other than ``local``), else None. Never imports Ray."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return "this process"
+    address = os.environ.get("RAY_ADDRESS", "")
+    return address if address and address != "local" else None
+
+
+def choose_path(n_images: int, local: bool | None, *, below: int = IN_PROCESS_BELOW) -> tuple[bool, str]:
+    """(run in-process?, one line saying which path runs and why) for a job over ``n_images`` images.
+
+    ``local`` True / False forces in-process / Ray. None (the default): Ray when there is one to join
+    (:func:`ray_running`), else in-process below ``below`` images, else a new local Ray instance.
+    """
+    if local is True:
+        return True, "in-process (asked for with --local)"
+    joined = ray_running()
+    if local is False:
+        return False, "on Ray (asked for with --ray)" + (f", joining {joined}" if joined else "")
+    if joined:
+        return False, f"on Ray, joining {'the Ray instance of ' if joined == 'this process' else ''}{joined}"
+    if n_images >= below:
+        return False, (f"on a new local Ray instance: {n_images:,} images >= {below:,}, where Ray's start-up pays "
+                       "for itself (--local runs in-process)")
+    return True, (f"in-process: {n_images:,} images < {below:,} and no running Ray to join, so a cold Ray start "
+                  "would cost more than it wins (--ray forces Ray)")
+
+
 def quiet_ray_data(verbose: bool = False) -> None:
     """Ray Data without its console chatter: no progress bars (ours replace them), no execution-start banner, and
     (unless ``verbose``) its console handler raised to ERROR, so INFO lines such as ``streaming_executor … Dataset …
@@ -343,8 +380,13 @@ def _join(ray: Any, address: str, verbose: bool) -> None:
         quiet_native_logs()
     logging.getLogger("ray").setLevel(logging.INFO if verbose else logging.ERROR)
     auth_error = getattr(ray.exceptions, "AuthenticationError", None) or RuntimeError
+    # a head on loopback (`assay cluster up`) is joined on loopback: without this Ray swaps 127.0.0.1 for the
+    # machine's network address, where nothing listens
+    loop = address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
     try:
-        ray.init(address=address, logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
+        with loopback_only() if loop else contextlib.nullcontext():
+            ray.init(address=address, logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
+                     **({"_node_ip_address": "127.0.0.1"} if loop else {}))
     except auth_error as e:
         raise UserError(f"cannot join RAY_ADDRESS={address} ({str(e).splitlines()[0]}): "
                         f"{cluster_token_hint(address)}") from e

@@ -92,13 +92,27 @@ class FeatureCache:
         out = []
         same = len({im.shape for im in images}) == 1
         groups = [images] if same else [[im] for im in images]
+        dev = next(self.det.parameters()).device  # the trunk runs where the detector lives (GPU actors)
+        onnx = self._onnx_trunk(dev)
         for g in groups:
             x = torch.from_numpy(np.stack(g)).permute(0, 3, 1, 2).float() / 255.0  # B×3×H×W in [0, 1]
             if mirrored:
                 x = x.flip(-1)
-            dev = next(self.det.parameters()).device  # the trunk runs where the detector lives (GPU actors)
-            out += list(self.det.inputs(x.to(dev)).cpu())
+            out += list(onnx(x).to(torch.float16) if onnx is not None else self.det.inputs(x.to(dev)).cpu())
         return out
+
+    def _onnx_trunk(self, dev: torch.device):
+        """The frozen trunk under ONNX Runtime where :func:`~actors.features.onnx_trunk.trunk_runtime` picks it
+        (the Lite0 trunks on CPU: ~4× faster than PyTorch; maps agree to ~1e-4, below their fp16 storage), else
+        None (the detector's own ``inputs``)."""
+        from actors.features.onnx_trunk import OnnxTrunk, trunk_runtime
+
+        trunk = getattr(self.det, "trunk", None)
+        if trunk is None or trunk_runtime(str(self.det.config.get("backbone", "")), dev.type) != "onnxruntime":
+            return None
+        if getattr(self, "_onnx", None) is None:
+            self._onnx = OnnxTrunk(trunk)
+        return self._onnx
 
 
 def images_tensor(rows: Sequence[dict], mirrored: bool = False) -> Inputs:

@@ -90,6 +90,9 @@ class Int8Codec(Codec):
         return 8 * shape[0] + int(np.prod(shape))
 
 
+PQ_GROUP_BLOCK = 8  # groups encoded per batched product (about 4x faster than one at a time for 56 groups)
+
+
 class PQCodec(Codec):
     """Product quantization with ``centroids`` M×256×d (C = M·d): M bytes per cell."""
 
@@ -109,11 +112,16 @@ class PQCodec(Codec):
         c, h, w = fmap.shape
         if c != self.m * self.d:
             raise ValueError(f"PQ codebook is for {self.m * self.d} channels, the map has {c}")
-        x = np.asarray(fmap, np.float32).reshape(c, h * w).T.reshape(h * w, self.m, self.d)  # N×M×d
-        codes = np.empty((h * w, self.m), np.uint8)
-        for j in range(self.m):  # nearest centroid: argmin |c|² - 2 x·c
-            codes[:, j] = np.argmin(self._norms[j][None] - 2 * x[:, j] @ self.centroids[j].T, axis=1)
-        return codes.reshape(-1)
+        x2 = 2 * np.asarray(fmap, np.float32).reshape(self.m, self.d, h * w).transpose(0, 2, 1)  # M×N×d (2x)
+        codes = np.empty((self.m, h * w), np.uint8)
+        cent_t = self.centroids.transpose(0, 2, 1)  # M×d×K
+        # nearest centroid: argmin |c|² - 2x·c, PQ_GROUP_BLOCK groups per batched product (a cache-sized M×N×K
+        # block; each element is the same GEMM dot product as one group at a time, so the codes are the same)
+        for j in range(0, self.m, PQ_GROUP_BLOCK):
+            part = np.matmul(x2[j:j + PQ_GROUP_BLOCK], cent_t[j:j + PQ_GROUP_BLOCK])  # b×N×K
+            np.subtract(self._norms[j:j + PQ_GROUP_BLOCK, None, :], part, out=part)
+            codes[j:j + PQ_GROUP_BLOCK] = part.argmin(-1)
+        return codes.T.reshape(-1)
 
     def decode(self, buf: Any, shape: tuple[int, int, int]) -> np.ndarray:
         c, h, w = shape

@@ -36,7 +36,8 @@ import torch
 from actors.catalog.schema import IMAGES
 from actors.core.errors import UserError
 from actors.core.images import decode_batch
-from actors.core.runtime import Resources, init_ray
+from actors.core.runtime import Resources, choose_path, cpu_count, init_ray
+from actors.core.runtime import device as auto_device
 from actors.core.shards import Shard, ShardedDataset
 from actors.core.workspace import Workspace, WorkspaceError
 from actors.features.backbones import parse_spec
@@ -73,12 +74,14 @@ def embed_table(encoder: RegionEncoder, batch: dict[str, np.ndarray], codec: Cod
 
 
 def embed_shard(ws: Workspace, name: str, encoder: RegionEncoder, codec: Codec, shard: Shard,
-                uris: Sequence[str | None], batch_size: int) -> dict[str, int]:
+                uris: Sequence[str | None], batch_size: int, workers: int = 1) -> dict[str, int]:
     """Decode, embed and encode one shard's images and write the shard (atomically) through ``ws``.
 
-    ``uris[i]`` is the image of ``shard.keys[i]``; None = the key left the catalog (an error row). The next batch
-    is decoded on a thread while this one is embedded. Returns the shard's summary: ``shard``, ``ok``, ``err``,
-    ``gone`` (rows for keys that left the catalog), ``bytes`` (feature bytes of the ok rows).
+    ``uris[i]`` is the image of ``shard.keys[i]``; None = the key left the catalog (an error row). With one worker
+    the next batch is decoded on a thread while this one is embedded; with ``workers`` > 1, that many threads each
+    decode and embed whole batches (give the encoder ``onnx_threads=1``: one core each). Returns the shard's
+    summary: ``shard``, ``ok``, ``err``, ``gone`` (rows for keys that left the catalog), ``bytes`` (feature bytes
+    of the ok rows).
     """
     live = [(k, u) for k, u in zip(shard.keys, uris) if u is not None]
     lost = [k for k, u in zip(shard.keys, uris) if u is None]
@@ -89,12 +92,16 @@ def embed_shard(ws: Workspace, name: str, encoder: RegionEncoder, codec: Codec, 
                              "uri": np.array([u for _, u in chunk], object)})
 
     tables = [encode_rows(((k, LEFT_CATALOG) for k in lost), codec)]
-    with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(decode, chunks[0]) if chunks else None
-        for j in range(len(chunks)):
-            batch = ahead.result()
-            ahead = pool.submit(decode, chunks[j + 1]) if j + 1 < len(chunks) else None
-            tables.append(embed_table(encoder, batch, codec))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            tables += pool.map(lambda chunk: embed_table(encoder, decode(chunk), codec), chunks)
+    else:
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(decode, chunks[0]) if chunks else None
+            for j in range(len(chunks)):
+                batch = ahead.result()
+                ahead = pool.submit(decode, chunks[j + 1]) if j + 1 < len(chunks) else None
+                tables.append(embed_table(encoder, batch, codec))
     t = _write_shard(ShardedDataset(ws, features_dir(name)), shard, tables)
     ok = t.filter(pc.equal(t["status"], "ok"))
     return {"shard": shard.index, "ok": ok.num_rows, "err": t.num_rows - ok.num_rows, "gone": len(lost),
@@ -147,6 +154,7 @@ class EmbedReport:
     n_left_catalog: int = 0  # keys of pending shards no longer in the catalog: written as error rows (in n_errors)
     codec: str = "fp16"
     shards_adopted: int = 0  # written by an earlier run's actors but not committed then: committed now, not redone
+    path: str = ""  # which path ran (in-process or Ray) and why, one line (:func:`actors.core.runtime.choose_path`)
 
 
 def _write_shard(ds: ShardedDataset, shard: Shard, tables: list[pa.Table]) -> pa.Table:
@@ -200,9 +208,10 @@ def _sample_cells(enc: RegionEncoder, uris: dict[str, str], what: str) -> np.nda
 
 def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbone_cfg: dict[str, Any],
              pool: int | None, max_side: int | None, pca_dim: int | None, uris: dict[str, str],
-             codec: str | None = None, pq_m: int | None = None) -> dict[str, Any]:
+             codec: str | None = None, pq_m: int | None = None) -> tuple[dict[str, Any], RegionEncoder | None]:
     """Build the store's meta (fitting and saving the PCA and PQ codebook if asked); refuses to mix with an
-    existing store. Settings left None take the existing store's (so a store made before codecs stays fp16)."""
+    existing store. Settings left None take the existing store's (so a store made before codecs stays fp16).
+    Returns the meta and the store's CPU encoder when one was built to fit the codebook (else None)."""
     base, path = parse_spec(spec)
     checkpoint = checkpoint or path
     checkpoint = os.path.abspath(checkpoint) if checkpoint else None
@@ -226,6 +235,7 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
     if old and old != meta:
         raise UserError(f"{ws.path(features_dir(name))}: existing features were made with {old}, "
                          f"not {meta}; pass another name or delete the folder")
+    enc = None
     if rel and not (old and ws.exists(rel)):
         enc = RegionEncoder(ext, pool=pool, max_side=max_side, device="cpu")
         _save_pca(ws, rel, *fit_pca(_sample_cells(enc, uris, "PCA"), pca_dim))
@@ -235,14 +245,16 @@ def _prepare(ws: Workspace, name: str, spec: str, checkpoint: str | None, backbo
         enc = RegionEncoder(ext, pool=pool, max_side=max_side, device="cpu",
                             pca=_load_pca(ws, rel) if rel else None)
         ws.write_bytes(meta["pq"], save_codebook(train_pq(_sample_cells(enc, uris, "PQ codebook"), pq_m)))
-    return meta
+    else:
+        enc = None  # the PCA-only encoder is not the store's
+    return meta, enc
 
 
 def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str | None = None,
                splits: Sequence[str] | None = ("pool",), resources: Resources | None = None, shard_size: int = 256,
                progress: bool = True, max_side: int | None = None, pca_dim: int | None = None,
                pool: int | None = None, checkpoint: str | None = None, backbone_cfg: dict[str, Any] | None = None,
-               local: bool = False, device: str | None = None, threads: int | None = None,
+               local: bool | None = None, device: str | None = None, threads: int | None = None,
                codec: str | None = None, pq_m: int | None = None) -> EmbedReport:
     """Embed the catalog's images into ``features/<name>/`` (resumable; finished shards are never recomputed).
 
@@ -266,8 +278,11 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
     codec : {"fp16", "int8", "pq"}, optional
         How cells are stored (:mod:`actors.features.codecs`); default :data:`DEFAULT_CODEC` for a new store, the
         existing store's codec otherwise. ``pq_m``: PQ bytes per cell (default :func:`default_pq_m`: dim / 2).
-    local : bool
-        Run in-process, shard by shard, without Ray (same functions, same output).
+    local : bool, optional
+        True: run in-process, shard by shard, without Ray (same functions, same output); False: on Ray. None (the
+        default): :func:`~actors.core.runtime.choose_path` on the images to embed (Ray when one is running to
+        join, in-process below :data:`~actors.core.runtime.IN_PROCESS_BELOW` images, else a new local Ray);
+        the report's ``mode`` and ``path`` say which ran and why.
     threads : int, optional
         torch threads per actor (default: torch's default divided by the pool size).
 
@@ -296,7 +311,7 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
     uris = _catalog(ws, None)  # every embeddable image: a pending shard is always redone whole
     if backbone_cfg is None and model == DEFAULT_BACKBONE:
         backbone_cfg = DEFAULT_BACKBONE_CFG
-    meta = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, planned,
+    meta, fitted = _prepare(ws, name, model, checkpoint, dict(backbone_cfg or {}), pool, max_side, pca_dim, planned,
                     codec, pq_m)
     ds = ShardedDataset(ws, features_dir(name))
     shards = ds.plan(planned, shard_size, meta)
@@ -319,8 +334,9 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
     if 0 < len(pending) < res.pool_size:  # one shard is one block of work: an actor beyond that would only start up
         res = replace(res, pool_size=len(pending))
     th = threads or max(1, torch.get_num_threads() // max(1, res.pool_size))
+    local, path = choose_path(sum(len(s.keys) for s in pending), local)
     if local:
-        _run_local(ws, name, pending, work, res, device, commit)
+        _run_local(ws, name, pending, work, res, device, commit, fitted)
     else:
         left = _run_ray(ws, name, pending, work, res, device, th, commit)
         if left:  # shards that never reported: redo them once, then refuse to finish silently
@@ -341,7 +357,8 @@ def embed_pool(ws: Workspace | str, *, model: str = DEFAULT_BACKBONE, name: str 
                        bytes_per_image=stats["bytes"] / max(1, stats["ok"]), seconds=secs,
                        images_per_s=n / secs if secs > 0 else math.nan, startup_s=startup,
                        steady_images_per_s=(bar.n - bar.first_n) / rest if rest > 0 else math.nan,
-                       n_left_catalog=stats["gone"], codec=meta.get("codec", "fp16"), shards_adopted=adopted)
+                       n_left_catalog=stats["gone"], codec=meta.get("codec", "fp16"), shards_adopted=adopted,
+                       path=path)
 
 
 def _adopt(ws: Workspace, name: str, ds: ShardedDataset, shards: list[Shard], pending: list[Shard]) -> int:
@@ -382,13 +399,22 @@ class _Progress:
         self.bar.close()
 
 
-def _run_local(ws, name, pending, work, res, device, commit) -> None:
+def _run_local(ws, name, pending, work, res, device, commit, fitted: RegionEncoder | None = None) -> None:
+    """In-process: shard by shard. Under ONNX Runtime one thread per core each embeds whole batches on one core
+    (single-threaded sessions in parallel use the cores better than one session's intra-op threads, and decoding
+    runs beside them, as in the Ray actor pool); under PyTorch one thread, the next batch decoded ahead."""
     if not pending:
         return
-    encoder = load_region_encoder(ws, name, device=device, batch_size=res.batch_size)
+    if fitted is not None and (device or auto_device()) == "cpu":  # the codebook's encoder: no second export
+        encoder, fitted.batch_size = fitted, res.batch_size
+    else:
+        encoder = load_region_encoder(ws, name, device=device, batch_size=res.batch_size)
+    workers = cpu_count() if encoder.runtime == "onnxruntime" else 1
+    if workers > 1:
+        encoder.onnx_threads = 1
     codec = store_codec(ws, name)
     for shard in pending:
-        commit(embed_shard(ws, name, encoder, codec, shard, work[shard.index], res.batch_size))
+        commit(embed_shard(ws, name, encoder, codec, shard, work[shard.index], res.batch_size, workers))
 
 
 def _run_ray(ws, name, pending, work, res, device, threads, commit) -> list[Shard]:

@@ -267,6 +267,22 @@ def resolve_address(address: str | None) -> tuple[str, dict | None]:
     return address, None
 
 
+def join_local_head() -> dict | None:
+    """Point this process's Ray at the running local head (``assay cluster up``), with its token, when
+    ``RAY_ADDRESS`` names no cluster and Ray is not initialised here: a job then joins it instead of paying a cold
+    start. Returns the head's state, or None (nothing changed)."""
+    from actors.core.runtime import ray_running
+
+    if ray_running() or os.environ.get("RAY_ADDRESS"):  # RAY_ADDRESS=local: the user asked for a new instance
+        return None
+    local = local_cluster()
+    if local is None:
+        return None
+    os.environ["RAY_ADDRESS"] = local["address"]
+    _auth_env(local)
+    return local
+
+
 def _auth_env(local: dict | None) -> None:
     """Make Ray's client send the cluster's token (never invents one); must run before Ray reads its config."""
     if local is not None and not local.get("auth", True):

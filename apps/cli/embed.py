@@ -87,7 +87,10 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
               pool: Annotated[Optional[int], typer.Option(
                   "--pool", help="Average k x k backbone cells into one stored cell (default: 16-px cells).")] = None,
               shard_size: Annotated[int, typer.Option("--shard-size", help="Images per output shard.")] = 256,
-              local: Annotated[bool, typer.Option("--local", help="Run in-process, without Ray.")] = False,
+              local: Annotated[Optional[bool], typer.Option(
+                  "--local/--ray", help="Run in-process, or on Ray (default: Ray when a cluster is running to join "
+                                        "(RAY_ADDRESS, `assay cluster up`), in-process for a small job, else a new "
+                                        "local Ray instance; the output says which ran).")] = None,
               as_json: JsonOpt = False) -> None:
     """Embed catalog images into features/<name>/ (region grids; resumable, Ray Data actor pool)."""
     from actors.core.workspace import Workspace
@@ -103,16 +106,23 @@ def embed_cmd(workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
         [(r["n_images"], r["n_embedded"], r["n_errors"], f"{r['shards_written']}/{r['shards_skipped']}", r["dim"],
           r["cell_stride"], r["bytes_per_image"] / 1024,
           f"{fmt(r['images_per_s'])} ({fmt(r['steady_images_per_s'])})")])),
-        console.print(next_after("embed", Workspace(workspace), r["model"]))))
+        console.print(f"ran {r['path']}"), console.print(next_after("embed", Workspace(workspace), r["model"]))))
 
 
 def run_embed(*, workspace: str, backbone: str, name: str | None, split: list[str] | None, batch_size: int | None,
               actors: int | None, num_gpus: float | None, pca_dim: int | None, max_side: int | None,
               layer: str | None, stride: int | None, codec: str | None, pq_m: int | None, pool: int | None,
-              shard_size: int, local: bool, progress: bool) -> dict:
-    """What ``assay embed`` and the ``embed`` job step run (the options of :func:`embed_cmd`): the embed report."""
+              shard_size: int, local: bool | None, progress: bool) -> dict:
+    """What ``assay embed`` and the ``embed`` job step run (the options of :func:`embed_cmd`): the embed report.
+
+    Unless ``local`` is True, a local head started by ``assay cluster up`` is joined when ``RAY_ADDRESS`` names no
+    other cluster (no cold Ray start)."""
     from actors.core.runtime import Resources
     from actors.features.embed import embed_pool
+    from apps.cli.cluster import join_local_head
+
+    if local is not True:
+        join_local_head()
 
     splits = None if split and "all" in split else tuple(split or ("pool",))
     res = Resources.auto(pool_size=actors, num_gpus=num_gpus, batch_size=batch_size)

@@ -25,7 +25,7 @@ from tests.apps.test_jobs import random_backbone
 ws, manifest, query, box = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 random_backbone(ws)
 ing = ingest_step(ws, manifest, split="pool")
-emb = embed_step(ws, backbone="assay-small", shard_size=4, actors=1, batch_size=2)  # on Ray: workers read s3:// images
+emb = embed_step(ws, backbone="assay-small", shard_size=4, actors=1, batch_size=2, local=False)  # on Ray: workers read s3:// images
 idx = index_step(ws, model="assay-small")
 sel = mine_step(ws, [{"image": query, "boxes": [box], "top_k": 5, "model": "assay-small"}], run_id="s3run")
 print(json.dumps({"ingest": ing, "embed": emb, "index": idx, "mine": sel}))

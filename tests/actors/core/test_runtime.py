@@ -184,3 +184,33 @@ def test_a_local_instance_listens_on_loopback_only_metrics_exporter_included(tmp
     finally:
         proc.stdin.close()
         proc.wait(timeout=120)
+
+
+def test_choose_path_in_process_for_small_jobs_ray_to_join_or_large(monkeypatch):
+    import actors.core.runtime as rt
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(rt, "ray_running", lambda: None)
+    local, why = rt.choose_path(120, None, below=2500)
+    assert local and why.startswith("in-process: 120 images < 2,500")
+    local, why = rt.choose_path(2500, None, below=2500)
+    assert not local and "new local Ray instance" in why
+    assert rt.choose_path(10**6, True) == (True, "in-process (asked for with --local)")
+    assert rt.choose_path(3, False)[0] is False
+    monkeypatch.setattr(rt, "ray_running", lambda: "127.0.0.1:6379")
+    local, why = rt.choose_path(3, None)
+    assert not local and why == "on Ray, joining 127.0.0.1:6379"
+
+
+def test_ray_running_reads_the_environment_without_importing_ray(monkeypatch):
+    import sys
+
+    import actors.core.runtime as rt
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        assert rt.ray_running() == "this process"
+        return
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert rt.ray_running() is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert rt.ray_running() == "10.0.0.5:6379"

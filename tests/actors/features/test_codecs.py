@@ -102,3 +102,18 @@ def test_pq_decode_is_the_centroid_of_each_code(d):
     want = np.stack([np.concatenate([centroids[j, codes[n, j]] for j in range(m)]) for n in range(h * w)])
     assert got.shape == (c, h, w) and got.dtype == np.float32
     np.testing.assert_array_equal(got, want.T.reshape(c, h, w))
+
+
+def test_pq_encode_gives_the_codes_of_the_one_group_at_a_time_argmin():
+    """The batched encoder computes, per element, the product the per-group loop did: the same codes."""
+    from actors.features.codecs import PQCodec
+
+    rng = np.random.default_rng(1)
+    for m, d in [(56, 2), (16, 4), (7, 16)]:
+        cent = rng.standard_normal((m, 256, d)).astype(np.float32)
+        codec = PQCodec(cent)
+        fmap = rng.standard_normal((m * d, 13, 17)).astype(np.float32)
+        x = fmap.reshape(m * d, -1).T.reshape(-1, m, d)
+        want = np.stack([np.argmin((cent[j] ** 2).sum(-1)[None] - 2 * x[:, j] @ cent[j].T, axis=1)
+                         for j in range(m)], 1).astype(np.uint8).reshape(-1)
+        np.testing.assert_array_equal(codec.encode(fmap), want)

@@ -32,10 +32,10 @@ def test_train_then_embed_a_tiny_world(tmp_path, capsys):
     assert feature_meta(Workspace(ws), "assay-small")["weights_id"] != "random-init"
 
 
-def test_embed_index_mine_with_no_flags_use_the_pretrained_lite0(tmp_path, capsys):
-    """What a user runs: `assay embed`, `assay index`, `assay mine` with no backbone/model flag and nothing trained:
-    the frozen ImageNet EfficientNet-Lite0 trunk at stride 16 (weights from its pip package), found by index and
-    mine under the same default store name."""
+def test_embed_index_mine_with_no_flags_use_the_pretrained_lite0(tmp_path, capsys, monkeypatch):
+    """What a user runs: `assay embed`, `assay index`, `assay mine` with no flag and nothing trained: the frozen
+    ImageNet EfficientNet-Lite0 trunk at stride 16 (weights from its pip package), found by index and mine under the
+    same default store name; a 6-image job with no Ray to join runs in-process and says so."""
     import actors.features.embed as embed
     import actors.selection.mine as mine
     from actors.features.encoder import store_name
@@ -47,9 +47,13 @@ def test_embed_index_mine_with_no_flags_use_the_pretrained_lite0(tmp_path, capsy
     ws = str(tmp_path / "ws")
     make_images(tmp_path / "in", 6)
     jobs.ingest_step(ws, str(tmp_path / "in"), split="pool")
-    assert main(["embed", "-w", ws, "--local", "--json"]) == 0
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("ASSAY_CLUSTER_DIR", str(tmp_path / "no-head"))
+    monkeypatch.setattr("actors.core.runtime.ray_running", lambda: None)  # as if this test process had no Ray
+    assert main(["embed", "-w", ws, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["model"], out["backbone"], out["n_embedded"]) == ("efficientnet-lite0", "efficientnet-lite0", 6)
+    assert out["mode"] == "local" and out["path"].startswith("in-process: 6 images < ")
     meta = feature_meta(Workspace(ws), "efficientnet-lite0")
     assert (meta["backbone"], meta["backbone_cfg"]) == ("efficientnet-lite0", embed.DEFAULT_BACKBONE_CFG)
     assert (meta["backbone_dim"], meta["backbone_stride"], meta["stride"]) == (112, 16, 16)  # block 11, 16-px cells
