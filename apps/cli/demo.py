@@ -31,8 +31,11 @@ def _step(title: str) -> float:
     return time.perf_counter()
 
 
-def _done(t0: float, what: str) -> None:
-    console.print(styled((f"{what} in {time.perf_counter() - t0:.1f}s", "dim")))
+def _done(t0: float, what: str, steps: dict | None = None) -> None:
+    secs = time.perf_counter() - t0
+    console.print(styled((f"{what} in {secs:.1f}s", "dim")))
+    if steps is not None:
+        steps[what] = round(secs, 1)
 
 
 def _world(root: Path, ws_dir: Path, n_images: int, seed: int):
@@ -260,30 +263,31 @@ def demo(out: Annotated[Optional[str], typer.Option(
     """Run the whole flow on the embedded world (no data, no GPU, no network needed)."""
     root = Path(out or (workspace if workspace else DEMO_DIR)).resolve()
     ws_dir = Path(workspace).resolve() if workspace else root / "workspace"
-    result: dict = {"out": str(root), "workspace": str(ws_dir)}
+    result: dict = {"out": str(root), "workspace": str(ws_dir), "step_seconds": {}}
+    steps = result["step_seconds"]
     console.quiet = as_json  # --json: stdout carries only the JSON document (progress bars go to stderr)
     start = time.perf_counter()
     try:
         t0 = _step("1. world")
         ws = _world(root, ws_dir, images, seed)
-        _done(t0, "world")
+        _done(t0, "world", steps)
         t0 = _step("2. catalog")
         result["catalog"] = _catalog(ws)
         t0 = _step("3. the detector's learning curve (active learning)")
         n, v = _curve(ws, seed)
         result["curve"] = {"n": n, "value": v}
-        _done(t0, "learning curve")
+        _done(t0, "learning curve", steps)
         t0 = _step("4. embed the pool on Ray and index it")
         result.update(_embed_and_index(ws))
-        _done(t0, "embed + index")
+        _done(t0, "embed + index", steps)
         t0 = _step("5. targeted selection")
         result["mine"] = _mine(ws, top_k)
-        _done(t0, "mining")
+        _done(t0, "mining", steps)
         _step("6. how much more data, and when to collect it")
         result["estimate"] = _estimate_and_plan(n, v)
         t0 = _step("7. compress the detector (latency budget 0.5)")
         result["compress"] = _compress(ws, ws_dir)
-        _done(t0, "compression")
+        _done(t0, "compression", steps)
         result["seconds"] = round(time.perf_counter() - start, 1)
         console.print(f"demo finished in {result['seconds']:.0f}s (wall time of every step above)")
     finally:

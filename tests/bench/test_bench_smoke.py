@@ -119,17 +119,24 @@ def test_backbone_quality_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_embed_smoke(tmp_path):
     out = tmp_path / "embed.json"
     _smoke("embed.py", "--out", str(out))
     rep = json.loads(out.read_text())
-    assert rep["smoke"] is True and rep["images"] > 0 and len(rep["runs"]) == 1
-    for side in ("embed_pool_images_per_s", "dataloader_images_per_s", "per_core_images_per_s",
-                 "baseline_images_per_s", "ratio"):
-        s = rep[side]
-        assert _finite(s["median"]) and s["median"] > 0 and s["min"] <= s["median"] <= s["max"]
+    assert rep["smoke"] is True and rep["images"] > 0 and len(rep["runs"]) == 1 and (tmp_path / "embed.md").exists()
+    s = rep["summary"]
+    for side in rep["sides"]:
+        st = s[f"{side}_images_per_s"]
+        assert _finite(st["median"]) and st["median"] > 0 and st["min"] <= st["median"] <= st["max"]
     run = rep["runs"][0]
-    assert run["baseline_images_per_s"] == max(run["dataloader_images_per_s"], run["per_core_images_per_s"])
+    assert run["baseline"] in ("dataloader", "per_core")
+    assert s["baseline_images_per_s"]["median"] == max(run["dataloader"]["images_per_s"], run["per_core"]["images_per_s"])
+    assert run["ray"]["mode"] == "ray" and run["in_process"]["mode"] == "local" and run["ray"]["ray_init_s"] > 0
+    lim = rep["cpu_limit"]
+    assert lim["trunk_gflop_per_image"] > 0 and lim["peak_gflop_s"] > 0
+    assert math.isclose(lim["limit_images_per_s"], lim["peak_gflop_s"] / lim["trunk_gflop_per_image"])
+    assert s["default_path"]["side"] == "in_process"  # 24 images: below the in-process threshold
 
 
 def test_selection_ceiling_smoke(tmp_path):
@@ -168,3 +175,18 @@ def test_targeted_selection_smoke(tmp_path):
     assert r["chance"]["bins"]["all"]["recall@10"] == pytest.approx(min(10, n_pool) / n_pool)
     assert r["store"]["disk_bytes_per_image"] > 0 and r["store"]["index_region"]["n_vectors"] > 0
     assert (tmp_path / "targeted_selection.md").read_text().count("| chance |") == 5
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_demo_smoke(tmp_path):
+    """bench/demo.py: a fresh `assay demo` process (60 images, a 2-round curve), timed from outside."""
+    out = tmp_path / "demo.json"
+    _smoke("demo.py", "--out", str(out))
+    rep = json.loads(out.read_text())
+    assert rep["smoke"] is True and rep["runs_n"] == len(rep["runs"]) == 1
+    run = rep["runs"][0]
+    assert run["wall_s"] >= run["demo_seconds"] > 0 and run["peak_rss_mib"] > 100
+    assert set(run["step_seconds"]) == {"world", "learning curve", "embed + index", "mining", "compression"}
+    assert rep["wall_s"]["median"] == run["wall_s"] and len(run["curve_labels"]) >= 3
+    assert 0 <= run["curve_first_map50"] <= 100 and 0 <= run["curve_last_map50"] <= 100  # mAP@.5, %

@@ -27,6 +27,7 @@ def test_feature_store_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_embed_scale_smoke(tmp_path):
     out = tmp_path / "embed_scale.json"
     _smoke("embed_scale.py", "--out", str(out))

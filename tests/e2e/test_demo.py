@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from apps.cli.main import main
 
 
+@pytest.mark.long
 def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster, monkeypatch):
     from apps.cli import demo as demo_mod
 
@@ -19,6 +22,9 @@ def test_demo_runs_every_step_and_resumes(tmp_path, capsys, ray_cluster, monkeyp
     result = json.loads(capsys.readouterr().out)
     assert result["catalog"]["images"] == 60
     assert result["seconds"] > 0  # the demo's total wall time, printed as "demo finished in ...s"
+    steps = result["step_seconds"]
+    assert set(steps) == {"world", "learning curve", "embed + index", "mining", "compression"}
+    assert all(v >= 0 for v in steps.values()) and sum(steps.values()) <= result["seconds"] + 1
     assert len(result["curve"]["n"]) >= 3 and result["curve"]["n"] == sorted(result["curve"]["n"])
     for method in ("template", "global"):
         sel = result["mine"][method]

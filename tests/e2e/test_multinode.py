@@ -25,7 +25,7 @@ import pytest
 
 from tests.apps.test_jobs import ROOT, make_images, make_query, random_backbone
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 COMMON = r"""
 import json, os, signal, sys, threading, time

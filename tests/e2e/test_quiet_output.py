@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 NOISE = re.compile(r"\b(\w*Warning|INFO|DEBUG)\b[: ]")
@@ -28,6 +29,7 @@ def test_decoded_images_are_writable_so_torch_does_not_warn(tmp_path):
         torch.from_numpy(load_image(str(tmp_path / "x.png")))
 
 
+@pytest.mark.long
 def test_the_demo_prints_no_library_warning_and_no_ray_info_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "ASSAY_VERBOSE", "PYTHONWARNINGS")}
     r = subprocess.run([sys.executable, "-m", "apps.cli.main", "demo", "-w", str(tmp_path / "ws"), "--out",

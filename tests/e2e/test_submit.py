@@ -16,7 +16,7 @@ import pytest
 
 from tests.apps.test_jobs import ROOT, make_images, make_query, random_backbone
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def assay(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -45,6 +45,12 @@ def test_submit_mine_to_a_local_head_and_wait(tmp_path):
         assert st["address"].startswith("127.0.0.1:") and st["dashboard"].startswith("http://127.0.0.1:")
         assert st["auth"] and oct(os.stat(st["token_path"]).st_mode & 0o777) == "0o600"
         t_up = time.monotonic() - t0
+
+        # a job started on this machine joins the running head (no cold Ray start) and says so
+        emb = assay("embed", "-w", ws, "-b", "assay-small", "--name", "via-head", "--json", env=env)
+        assert emb.returncode == 0, emb.stderr[-3000:]
+        rep = json.loads(emb.stdout)
+        assert (rep["mode"], rep["path"], rep["n_embedded"]) == ("ray", f"on Ray, joining {st['address']}", 12)
 
         # token auth is on: a client with another token is refused
         bad = assay("jobs", "list", env=dict(env, RAY_AUTH_TOKEN="0" * 64))
