@@ -56,6 +56,7 @@ class FeatureCache:
         key = f"{det.config['backbone']}{'-fused' if det.config.get('fuse') else ''}-{det.config['weights_id']}"
         self.dir = "features/detection-" + key.replace(":", "_").replace("/", "_")
         self.memo: dict[tuple[str, bool], torch.Tensor] = {}
+        self._onnx = None  # the trunk under ONNX Runtime, exported on first use (see _onnx_trunk)
 
     def _rel(self, image_id: str, mirrored: bool) -> str:
         return f"{self.dir}/{image_id}{'.flip' if mirrored else ''}.pt"
@@ -110,7 +111,7 @@ class FeatureCache:
         trunk = getattr(self.det, "trunk", None)
         if trunk is None or trunk_runtime(str(self.det.config.get("backbone", "")), dev.type) != "onnxruntime":
             return None
-        if getattr(self, "_onnx", None) is None:
+        if self._onnx is None:
             self._onnx = OnnxTrunk(trunk)
         return self._onnx
 

@@ -190,7 +190,7 @@ def _load_pca(ws: Workspace, rel: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_region_encoder(ws: Workspace | str, model: str, *, device: str | None = None,
-                        batch_size: int = 16, onnx_threads: int | None = None) -> RegionEncoder:
+                        batch_size: int = 16) -> RegionEncoder:
     """The exact encoder that produced ``features/<model>/`` (backbone, weights, pooling, PCA, max_side).
 
     Raises
@@ -206,7 +206,7 @@ def load_region_encoder(ws: Workspace | str, model: str, *, device: str | None =
                              f"{meta['backbone']} now loads {ext.weights_id}; re-embed into a new store")
     pca = _load_pca(ws, meta["pca"]) if meta.get("pca") else None
     return RegionEncoder(ext, pool=meta["pool"], pca=pca, max_side=meta.get("max_side"), device=device,
-                         batch_size=batch_size, onnx_threads=onnx_threads)
+                         batch_size=batch_size)
 
 
 __all__ = ["CELL_STRIDE", "RegionEncoder", "fit_pca", "load_region_encoder", "store_name"]
