@@ -274,10 +274,8 @@ def trunk_runtimes(uris: list[str], cores: int, batch: int = 16, calib: int = 32
     """Seconds per image of the default trunk alone (decoded images, batch ``batch``, all cores; best of 3) under
     PyTorch channels-last, ``torch.compile``, ONNX Runtime fp32 and ONNX Runtime int8 (static QDQ, per-channel
     weights, calibrated on ``calib`` other images of the world), and how close the int8 cells are to fp32 (median
-    cosine over every cell). The int8 trunk is measured here, not shipped: whether it keeps targeted selection's
-    recall is not measured yet."""
-    import logging
-    import tempfile
+    cosine over every cell). The int8 trunk's effect on targeted selection is measured by
+    ``bench/targeted_selection.py --int8-trunk`` (kept within 0.01); it is not the product's default yet."""
     import warnings
 
     import torch
@@ -285,7 +283,7 @@ def trunk_runtimes(uris: list[str], cores: int, batch: int = 16, calib: int = 32
     from actors.core.images import load_image
     from actors.features.backbones import get_backbone
     from actors.features.embed import DEFAULT_BACKBONE, DEFAULT_BACKBONE_CFG
-    from actors.features.onnx_trunk import OnnxTrunk
+    from actors.features.onnx_trunk import OnnxTrunk, quantize_int8
 
     torch.set_num_threads(cores)
     ext = get_backbone(DEFAULT_BACKBONE, **DEFAULT_BACKBONE_CFG).eval()
@@ -315,26 +313,7 @@ def trunk_runtimes(uris: list[str], cores: int, batch: int = 16, calib: int = 32
         out["torch_compile_s"] = best(lambda: compiled(xc))
     fp32 = OnnxTrunk(ext, threads=cores)
     out["onnxruntime_fp32_s"] = best(lambda: fp32(x))
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Calib(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"images": im[None].numpy()} for im in ims[batch:]])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "fp32.onnx").write_bytes(fp32.model)
-        root = logging.getLogger()
-        level, root.level = root.level, logging.ERROR
-        try:
-            quantize_static(str(Path(tmp, "fp32.onnx")), str(Path(tmp, "int8.onnx")), Calib(),
-                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            root.level = level
-        int8 = OnnxTrunk(None, cores, model=Path(tmp, "int8.onnx").read_bytes())
+    int8 = OnnxTrunk(None, cores, model=quantize_int8(fp32.model, (im[None].numpy() for im in ims[batch:])))
     out["onnxruntime_int8_s"] = best(lambda: int8(x))
     y = int8(x).numpy()
     cos = (y * ref).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)

@@ -3,8 +3,11 @@ random and K actively selected (uncertainty + robustness) images: the rare class
 
 Per world seed (nothing here was tuned: the detector and round settings are those of bench/active_learning.py):
 
-* a world whose ``rare`` class (default ``star``) is drawn ``--rare-weight`` times as often as each other class
-  (:class:`actors.catalog.world.WorldConfig` ``class_weights``), so the initial labeled set holds few of it;
+* the default world (``assay world``: emoji categories, skewed class frequencies) whose ``rare`` class is drawn
+  ``--rare-weight`` times as often as a weight-1 class (:class:`actors.catalog.world.WorldConfig` ``class_weights``),
+  so the initial labeled set holds few of it. The default rare class, ``smiley``, is one targeted selection can
+  find: chosen on world seed 0's ceiling (bench/selection_ceiling.json, per category: 1-NN accuracy 1.00, oracle
+  P@10 0.99 over 11 queries), not on the seeds reported here;
 * round 0: the detector trained on the ``--initial`` labeled images (the same model for every arm);
 * one query: the first image of the ``queries`` split holding the rare class (else of the train split), its box;
 * arms, each labels K pool images and retrains from the seed on initial + K (``run_learning``, one round):
@@ -35,18 +38,26 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from actors.catalog.world import DEFAULT_CLASS_WEIGHTS, DEFAULT_OBJECT_AREA  # noqa: E402
+
 ARMS = ("mined", "random", "active")
 STORE = "efficientnet-lite0"
 
 
 def _settings(a: argparse.Namespace) -> dict:
     if a.smoke:
-        return {"images": 40, "size": [128, 96], "initial": 6, "k": 4, "epochs": 1, "rare": a.rare,
-                "rare_weight": 0.5, "random_draws": 1, "object_area": [0.02, 0.06],
+        return {"images": 40, "size": [192, 144], "initial": 6, "k": 4, "epochs": 1, "rare": a.rare,
+                "rare_weight": 5.0, "random_draws": 1, "object_area": [0.02, 0.06],
                 "splits": [["train", 0.25], ["val", 0.25], ["pool", 0.4], ["queries", 0.1]]}
-    return {"images": a.images, "size": a.size, "initial": a.initial, "k": a.k, "epochs": a.epochs, "rare": a.rare,
-            "rare_weight": a.rare_weight, "random_draws": a.random_draws, "object_area": [0.006, 0.03],
-            "splits": [["train", 0.15], ["val", 0.25], ["pool", 0.55], ["queries", 0.05]]}
+    return {"images": a.images, "size": a.size, "initial": a.initial, "k": a.k, "epochs": a.epochs,
+            "min_steps": a.min_steps, "rare": a.rare,
+            "rare_weight": a.rare_weight, "random_draws": a.random_draws, "object_area": list(DEFAULT_OBJECT_AREA),
+            "splits": [["train", 0.2], ["val", 0.3], ["pool", 0.45], ["queries", 0.05]]}
+
+
+def _class_weights(rare: str, weight: float) -> list[tuple[str, float]]:
+    """The default world's class weights with ``rare``'s set to ``weight``."""
+    return [(c, w) for c, w in DEFAULT_CLASS_WEIGHTS if c != rare] + [(rare, weight)]
 
 
 def _rare_images(ws, rare: str) -> dict[str, list[list[float]]]:
@@ -88,8 +99,8 @@ def run_seed(seed: int, s: dict, work: str) -> dict:
     t0 = time.perf_counter()
     if not (out / "world.json").exists():
         make_world(out, seed=seed, n_images=s["images"], size=tuple(s["size"]), object_area=tuple(s["object_area"]),
-                   classes=("shape", "face"), splits=[tuple(x) for x in s["splits"]], workers=1,
-                   class_weights=[(s["rare"], s["rare_weight"])])
+                   splits=[tuple(x) for x in s["splits"]], workers=1,
+                   class_weights=_class_weights(s["rare"], s["rare_weight"]))
     ws = Workspace(out / "workspace")
     rows = catalog_rows(ws)
     rare_boxes = _rare_images(ws, s["rare"])
@@ -99,7 +110,7 @@ def run_seed(seed: int, s: dict, work: str) -> dict:
                  "val_rare_objects": sum(len(b) for i, b in rare_boxes.items() if rows[i]["split"] == "val"),
                  "train_rare_images": sum(rows[i]["split"] == "train" for i in rare_boxes)}
     base = LearnConfig(rounds=1, budget=s["k"], initial=s["initial"], seed=seed, strategy="random",
-                       train=TrainConfig(epochs=s["epochs"], seed=seed))
+                       train=TrainConfig(epochs=s["epochs"], min_steps=s.get("min_steps", 0), seed=seed))
     # round 0 alone (shared): the labeled set and the detector every arm starts from
     run_learning(ws, LearnConfig(**{**base.__dict__, "rounds": 0}), run_id="rare-round0", progress=False)
     initial = [r["image_id"] for r in ws.read_table("runs/rare-round0/labeled.parquet").to_pylist()]
@@ -153,6 +164,11 @@ def summarize(per_seed: dict) -> dict:
         out[arm] = {k: mean(lambda r, k=k: r[arm][k]) for k in ("ap50", "ap", "map50", "rare_images")}
         out[arm]["ap50_gain"] = out[arm]["ap50"] - out["before_ap50"]
     # the target: mined top-K *raises* the rare class's AP, and by more than K random or K active do
+    # the issue's target: mined-first lifts the rare class's AP at least 2x over K random images
+    out["mined_over_random_ap50"] = (out["mined"]["ap50"] / out["random"]["ap50"] if out["random"]["ap50"] > 0
+                                     else None)
+    out["mined_at_least_2x_random"] = bool(out["mined"]["ap50"] > 0 and out["mined"]["ap50"]
+                                           >= 2 * out["random"]["ap50"])
     out["mined_raises_rare_ap_most"] = bool(out["mined"]["ap50_gain"] > 0 and out["mined"]["ap50"]
                                             > max(out["random"]["ap50"], out["active"]["ap50"]))
     out["mined_raises_rare_ap_most_per_seed"] = [
@@ -164,10 +180,11 @@ def summarize(per_seed: dict) -> dict:
 def markdown(doc: dict) -> str:
     s, sm = doc["settings"], doc["summary"]
     lines = [f"# Rare-class loop on the embedded world (seeds {doc['seeds']}, nothing tuned)", "",
-             f"{s['images']} images of {s['size'][0]}×{s['size'][1]}, shapes + face; rare class `{s['rare']}` drawn "
-             f"{s['rare_weight']}× as often as each other class; initial {s['initial']} labeled; K = {s['k']}; "
-             f"{s['epochs']} epochs; random = mean of {s['random_draws']} draws per seed. AP of the rare class on "
-             "the val split (per seed, then the mean).", "",
+             f"{s['images']} images of {s['size'][0]}×{s['size'][1]}, the default world (emoji categories, skewed "
+             f"frequencies); rare class `{s['rare']}` drawn {s['rare_weight']}× as often as a weight-1 class; "
+             f"initial {s['initial']} labeled; K = {s['k']}; {s['epochs']} epochs (at least {s.get('min_steps', 0)} "
+             f"steps); random = mean of {s['random_draws']} draws per seed. AP of the rare class on the val split "
+             "(per seed, then the mean).", "",
              "| seed | rare objects in val | rare images: initial / pool | AP@.5 before | mined | random | active |"
              " rare images in K: mined / random / active / chance |", "|---|---|---|---|---|---|---|---|"]
     for sd, r in doc["per_seed"].items():
@@ -181,23 +198,31 @@ def markdown(doc: dict) -> str:
     lines += ["", f"Mined top-K raises the rare class's AP@.5 (mean over seeds), and by more than K random and K "
               f"active: {'yes' if sm['mined_raises_rare_ap_most'] else 'no'} (per seed: "
               f"{', '.join('yes' if b else 'no' for b in sm['mined_raises_rare_ap_most_per_seed'])}). "
+              f"Mined over K random, rare AP@.5: {_x(sm.get('mined_over_random_ap50'))} (target ≥ 2×: "
+              f"{'met' if sm.get('mined_at_least_2x_random') else 'missed'}). "
               "Chance = K × the share of pool images holding the rare class. Overall mAP@.5 after "
               f"the round: mined {100 * sm['mined']['map50']:.1f}%, random {100 * sm['random']['map50']:.1f}%, "
               f"active {100 * sm['active']['map50']:.1f}%.", ""]
     return "\n".join(lines)
 
 
+def _x(v: float | None) -> str:
+    return "– (random's AP is 0)" if v is None else f"{v:.2f}×"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="A tiny run in seconds (plumbing only).")
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
-    p.add_argument("--images", type=int, default=360)
-    p.add_argument("--size", type=int, nargs=2, default=[256, 192])
+    p.add_argument("--images", type=int, default=1200)
+    p.add_argument("--size", type=int, nargs=2, default=[512, 384])
     p.add_argument("--initial", type=int, default=50)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--rare", default="star")
-    p.add_argument("--rare-weight", type=float, default=0.25)
+    p.add_argument("--min-steps", type=int, default=200, help="At least this many gradient steps a round (as "
+                   "bench/active_learning.py's reported run).")
+    p.add_argument("--rare", default="smiley")
+    p.add_argument("--rare-weight", type=float, default=0.5)
     p.add_argument("--random-draws", type=int, default=2)
     p.add_argument("--work", default=None, help="Scratch folder for the worlds (default: a temp dir).")
     p.add_argument("--out", default=None, help="JSON path (default bench/rare_class.json; with --smoke a temp file).")

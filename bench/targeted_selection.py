@@ -16,8 +16,14 @@ own glyph.
    on query objects < 1% of the image (ties: lower p50 latency). Every configuration tried is kept in the JSON.
 2. **Report** on world ``--seed`` with the chosen configuration, on the same queries and the same feature store:
    ``template`` (coarse + fine), ``coarse`` (FAISS candidates ranked by the coarse score alone, no fine re-rank) and
-   ``global`` (whole-image mean-pooled vector). Chance is in every table: precision@K of a random ranking = the
-   base rate of the query's class among pool images; recall@K = K / pool size.
+   ``global`` (whole-image mean-pooled vector: the whole-image kNN peer) and ``patch-proposals`` (the FiftyOne-style
+   peer of bench/targeted_selection_peers.py: a detector trained on 150 train images proposes boxes in every pool
+   image, each box embedded by ROI-align, images ranked by their best box). Chance is in every table: precision@K
+   of a random ranking = the base rate of the query's class among pool images; recall@K = K / pool size.
+3. ``--int8-trunk`` (a second pass on the report world and queries, merged into the JSON as ``int8_trunk``): the pool
+   embedded again with the trunk statically quantized to int8 in ONNX Runtime, and ``template`` on both stores:
+   whether the int8 trunk keeps targeted selection's accuracy. ``--patch-peer`` adds the patch peer to a JSON written
+   before it was part of the run (same queries).
 
 Metrics per query-object size bin (box area < 0.5%, 0.5–1%, > 1%; "<1%" and "all" pooled), K = 10, 50, 100:
 precision@K (a hit = the image holds an object of the query's category), recall@K (hits / pool images holding
@@ -27,6 +33,7 @@ their candidates' rows from Parquet. Timings are noisy on a shared machine; accu
 
     python bench/targeted_selection.py --out-dir /tmp/tsb --n-images 2000 --queries 50 --tune-queries 30
     python bench/targeted_selection.py --backbone assay-small --out bench/targeted_selection_assay_small.json ...
+    python bench/targeted_selection.py --out-dir /tmp/tsb --queries 150 --int8-trunk   # after a full run
     python bench/targeted_selection.py --smoke --out-dir /tmp/tsb-smoke   # seconds; JSON under --out-dir
 
 Writes ``bench/targeted_selection.json`` and ``.md`` (``--smoke``: ``<out-dir>/targeted_selection.json``).
@@ -47,6 +54,7 @@ import torch
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # targeted_selection_peers
 
 from actors.catalog.schema import IMAGES, LABELS  # noqa: E402
 from actors.features.embed import DEFAULT_BACKBONE, DEFAULT_BACKBONE_CFG  # noqa: E402
@@ -317,7 +325,8 @@ def tune(ws: Workspace, queries: list[dict], truth: tuple, grid: dict) -> dict:
             "ties by p50 latency; coordinate search in the order pool, cell_pool, candidates, scales"}
 
 
-def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: int) -> dict:
+def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: int,
+           patch: dict | None = None) -> dict:
     model = store_name(cfg["pool"])
     info = ensure_store(ws, cfg["pool"])
     info["index_region"] = build_region(ws, model, cfg["cell_pool"])
@@ -330,6 +339,8 @@ def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: in
         out["methods"][method] = evaluate(sels, queries, truth, localizes=method in ("template", "dense"))
         b = out["methods"][method]["bins"]["<1%"]
         print(f"report {method}: R@100<1% {b['recall@100']:.3f} P@10 {b['precision@10']:.3f}", flush=True)
+    if patch is not None:
+        out["methods"]["patch-proposals"] = patch_peer(ws, queries, truth, **patch)
     if cold:  # no cache: every candidate's row is read from the Parquet store (OS page cache may be warm)
         cold_sel = Selector(ws, cache_size=0)
         cold_sel.indexes = sel.indexes
@@ -337,18 +348,105 @@ def report(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, cold: in
                           scales=cfg["scales"])
         out["cold"] = {"n": len(sels), **{k: v for k, v in evaluate(sels, queries[:cold], truth, True).items()
                                           if k != "bins"}}
+    out["ratios_recall100_small"] = ratios(out)
+    return out
+
+
+PEERS = ("global", "patch-proposals")  # what a team would use instead: whole-image kNN, FiftyOne-style patches
+
+
+def ratios(out: dict) -> dict:
+    """Template's recall@100 on objects < 1% over each other method's, the best peer's and chance's."""
     r = {m: out["methods"][m]["bins"]["<1%"]["recall@100"] for m in out["methods"]}
     c = out["chance"]["bins"]["<1%"]["recall@100"]
-    out["ratios_recall100_small"] = {"template_over_global": _ratio(r["template"], r["global"]),
-                                     "template_over_coarse": _ratio(r["template"], r["coarse"]),
-                                     "template_over_dense": _ratio(r["template"], r["dense"]),
-                                     "template_over_chance": _ratio(r["template"], c),
-                                     "global_over_chance": _ratio(r["global"], c)}
-    return out
+    peers = [m for m in PEERS if m in r]
+    best = max(peers, key=lambda m: r[m] or 0.0) if peers else None
+    return {**{f"template_over_{m.replace('-', '_')}": _ratio(r["template"], r[m]) for m in r if m != "template"},
+            "template_over_chance": _ratio(r["template"], c), "global_over_chance": _ratio(r.get("global"), c),
+            "best_peer": best, "template_over_best_peer": _ratio(r["template"], r[best]) if best else None}
+
+
+def patch_peer(ws: Workspace, queries: list[dict], truth: tuple, *, n_train: int = 150, epochs: int = 12,
+               top_n: int = 20) -> dict:
+    """The FiftyOne-style peer (bench/targeted_selection_peers.py: a detector trained on ``n_train`` train images
+    proposes ``top_n`` boxes per pool image, each embedded by ROI-align; images ranked by their best box) on the same
+    queries; its proposals are cached in the world's workspace (``bench_patch_peer_<n_train>_<epochs>.npz``)."""
+    import targeted_selection_peers as peers
+
+    prep = peers.prepare(ws, Path(ws.local_path(f"bench_patch_peer_{n_train}_{epochs}_{top_n}.npz")),
+                         n_train=n_train, epochs=epochs, top_n=top_n)
+    r = evaluate(peers.run(prep, queries), queries, truth, localizes=True)
+    b = r["bins"]["<1%"]
+    print(f"report patch-proposals: R@100<1% {b['recall@100']:.3f} P@10 {b['precision@10']:.3f}", flush=True)
+    return {**r, "info": {k: float(v) for k, v in prep["info"].items()}}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+# ----------------------------------------------------------------------------------------------- int8 trunk
+def int8_trunk_check(ws: Workspace, cfg: dict, queries: list[dict], truth: tuple, calib: int = 32) -> dict:
+    """Does the int8 trunk keep targeted selection's accuracy? The report world's pool embedded twice with the
+    chosen configuration -- the trunk in ONNX Runtime fp32 (the product's store) and the same graph statically
+    quantized to int8 (:func:`actors.features.onnx_trunk.quantize_int8`, calibrated on ``calib`` train-split images)
+    -- and the same queries run through ``template`` on each (queries and re-rank crops encoded by the same trunk as
+    their store). Embedding seconds of each store beside (in-process, this machine's cores)."""
+    import actors.features.encoder as encoder_mod
+    from actors.core.images import load_image
+    from actors.features.backbones import get_backbone
+    from actors.features.onnx_trunk import OnnxTrunk, quantize_int8
+
+    ext = get_backbone(BACKBONE, **BACKBONES[BACKBONE]).eval()
+    train = [r["uri"] for r in ws.read_table(IMAGES).to_pylist() if r["split"] == "train"][:calib]
+    feeds = [torch.from_numpy(load_image(u)).permute(2, 0, 1).float().div_(255)[None].numpy() for u in train]
+    t = time.perf_counter()
+    int8_model = quantize_int8(OnnxTrunk(ext, threads=1).model, feeds)
+    quant_s = time.perf_counter() - t
+    out: dict = {"calibration_images": len(feeds), "quantize_s": quant_s, "config": cfg, "n_queries": len(queries)}
+    real = encoder_mod.OnnxTrunk
+
+    class Int8Trunk(real):  # what the encoder builds for the int8 store: the quantized graph, same threads
+        def __init__(self, module, threads=None, *, model=None) -> None:
+            super().__init__(None, threads, model=int8_model)
+
+    for name, trunk in (("fp32", real), ("int8", Int8Trunk)):
+        encoder_mod.OnnxTrunk = trunk
+        try:
+            model = store_name(cfg["pool"]) + ("" if name == "fp32" else "-int8trunk")
+            t = time.perf_counter()
+            from actors.features.embed import embed_pool
+
+            embed_pool(ws, model=BACKBONE, name=model, splits=("pool",), progress=False, local=True, pool=cfg["pool"],
+                       backbone_cfg=BACKBONES[BACKBONE])
+            embed_s = time.perf_counter() - t
+            build_region(ws, model, cfg["cell_pool"])
+            fmaps = encode_queries(ws, model, queries)
+            sels = run_method(Selector(ws, preload=True), model, "template", queries, fmaps,
+                              candidates=cfg["candidates"], scales=cfg["scales"])
+            out[name] = {"store": model, "embed_s": embed_s, **evaluate(sels, queries, truth, localizes=True)}
+        finally:
+            encoder_mod.OnnxTrunk = real
+        b = out[name]["bins"]["<1%"]
+        print(f"int8 check {name}: P@10<1% {b['precision@10']:.3f} R@100 {b['recall@100']:.3f} "
+              f"loc@10 {b['loc@10']:.3f} (embed {embed_s:.0f}s)", flush=True)
+    out["chance"] = chance(queries, truth)
+    return out
+
+
+def int8_markdown(r: dict) -> list[str]:
+    lines = ["", f"Int8 trunk check ({r['n_queries']} queries, template, config {r['config']}; calibrated on "
+             f"{r['calibration_images']} train images):", "",
+             "| trunk | size bin | n | P@10 | R@100 | loc@10 | embed s |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("fp32", "int8"):
+        for b, v in r[name]["bins"].items():
+            cells = " | ".join("–" if v[k] is None else f"{v[k]:.3f}" for k in ("precision@10", "recall@100", "loc@10"))
+            lines.append(f"| {name} | {b} | {v['n']} | {cells} | {r[name]['embed_s']:.0f} |")
+    c = r["chance"]["bins"]
+    lines.append(f"| chance | all | {c['all']['n']} | {c['all']['precision@10']:.3f} | {c['all']['recall@100']:.3f} "
+                 "| – | |")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -387,6 +485,8 @@ def markdown(res: dict) -> str:
     for t in res["tuning"]["tried"]:
         lines.append(f"| {t['pool']} | {t['cell_pool']} | {t['candidates']} | {t['scales']} | "
                      f"{t['recall@100_<1%']:.3f} | {t['precision@10_<1%']:.3f} | {t['latency_ms_p50']:.0f} |")
+    if res.get("int8_trunk"):
+        lines += int8_markdown(res["int8_trunk"])
     return "\n".join(lines) + "\n"
 
 
@@ -408,6 +508,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
     ap.add_argument("--smoke", action="store_true", help="tiny worlds and grid (seconds); JSON under --out-dir")
     ap.add_argument("--out", default=None, help="JSON path (default bench/targeted_selection.json)")
+    ap.add_argument("--patch-train", type=int, default=150, help="train images of the patch peer's proposal detector")
+    ap.add_argument("--patch-epochs", type=int, default=12, help="its training epochs")
+    ap.add_argument("--patch-peer", action="store_true",
+                    help="only the patch-proposal peer on the report seed's queries, added to the existing JSON's "
+                         "report (for a JSON written before the peer was part of the run)")
+    ap.add_argument("--int8-trunk", action="store_true",
+                    help="only the int8-trunk check: the report seed with the JSON's chosen configuration, fp32 and "
+                         "int8 trunks on the same queries; added to the existing JSON as int8_trunk")
     a = ap.parse_args(argv)
     if a.tune_seed == a.seed:
         ap.error("--tune-seed must differ from --seed")
@@ -419,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.smoke:
         a.n_images, a.queries, a.tune_queries, a.train_minutes, a.cold = 48, 4, 4, 0.05, 2
         size, grid = (192, 144), SMOKE_GRID
+        a.patch_train, a.patch_epochs = 8, 1
     if a.pools:
         grid = {**grid, "pool": a.pools}
     out = Path(a.out or (out_dir / "targeted_selection.json" if a.smoke else Path(__file__).with_suffix(".json")))
@@ -426,6 +535,11 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
 
     faiss.omp_set_num_threads(a.threads)
+    patch = {"n_train": a.patch_train, "epochs": a.patch_epochs}
+    if a.int8_trunk:
+        return int8_main(a, out_dir, out, size)
+    if a.patch_peer:
+        return patch_main(a, out_dir, out, size, patch)
     t0 = time.perf_counter()
     ws_t, world_t = prepare_world(out_dir / f"seed{a.tune_seed}", a.n_images, a.tune_seed, a.train_minutes, size, train)
     truth_t = load_truth(ws_t)
@@ -438,11 +552,15 @@ def main(argv: list[str] | None = None) -> None:
            "tune_seed": a.tune_seed, "report_seed": a.seed, "n_images": a.n_images,
            "image_size": list(size), "threads": a.threads, "n_pool": truth_r[3], "splits": [list(s) for s in SPLITS],
            "query_instances_held_out": True, "grid": grid, "start": START, "tuning": tuning,
-           "report_world": world_r, "report": report(ws_r, tuning["chosen"], rq, truth_r, a.cold),
+           "report_world": world_r, "report": report(ws_r, tuning["chosen"], rq, truth_r, a.cold, patch),
            "wall_s": time.perf_counter() - t0, "loadavg_end": list(os.getloadavg()),
            "notes": "accuracy figures are deterministic given the seeds; latencies were measured on a shared "
                     "2-core machine with other jobs running and are noisy",
            "command": "python bench/targeted_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    write(res, out)
+
+
+def write(res: dict, out: Path) -> None:
     md = markdown(res)
     print(md)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -451,6 +569,38 @@ def main(argv: list[str] | None = None) -> None:
     tmp.replace(out)
     out.with_suffix(".md").write_text(md)
     print(f"wrote {out} and .md")
+
+
+def patch_main(a: argparse.Namespace, out_dir: Path, out: Path, size: tuple[int, int], patch: dict) -> None:
+    """``--patch-peer``: the patch-proposal peer on the JSON's report world and queries, merged into its report."""
+    if not out.exists():
+        raise SystemExit(f"{out}: run the full benchmark first")
+    res = json.loads(out.read_text())
+    ws, _ = prepare_world(out_dir / f"seed{res['report_seed']}", res["n_images"], res["report_seed"],
+                          a.train_minutes, size, False)
+    truth = load_truth(ws)
+    queries = pick_queries(truth[0], res["report"]["n_queries"], res["report_seed"])
+    rep = res["report"]
+    rep["methods"]["patch-proposals"] = {**patch_peer(ws, queries, truth, **patch),
+                                         "added_by": "python bench/targeted_selection.py " + " ".join(sys.argv[1:])}
+    rep["ratios_recall100_small"] = ratios(rep)
+    write(res, out)
+
+
+def int8_main(a: argparse.Namespace, out_dir: Path, out: Path, size: tuple[int, int]) -> None:
+    """``--int8-trunk``: the check on the report seed, merged into the JSON a full run wrote at ``out``."""
+    if not out.exists():
+        raise SystemExit(f"{out}: run the full benchmark first (the check uses its chosen configuration)")
+    res = json.loads(out.read_text())
+    ws, _ = prepare_world(out_dir / f"seed{a.seed}", res["n_images"], a.seed, a.train_minutes, size, False)
+    truth = load_truth(ws)
+    queries = pick_queries(truth[0], a.queries, a.seed)
+    t0 = time.perf_counter()
+    res["int8_trunk"] = {**int8_trunk_check(ws, res["report"]["config"], queries, truth),
+                         "wall_s": time.perf_counter() - t0, "loadavg_end": list(os.getloadavg()),
+                         "command": "python bench/targeted_selection.py "
+                                    + " ".join(sys.argv[1:])}
+    write(res, out)
 
 
 if __name__ == "__main__":

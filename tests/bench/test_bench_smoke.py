@@ -163,18 +163,29 @@ def test_targeted_selection_smoke(tmp_path):
     tried = rep["tuning"]["tried"]
     assert len(tried) >= 2 and rep["tuning"]["chosen"] in [{k: t[k] for k in rep["start"]} for t in tried]
     r = rep["report"]
-    assert set(r["methods"]) == {"template", "dense", "coarse", "global"}
+    assert set(r["methods"]) == {"template", "dense", "coarse", "global", "patch-proposals"}
+    ratios = r["ratios_recall100_small"]
+    assert ratios["best_peer"] in ("global", "patch-proposals")
+    assert ratios["template_over_best_peer"] == pytest.approx(
+        r["methods"]["template"]["bins"]["<1%"]["recall@100"]
+        / r["methods"][ratios["best_peer"]]["bins"]["<1%"]["recall@100"])
     n_pool = rep["n_pool"]
     for name, m in list(r["methods"].items()) + [("chance", r["chance"])]:
         b = m["bins"]["all"]
         assert b["n"] == r["n_queries"] > 0
         for k in (10, 50, 100):
             assert 0 <= b[f"precision@{k}"] <= 1 and 0 <= b[f"recall@{k}"] <= 1
-            assert (b[f"loc@{k}"] is not None) == (name in ("template", "dense"))
+            assert (b[f"loc@{k}"] is not None) == (name in ("template", "dense", "patch-proposals"))
     assert r["methods"]["template"]["rerank_ms_p50"] > 0 and r["methods"]["dense"]["rerank_ms_p50"] == 0
     assert r["chance"]["bins"]["all"]["recall@10"] == pytest.approx(min(10, n_pool) / n_pool)
     assert r["store"]["disk_bytes_per_image"] > 0 and r["store"]["index_region"]["n_vectors"] > 0
     assert (tmp_path / "targeted_selection.md").read_text().count("| chance |") == 5
+    # the int8-trunk check on the same world and queries, merged into the same JSON
+    _smoke("targeted_selection.py", "--out-dir", str(tmp_path), "--int8-trunk")
+    i8 = json.loads((tmp_path / "targeted_selection.json").read_text())["int8_trunk"]
+    assert i8["fp32"]["store"] != i8["int8"]["store"] and i8["calibration_images"] > 0
+    assert i8["n_queries"] == r["n_queries"] and i8["int8"]["bins"]["all"]["n"] == r["n_queries"]
+    assert i8["fp32"]["bins"] == r["methods"]["template"]["bins"]  # the same store, config and queries: same figures
 
 
 @pytest.mark.slow

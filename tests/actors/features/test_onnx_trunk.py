@@ -8,7 +8,7 @@ import torch
 
 from actors.features.backbones import get_backbone
 from actors.features.encoder import RegionEncoder
-from actors.features.onnx_trunk import ENV, OnnxTrunk, trunk_runtime
+from actors.features.onnx_trunk import ENV, OnnxTrunk, quantize_int8, trunk_runtime
 
 
 def test_runtime_choice_and_override(monkeypatch):
@@ -50,3 +50,18 @@ def test_region_encoder_gives_the_same_cells_under_either_runtime():
         np.testing.assert_allclose(a.fmap, b.fmap, atol=1e-3 * max(1.0, float(np.abs(b.fmap).max())))
     with pytest.raises(ValueError, match="onnxruntime on cpu"):
         RegionEncoder(ext, device="cuda", runtime="onnxruntime")
+
+
+def test_int8_quantized_trunk_stays_close_to_fp32_and_needs_calibration():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3, 2, 1)).eval()
+    fp32 = OnnxTrunk(net, threads=1)
+    calib = [torch.rand(1, 3, 32, 48).numpy() for _ in range(4)]
+    int8 = OnnxTrunk(None, 1, model=quantize_int8(fp32.model, calib))
+    x = torch.rand(2, 3, 32, 48)
+    a, b = fp32(x).flatten(1), int8(x).flatten(1)
+    assert a.shape == b.shape and int8.model != fp32.model
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.98  # int8 rounding, not a different function
+    assert quantize_int8(fp32.model, calib) == quantize_int8(fp32.model, calib)  # deterministic
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_int8(fp32.model, [])
